@@ -1,0 +1,124 @@
+"""The workspace config, `rankloop.toml`: one dataclass per section, each field with help text, checked on load."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+DEFAULT_POLICY = "smollm2-135m-instruct"
+
+
+class ConfigError(ValueError):
+    """A bad `rankloop.toml`: names the file, the section and the field."""
+
+
+@dataclass
+class WorkspaceSection:
+    required_reviewers: int = field(default=1, metadata={"help": "Distinct reviewers each comparison needs."})
+
+    def __post_init__(self) -> None:
+        if self.required_reviewers < 1:
+            raise ValueError("required_reviewers: must be >= 1")
+
+
+@dataclass
+class ModelsSection:
+    policy: str = field(default=DEFAULT_POLICY, metadata={"help": "Model row `generate` samples from by default."})
+
+
+@dataclass
+class GenerationSection:
+    k: int = field(default=4, metadata={"help": "Candidates per prompt (one comparison of k responses)."})
+    max_new_tokens: int = field(default=128, metadata={"help": "Longest response, in tokens."})
+    temperature: float = field(default=0.8, metadata={"help": "Sampling temperature (> 0)."})
+    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling mass, in (0, 1]."})
+    batch_size: int = field(default=16, metadata={"help": "Sequences decoded together (prompts x k)."})
+    seed: int = field(default=0, metadata={"help": "Base seed; each batch's seed is stored with its responses."})
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.k <= 16:
+            raise ValueError("k: must be between 2 and 16")
+        if self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens: must be >= 1")
+        if self.temperature <= 0:
+            raise ValueError("temperature: must be > 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p: must be in (0, 1]")
+        if self.batch_size < 1:
+            raise ValueError("batch_size: must be >= 1")
+
+
+SECTIONS: dict[str, type] = {"workspace": WorkspaceSection, "models": ModelsSection, "generation": GenerationSection}
+
+
+@dataclass
+class Config:
+    workspace: WorkspaceSection = field(default_factory=WorkspaceSection)
+    models: ModelsSection = field(default_factory=ModelsSection)
+    generation: GenerationSection = field(default_factory=GenerationSection)
+    extra: dict[str, Any] = field(default_factory=dict)  # sections owned by later stages (training, ...)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {name: asdict(getattr(self, name)) for name in SECTIONS}
+        out.update(self.extra)
+        return out
+
+
+def _section(path: Path, name: str, cls: type, raw: Any) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: [{name}] must be a table")
+    known = {f.name: f for f in fields(cls)}
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigError(f"{path}: [{name}] {key}: unknown field (known: {', '.join(known)})")
+        want = type(known[key].default)
+        ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            raise ConfigError(f"{path}: [{name}] {key}: expected {want.__name__}, got {type(value).__name__}")
+    try:
+        return cls(**raw)
+    except ValueError as e:
+        raise ConfigError(f"{path}: [{name}] {e}") from e
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path}: not found") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid UTF-8") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from e
+    cfg = Config()
+    for name, cls in SECTIONS.items():
+        if name in raw:
+            setattr(cfg, name, _section(path, name, cls, raw.pop(name)))
+    cfg.extra = raw
+    return cfg
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(v)
+
+
+def render_config(cfg: Config) -> str:
+    """The TOML text of `cfg`, each field preceded by its help as a comment."""
+    lines = ["# rankloop workspace settings. Each field's help is above it.", ""]
+    for name, cls in SECTIONS.items():
+        lines.append(f"[{name}]")
+        section = getattr(cfg, name)
+        for f in fields(cls):
+            lines.append(f"# {f.metadata['help']}")
+            lines.append(f"{f.name} = {_toml_value(getattr(section, f.name))}")
+        lines.append("")
+    return "\n".join(lines)

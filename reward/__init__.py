@@ -1,0 +1,1 @@
+"""reward: see ARCHITECTURE.md."""

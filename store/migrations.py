@@ -1,0 +1,184 @@
+"""The workspace schema as numbered, named migrations, each recorded in `schema_migrations` once applied.
+
+`migrate(path)` applies the missing ones in order, each in its own transaction: re-running is a no-op and an
+older file upgrades in place. Add a migration by appending a function to `MIGRATIONS`; never edit a released one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import duckdb
+
+from store.db import transaction
+
+Migration = Callable[[duckdb.DuckDBPyConnection], None]
+
+
+def m001_initial_schema(con: duckdb.DuckDBPyConnection) -> None:
+    for name in ("prompts", "models", "responses", "comparisons", "judgments", "reviewers", "runs", "audit_log"):
+        con.execute(f"CREATE SEQUENCE IF NOT EXISTS {name}_id START 1")
+    con.execute(
+        """
+        CREATE TABLE prompts (
+            id BIGINT PRIMARY KEY,
+            text VARCHAR,               -- the prompt as given, when it was plain text (HH transcripts included)
+            messages JSON NOT NULL,     -- chat messages [{"role", "content"}], always present
+            content_hash VARCHAR NOT NULL UNIQUE,
+            source VARCHAR NOT NULL,
+            split VARCHAR NOT NULL DEFAULT 'train',
+            tags VARCHAR[] NOT NULL DEFAULT [],
+            external_id VARCHAR,
+            created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+        )"""
+    )
+    con.execute(
+        """
+        CREATE TABLE models (
+            id BIGINT PRIMARY KEY,
+            name VARCHAR NOT NULL UNIQUE,
+            kind VARCHAR NOT NULL CHECK (kind IN ('policy', 'reward', 'external')),
+            base VARCHAR,               -- hub id or folder the model starts from
+            path VARCHAR,               -- folder with the full weights, when there is one
+            adapter_path VARCHAR,       -- LoRA adapter folder, when the model is base + adapter
+            parent_id BIGINT,
+            round INTEGER,
+            run_id BIGINT,
+            metrics JSON NOT NULL DEFAULT '{}',
+            created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+        )"""
+    )
+    con.execute(
+        """
+        CREATE TABLE responses (
+            id BIGINT PRIMARY KEY,
+            prompt_id BIGINT NOT NULL,
+            model_id BIGINT,            -- our model that wrote it; NULL for imported or human text
+            model_name VARCHAR,         -- the name the source gave the writer, if any
+            text VARCHAR NOT NULL,
+            source VARCHAR NOT NULL,
+            params JSON NOT NULL DEFAULT '{}',  -- sampling parameters
+            seed BIGINT,
+            created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+        )"""
+    )
+    con.execute(
+        """
+        CREATE TABLE comparisons (
+            id BIGINT PRIMARY KEY,
+            prompt_id BIGINT NOT NULL,
+            response_ids BIGINT[] NOT NULL,     -- 2..K responses to rank
+            round INTEGER NOT NULL DEFAULT 0,
+            required_reviewers INTEGER NOT NULL DEFAULT 1 CHECK (required_reviewers >= 1),
+            priority DOUBLE NOT NULL DEFAULT 0,
+            source VARCHAR NOT NULL,
+            external_id VARCHAR,
+            created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+            CHECK (len(response_ids) >= 2)
+        )"""
+    )
+    con.execute(
+        """
+        CREATE TABLE reviewers (
+            id BIGINT PRIMARY KEY,
+            name VARCHAR NOT NULL UNIQUE,
+            role VARCHAR NOT NULL CHECK (role IN ('reviewer', 'admin')),
+            kind VARCHAR NOT NULL CHECK (kind IN ('human', 'import', 'simulated')),
+            password_hash VARCHAR,
+            active BOOLEAN NOT NULL DEFAULT true,
+            created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+        )"""
+    )
+    con.execute(
+        """
+        CREATE TABLE judgments (
+            id BIGINT PRIMARY KEY,
+            comparison_id BIGINT NOT NULL,
+            reviewer_id BIGINT NOT NULL,
+            ranking JSON,               -- ordered groups of response ids, best first; a group of 2+ is a tie
+            all_bad BOOLEAN NOT NULL DEFAULT false,
+            skipped BOOLEAN NOT NULL DEFAULT false,
+            flags VARCHAR[] NOT NULL DEFAULT [],
+            edited_text VARCHAR,        -- the reviewer's better answer (SFT gold)
+            rationale VARCHAR,
+            display_order BIGINT[],     -- response ids in the order they were shown
+            time_spent_ms BIGINT,
+            idempotency_key VARCHAR NOT NULL UNIQUE,
+            source VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+        )"""
+    )
+    con.execute(
+        """
+        CREATE TABLE runs (
+            id BIGINT PRIMARY KEY,
+            kind VARCHAR NOT NULL,
+            config JSON NOT NULL DEFAULT '{}',
+            data_snapshot JSON NOT NULL DEFAULT '{}',
+            status VARCHAR NOT NULL CHECK (status IN ('running', 'succeeded', 'failed', 'cancelled')),
+            metrics JSON NOT NULL DEFAULT '{}',
+            output_path VARCHAR,
+            error VARCHAR,
+            started_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+            finished_at TIMESTAMP
+        )"""
+    )
+    con.execute(
+        """
+        CREATE TABLE audit_log (
+            id BIGINT PRIMARY KEY,
+            logged_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+            actor VARCHAR NOT NULL,
+            action VARCHAR NOT NULL,
+            details JSON NOT NULL DEFAULT '{}'
+        )"""
+    )
+
+
+def m002_lookup_indexes_and_scores(con: duckdb.DuckDBPyConnection) -> None:
+    """Indexes for the queue and export joins, and per-model response scores (filled by `rankloop score`)."""
+    con.execute("CREATE INDEX judgments_comparison ON judgments (comparison_id)")
+    con.execute("CREATE INDEX responses_prompt ON responses (prompt_id)")
+    con.execute("CREATE INDEX comparisons_round ON comparisons (round)")
+    con.execute(
+        """
+        CREATE TABLE response_scores (
+            response_id BIGINT NOT NULL,
+            model_id BIGINT NOT NULL,
+            score DOUBLE NOT NULL,
+            created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+            PRIMARY KEY (response_id, model_id)
+        )"""
+    )
+
+
+MIGRATIONS: list[Migration] = [m001_initial_schema, m002_lookup_indexes_and_scores]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _applied(con: duckdb.DuckDBPyConnection) -> set[int]:
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, "
+        "applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)"
+    )
+    return {v for (v,) in con.execute("SELECT version FROM schema_migrations").fetchall()}
+
+
+def migrate(path: str | Path, upto: int | None = None) -> list[str]:
+    """Apply the missing migrations (up to `upto`, default all) to the database at `path`; return their names."""
+    done: list[str] = []
+    target = SCHEMA_VERSION if upto is None else upto
+    for version, fn in enumerate(MIGRATIONS[:target], start=1):
+        with transaction(path) as con:
+            if version in _applied(con):
+                continue
+            fn(con)
+            con.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, fn.__name__])
+        done.append(fn.__name__)
+    return done
+
+
+def schema_version(con: duckdb.DuckDBPyConnection) -> int:
+    row = con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+    return int(row[0]) if row else 0

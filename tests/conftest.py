@@ -1,0 +1,47 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    """A fresh workspace per test."""
+    from rankloop.workspace import init_workspace
+
+    return init_workspace(tmp_path / "ws")
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory) -> Path:
+    """Folder of a tiny causal LM + tokenizer with a chat template, built once per test session."""
+    from tests.tiny import build_causal_lm
+
+    return build_causal_lm(tmp_path_factory.mktemp("tiny_lm"))
+
+
+def table_hash(db) -> str:
+    """Content hash of every table: shows that a failed command left the workspace exactly as it was."""
+    import hashlib
+
+    import duckdb
+
+    con = duckdb.connect(str(db))
+    try:
+        h = hashlib.sha256()
+        for (name,) in con.execute("SELECT table_name FROM information_schema.tables ORDER BY 1").fetchall():
+            rows = con.execute(f'SELECT * FROM "{name}"').fetchall()
+            h.update(name.encode())
+            for r in sorted(map(repr, rows)):
+                h.update(r.encode())
+        return h.hexdigest()
+    finally:
+        con.close()
