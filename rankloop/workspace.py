@@ -51,7 +51,9 @@ def open_workspace(root: str | Path) -> Workspace:
     """Open an existing workspace, applying any pending schema migrations once per process."""
     root = Path(root).resolve()
     if not (root / CONFIG_NAME).is_file():
-        raise NotAWorkspace(f"{root}: not a rankloop workspace (no {CONFIG_NAME}); create one with `rankloop init DIR`")
+        raise NotAWorkspace(
+            f"{root}: not a rankloop workspace (no {CONFIG_NAME}); create one with `rankloop init DIR`"
+        )
     cfg = load_config(root / CONFIG_NAME)
     ws = Workspace(root=root, config=cfg)
     if root not in _migrated:

@@ -114,7 +114,9 @@ def _insert(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> 
         con.unregister("_batch_frame")
 
 
-def ensure_reviewers(con: duckdb.DuckDBPyConnection, names: set[str], kind: str = "import") -> tuple[dict[str, int], int]:
+def ensure_reviewers(
+    con: duckdb.DuckDBPyConnection, names: set[str], kind: str = "import"
+) -> tuple[dict[str, int], int]:
     """Ids of the named reviewers, creating the missing ones as `kind` reviewers (no password, cannot log in)."""
     if not names:
         return {}, 0
@@ -123,7 +125,8 @@ def ensure_reviewers(con: duckdb.DuckDBPyConnection, names: set[str], kind: str 
     missing = sorted(names - found.keys())
     for name, rid in zip(missing, _ids(con, "reviewers_id", len(missing)), strict=True):
         con.execute(
-            "INSERT INTO reviewers (id, name, role, kind, active) VALUES (?, ?, 'reviewer', ?, false)", [rid, name, kind]
+            "INSERT INTO reviewers (id, name, role, kind, active) VALUES (?, ?, 'reviewer', ?, false)",
+            [rid, name, kind],
         )
         found[name] = rid
     return found, len(missing)
@@ -135,7 +138,8 @@ def write_batch(con: duckdb.DuckDBPyConnection, batch: Batch) -> BatchResult:
     hashes = {p.key: prompt_hash(p.messages, p.text) for p in batch.prompts}
     existing = dict(
         con.execute(
-            "SELECT content_hash, id FROM prompts WHERE content_hash IN (SELECT unnest(?))", [sorted(set(hashes.values()))]
+            "SELECT content_hash, id FROM prompts WHERE content_hash IN (SELECT unnest(?))",
+            [sorted(set(hashes.values()))],
         ).fetchall()
     )
     new_prompts: dict[str, Prompt] = {}

@@ -30,7 +30,8 @@ def _decode(path: Path, lineno: int, raw: bytes) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise InputError.one(path, lineno, None, f"not valid UTF-8 (byte {e.start + 1}: {raw[e.start:e.start + 1]!r})")
+        bad = raw[e.start : e.start + 1]
+        raise InputError.one(path, lineno, None, f"not valid UTF-8 (byte {e.start + 1}: {bad!r})") from e
 
 
 def text_lines(path: str | Path) -> Iterator[tuple[int, str]]:

@@ -1,0 +1,29 @@
+"""The `rankloop` command line: each command parses, opens the workspace, calls one library function, reports."""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from rankloop import __version__
+
+# (module, attribute) of each command, in the order `rankloop --help` lists them.
+COMMANDS = [
+    ("rankloop.commands.workspace", "init_command"),
+    ("rankloop.commands.workspace", "status_command"),
+    ("rankloop.commands.imports", "import_group"),
+    ("rankloop.commands.export", "export_group"),
+    ("rankloop.commands.models", "models_group"),
+    ("rankloop.commands.generate", "generate_command"),
+]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="rankloop")
+def main() -> None:
+    """rankloop: rank model outputs, train reward models and policies on the rankings, and close the loop."""
+
+
+for module, attr in COMMANDS:
+    main.add_command(getattr(importlib.import_module(module), attr))

@@ -1,0 +1,1 @@
+"""The `rankloop` subcommands, one module per group; `rankloop.cli` assembles them."""

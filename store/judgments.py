@@ -1,0 +1,82 @@
+"""Recording one reviewer's judgment of one comparison: validated, idempotent, committed before it returns."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+
+from store.batch import ensure_reviewers
+from store.db import write
+
+FLAGS = ("unsafe", "off_topic", "factually_wrong", "other")
+
+
+@dataclass
+class NewJudgment:
+    comparison_id: int
+    reviewer: str
+    idempotency_key: str
+    ranking: list[list[int]] | None = None  # ordered groups of response ids, best first; 2+ in a group tie
+    all_bad: bool = False
+    skipped: bool = False
+    flags: list[str] = field(default_factory=list)
+    edited_text: str | None = None
+    rationale: str | None = None
+    display_order: list[int] | None = None
+    time_spent_ms: int | None = None
+    source: str = "app"
+
+
+def check_ranking(ranking: list[list[int]] | None, response_ids: list[int], *, all_bad: bool, skipped: bool) -> None:
+    """A full ranking names each of the comparison's responses exactly once; skips and "all bad" need none."""
+    if skipped and (ranking or all_bad):
+        raise ValueError("a skipped judgment carries no ranking and no 'all bad'")
+    if ranking is None:
+        if not (all_bad or skipped):
+            raise ValueError("a judgment needs a ranking, 'all bad' or a skip")
+        return
+    named = [r for group in ranking for r in group]
+    if any(len(group) == 0 for group in ranking):
+        raise ValueError("ranking: empty group")
+    unknown = sorted(set(named) - set(response_ids))
+    if unknown:
+        raise ValueError(f"ranking: response ids {unknown} are not in this comparison ({response_ids})")
+    if len(named) != len(set(named)):
+        raise ValueError("ranking: a response appears more than once")
+    missing = sorted(set(response_ids) - set(named))
+    if missing:
+        raise ValueError(f"ranking: responses {missing} are not ranked (a full ranking is required)")
+
+
+def _insert(con: duckdb.DuckDBPyConnection, j: NewJudgment) -> int:
+    found = con.execute("SELECT id FROM judgments WHERE idempotency_key = ?", [j.idempotency_key]).fetchone()
+    if found:
+        return int(found[0])  # a retried submit: stored once
+    row = con.execute("SELECT response_ids FROM comparisons WHERE id = ?", [j.comparison_id]).fetchone()
+    if row is None:
+        raise ValueError(f"no comparison with id {j.comparison_id}")
+    check_ranking(j.ranking, list(row[0]), all_bad=j.all_bad, skipped=j.skipped)
+    bad_flags = sorted(set(j.flags) - set(FLAGS))
+    if bad_flags:
+        raise ValueError(f"flags: unknown {bad_flags} (known: {', '.join(FLAGS)})")
+    kind = "simulated" if j.source.startswith("simulated") else "human"
+    ids, _ = ensure_reviewers(con, {j.reviewer}, kind=kind)
+    (jid,) = con.execute("SELECT nextval('judgments_id')").fetchone()
+    con.execute(
+        "INSERT INTO judgments (id, comparison_id, reviewer_id, ranking, all_bad, skipped, flags, edited_text, "
+        "rationale, display_order, time_spent_ms, idempotency_key, source) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        [
+            jid, j.comparison_id, ids[j.reviewer], None if j.ranking is None else json.dumps(j.ranking), j.all_bad,
+            j.skipped, list(j.flags), j.edited_text, j.rationale, j.display_order, j.time_spent_ms,
+            j.idempotency_key, j.source,
+        ],
+    )
+    return int(jid)
+
+
+def add_judgment(db: str | Path, judgment: NewJudgment) -> int:
+    """Store `judgment` in its own transaction and return its id once committed; a repeated key returns the first."""
+    return write(db, lambda con: _insert(con, judgment))
