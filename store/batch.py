@@ -181,7 +181,7 @@ def write_batch(con: duckdb.DuckDBPyConnection, batch: Batch) -> BatchResult:
                 "model_name": [r.model_name for r in batch.responses],
                 "text": [r.text for r in batch.responses],
                 "source": [r.source for r in batch.responses],
-                "params": [json.dumps(r.params, sort_keys=True) for r in batch.responses],
+                "params": [json.dumps(r.params, sort_keys=True) if r.params else "{}" for r in batch.responses],
                 "seed": pd.array([r.seed for r in batch.responses], dtype="Int64"),
             }
         ),
