@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import duckdb
+
+from store.db import read
 
 
 def log_event(con: duckdb.DuckDBPyConnection, actor: str, action: str, details: dict[str, Any] | None = None) -> None:
@@ -14,3 +17,13 @@ def log_event(con: duckdb.DuckDBPyConnection, actor: str, action: str, details: 
         "INSERT INTO audit_log (id, actor, action, details) VALUES (nextval('audit_log_id'), ?, ?, ?)",
         [actor, action, json.dumps(details or {}, default=str)],
     )
+
+
+def list_events(db: str | Path, actor: str | None = None, action: str | None = None,
+                limit: int = 500) -> list[dict[str, Any]]:
+    """The newest events first, optionally one actor's or one action's (a prefix: 'login' matches 'login.failed')."""
+    rows = read(db, lambda con: con.execute(
+        "SELECT id, logged_at, actor, action, details FROM audit_log WHERE (? IS NULL OR actor = ?) "
+        "AND (? IS NULL OR starts_with(action, ?)) ORDER BY id DESC LIMIT ?",
+        [actor, actor, action, action, limit]).fetchall())
+    return [{"id": r[0], "logged_at": r[1], "actor": r[2], "action": r[3], "details": json.loads(r[4])} for r in rows]

@@ -8,10 +8,22 @@ from pathlib import Path
 
 import duckdb
 
+from store.audit import log_event
 from store.batch import ensure_reviewers
 from store.db import write
 
 FLAGS = ("unsafe", "off_topic", "factually_wrong", "other")
+
+# A judgment that was undone stays in the table with `retracted_at` set; every count, export and pair must skip it.
+# LIVE: not retracted (skips included: a reviewer who skipped is not offered the item again).
+# COUNTED: live and not a skip -- what completes a comparison and what exports read.
+LIVE_JUDGMENT = "retracted_at IS NULL"
+COUNTED_JUDGMENT = "retracted_at IS NULL AND NOT skipped"
+
+
+def counted(alias: str = "j") -> str:
+    """The COUNTED predicate for a judgments table under `alias`, for SQL joins (`... WHERE {counted('j')}`)."""
+    return f"({alias}.retracted_at IS NULL AND NOT {alias}.skipped)"
 
 
 @dataclass
@@ -77,6 +89,38 @@ def _insert(con: duckdb.DuckDBPyConnection, j: NewJudgment) -> int:
     return int(jid)
 
 
+def insert_judgment(con: duckdb.DuckDBPyConnection, judgment: NewJudgment) -> int:
+    """`add_judgment` inside the caller's transaction (the queue closes the lease in the same one)."""
+    return _insert(con, judgment)
+
+
 def add_judgment(db: str | Path, judgment: NewJudgment) -> int:
     """Store `judgment` in its own transaction and return its id once committed; a repeated key returns the first."""
     return write(db, lambda con: _insert(con, judgment))
+
+
+def retract_judgment(con: duckdb.DuckDBPyConnection, judgment_id: int, reviewer_id: int, actor: str,
+                     window_s: float) -> int:
+    """Mark a reviewer's own judgment retracted (an undo) inside the caller's transaction; returns its comparison.
+
+    Only the reviewer who made it may retract it, once, within `window_s` seconds of the submit. The row stays;
+    the undo is an audit event.
+    """
+    row = con.execute(
+        "SELECT comparison_id, reviewer_id, retracted_at IS NOT NULL, "
+        "date_diff('millisecond', created_at, current_localtimestamp()) / 1000.0 FROM judgments WHERE id = ?",
+        [judgment_id],
+    ).fetchone()
+    if row is None or row[1] != reviewer_id:
+        raise ValueError(f"judgment {judgment_id}: not one of yours")
+    comparison_id, _, retracted, age_s = row
+    if retracted:
+        raise ValueError(f"judgment {judgment_id}: already undone")
+    if age_s > window_s:
+        raise ValueError(f"judgment {judgment_id}: too late to undo ({age_s:.0f} s ago, window {window_s:.0f} s)")
+    con.execute(
+        "UPDATE judgments SET retracted_at = current_localtimestamp(), retracted_by = ? WHERE id = ?",
+        [actor, judgment_id],
+    )
+    log_event(con, actor, "judgment.undo", {"judgment_id": judgment_id, "comparison_id": comparison_id})
+    return int(comparison_id)

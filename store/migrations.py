@@ -153,7 +153,66 @@ def m002_lookup_indexes_and_scores(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [m001_initial_schema, m002_lookup_indexes_and_scores]
+def m003_annotation_app(con: duckdb.DuckDBPyConnection) -> None:
+    """The annotation app: login lockout, sessions, leases, settings, gold answers, and undo as a retraction."""
+    con.execute("ALTER TABLE reviewers ADD COLUMN failed_logins INTEGER DEFAULT 0")
+    con.execute("ALTER TABLE reviewers ADD COLUMN locked_until TIMESTAMP")
+    con.execute("ALTER TABLE reviewers ADD COLUMN last_login_at TIMESTAMP")
+    # An undo never deletes: the judgment stays, marked retracted (by whom, when); counted ones have NULL here.
+    con.execute("ALTER TABLE judgments ADD COLUMN retracted_at TIMESTAMP")
+    con.execute("ALTER TABLE judgments ADD COLUMN retracted_by VARCHAR")
+    con.execute("CREATE INDEX judgments_reviewer ON judgments (reviewer_id)")
+    for name in ("leases", "sessions"):
+        con.execute(f"CREATE SEQUENCE IF NOT EXISTS {name}_id START 1")
+    con.execute(
+        """
+        CREATE TABLE leases (
+            id BIGINT PRIMARY KEY,
+            comparison_id BIGINT NOT NULL,
+            reviewer_id BIGINT NOT NULL,
+            leased_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+            expires_at TIMESTAMP NOT NULL,
+            closed_at TIMESTAMP,        -- NULL while open; an open lease past expires_at no longer holds a slot
+            outcome VARCHAR CHECK (outcome IN ('submitted', 'skipped', 'released', 'expired')),
+            judgment_id BIGINT
+        )"""
+    )
+    con.execute("CREATE INDEX leases_comparison ON leases (comparison_id)")
+    con.execute(
+        """
+        CREATE TABLE sessions (
+            id BIGINT PRIMARY KEY,
+            token_hash VARCHAR NOT NULL UNIQUE,  -- sha256 of the token the browser session holds
+            reviewer_id BIGINT NOT NULL,
+            created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+            last_seen_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+            ended_at TIMESTAMP,
+            end_reason VARCHAR
+        )"""
+    )
+    con.execute(
+        """
+        CREATE TABLE settings (
+            key VARCHAR PRIMARY KEY,
+            value JSON NOT NULL,
+            updated_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+            updated_by VARCHAR NOT NULL
+        )"""
+    )
+    con.execute(
+        """
+        CREATE TABLE gold_answers (
+            comparison_id BIGINT PRIMARY KEY,
+            ranking JSON,               -- ordered groups of response ids, best first; NULL when all_bad
+            all_bad BOOLEAN NOT NULL DEFAULT false,
+            note VARCHAR,
+            created_by VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+        )"""
+    )
+
+
+MIGRATIONS: list[Migration] = [m001_initial_schema, m002_lookup_indexes_and_scores, m003_annotation_app]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

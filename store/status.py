@@ -6,12 +6,13 @@ from pathlib import Path
 from typing import Any
 
 from store.db import read
+from store.judgments import LIVE_JUDGMENT, counted
 from store.migrations import schema_version
 
-# A comparison is complete once enough distinct reviewers gave a judgment that is not a skip.
-COMPLETION_SQL = """
+# A comparison is complete once enough distinct reviewers gave a counted judgment (not a skip, not undone).
+COMPLETION_SQL = f"""
     SELECT c.id, c.round, c.required_reviewers,
-           count(DISTINCT j.reviewer_id) FILTER (WHERE j.id IS NOT NULL AND NOT j.skipped) AS done
+           count(DISTINCT j.reviewer_id) FILTER (WHERE j.id IS NOT NULL AND {counted('j')}) AS done
     FROM comparisons c LEFT JOIN judgments j ON j.comparison_id = c.id
     GROUP BY c.id, c.round, c.required_reviewers
 """
@@ -28,7 +29,7 @@ def workspace_status(db: str | Path) -> dict[str, Any]:
             rounds[int(rnd)] = {"comparisons_pending": pending, "comparisons_complete": complete, "judgments": 0}
         for rnd, n, skipped, all_bad in con.execute(
             "SELECT c.round, count(*), count(*) FILTER (WHERE j.skipped), count(*) FILTER (WHERE j.all_bad) "
-            "FROM judgments j JOIN comparisons c ON c.id = j.comparison_id GROUP BY c.round"
+            f"FROM judgments j JOIN comparisons c ON c.id = j.comparison_id WHERE {LIVE_JUDGMENT} GROUP BY c.round"
         ).fetchall():
             rounds.setdefault(int(rnd), {"comparisons_pending": 0, "comparisons_complete": 0})
             rounds[int(rnd)].update({"judgments": n, "skipped": skipped, "all_bad": all_bad})
@@ -47,11 +48,48 @@ def workspace_status(db: str | Path) -> dict[str, Any]:
             "comparisons": one("SELECT count(*) FROM comparisons"),
             "comparisons_pending": sum(r["comparisons_pending"] for r in rounds.values()),
             "comparisons_complete": sum(r["comparisons_complete"] for r in rounds.values()),
-            "judgments": one("SELECT count(*) FROM judgments"),
+            "judgments": one(f"SELECT count(*) FROM judgments WHERE {LIVE_JUDGMENT}"),
             "reviewers": one("SELECT count(*) FROM reviewers"),
             "rounds": {str(k): v for k, v in sorted(rounds.items())},
             "models": models,
             "runs": one("SELECT count(*) FROM runs"),
         }
+
+    return read(db, work)
+
+
+def queue_overview(db: str | Path) -> dict[str, Any]:
+    """The admin overview: comparisons by round and state, judgments per reviewer per day, time per judgment."""
+
+    def work(con) -> dict[str, Any]:
+        by_round = con.execute(
+            f"""SELECT s.round, count(*) AS comparisons,
+                   count(*) FILTER (WHERE s.done >= s.required_reviewers) AS complete,
+                   count(*) FILTER (WHERE s.done < s.required_reviewers AND l.n > 0) AS in_progress,
+                   count(*) FILTER (WHERE s.done < s.required_reviewers AND coalesce(l.n, 0) = 0) AS pending,
+                   count(*) FILTER (WHERE g.comparison_id IS NOT NULL) AS gold
+                FROM ({COMPLETION_SQL}) s
+                LEFT JOIN (SELECT comparison_id, count(*) AS n FROM leases
+                           WHERE closed_at IS NULL AND expires_at > current_localtimestamp() GROUP BY 1) l
+                       ON l.comparison_id = s.id
+                LEFT JOIN gold_answers g ON g.comparison_id = s.id
+                GROUP BY s.round ORDER BY s.round"""
+        ).fetchdf()
+        per_day = con.execute(
+            f"""SELECT CAST(j.created_at AS DATE) AS day, r.name AS reviewer, count(*) AS judgments
+                FROM judgments j JOIN reviewers r ON r.id = j.reviewer_id
+                WHERE {counted('j')} AND r.kind = 'human' GROUP BY 1, 2 ORDER BY 1, 2"""
+        ).fetchdf()
+        per_reviewer = con.execute(
+            f"""SELECT r.name AS reviewer, count(*) AS judgments,
+                   count(*) FILTER (WHERE j.all_bad) AS all_bad,
+                   median(j.time_spent_ms) / 1000.0 AS median_seconds
+                FROM judgments j JOIN reviewers r ON r.id = j.reviewer_id
+                WHERE {counted('j')} AND r.kind = 'human' GROUP BY 1 ORDER BY 1"""
+        ).fetchdf()
+        (median_s,) = con.execute(
+            f"SELECT median(time_spent_ms) / 1000.0 FROM judgments j WHERE {counted('j')}"
+        ).fetchone()
+        return {"by_round": by_round, "per_day": per_day, "per_reviewer": per_reviewer, "median_seconds": median_s}
 
     return read(db, work)
