@@ -1,0 +1,57 @@
+"""The annotation app's entry: a router that shows the login page, or the pages the user's role allows.
+
+Run it with `rankloop serve`. Pages live in annotate/app_pages/; this file only decides which ones exist for
+this session and draws the sidebar (who is logged in, logout).
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from annotate.session import current_user, db_path
+from store.queue import release
+from store.users import end_session
+
+st.set_page_config(page_title="rankloop", layout="wide")
+
+REVIEWER_PAGES = [
+    st.Page("app_pages/rank.py", title="Rank", default=True),
+    st.Page("app_pages/mine.py", title="My judgments"),
+    st.Page("app_pages/guidelines.py", title="Guidelines"),
+]
+ADMIN_PAGES = [
+    st.Page("app_pages/overview.py", title="Overview"),
+    st.Page("app_pages/agreement.py", title="Agreement"),
+    st.Page("app_pages/reviewers.py", title="Reviewers"),
+    st.Page("app_pages/queue.py", title="Queue"),
+    st.Page("app_pages/runs.py", title="Models and runs"),
+    st.Page("app_pages/export.py", title="Export"),
+    st.Page("app_pages/settings.py", title="Settings"),
+    st.Page("app_pages/audit.py", title="Audit log"),
+]
+
+
+def logout() -> None:
+    db = db_path()
+    item = st.session_state.get("item")
+    user = st.session_state.get("user")
+    if item is not None and user is not None:
+        release(db, item.lease_id, user.id)
+    if st.session_state.get("token"):
+        end_session(db, st.session_state["token"])
+    for key in list(st.session_state.keys()):
+        del st.session_state[key]
+    st.session_state["login_notice"] = "Logged out."
+
+
+user = current_user()
+st.session_state["user"] = user
+if user is None:
+    page = st.navigation([st.Page("app_pages/login.py", title="Log in")])
+else:
+    with st.sidebar:
+        st.caption(f"Logged in as **{user.name}** ({user.role})")
+        st.button("Log out", key="logout", on_click=logout)
+    pages = {"Review": REVIEWER_PAGES, "Admin": ADMIN_PAGES} if user.role == "admin" else REVIEWER_PAGES
+    page = st.navigation(pages)
+page.run()

@@ -1,0 +1,89 @@
+"""What every page shares: the workspace database, the logged-in user, and the admin check.
+
+The app finds its workspace in the environment variable RANKLOOP_WORKSPACE (set by `rankloop serve`). The login
+session is a token in `st.session_state`, checked against the database on every run, so a logout, an expiry or
+a deactivated account takes effect at the next click.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import streamlit as st
+
+from store.migrations import migrate
+from store.settings import get_settings
+from store.users import User, session_context
+
+WORKSPACE_ENV = "RANKLOOP_WORKSPACE"
+DB_NAME = "rankloop.duckdb"  # the name rankloop.workspace gives the database inside a workspace folder
+
+
+@st.cache_resource(show_spinner=False)
+def _migrated(db: str) -> str:
+    migrate(db)
+    return db
+
+
+def workspace_dir() -> Path:
+    raw = os.environ.get(WORKSPACE_ENV)
+    if not raw:
+        st.error(f"No workspace: start the app with `rankloop serve --workspace DIR` (or set {WORKSPACE_ENV}).")
+        st.stop()
+    return Path(raw)
+
+
+def db_path() -> Path:
+    """The workspace database, brought up to the current schema once per server process."""
+    db = workspace_dir() / DB_NAME
+    if not db.is_file():
+        st.error(f"{db}: no workspace database here; create one with `rankloop init {db.parent}`.")
+        st.stop()
+    return Path(_migrated(str(db)))
+
+
+def current_user(*, for_page: bool = False) -> User | None:
+    """The user of this browser session, or None (the token is dropped when the session ended).
+
+    The router checks the session once per run (with the settings, on one connection) and hands the answer to
+    the page it runs (`for_page=True` takes it); a page run without the router checks for itself.
+    """
+    token = st.session_state.get("token")
+    handed = st.session_state.pop("_checked", None) if for_page else None
+    if not token:
+        return None
+    if handed is not None and handed[0] == token:
+        return handed[1]
+    user, found = session_context(db_path(), token)
+    st.session_state["settings"] = found
+    if user is None:
+        st.session_state.pop("token", None)
+        st.session_state["login_notice"] = "Your session ended (logged out, expired or deactivated)."
+    elif not for_page:
+        st.session_state["_checked"] = (token, user)
+    return user
+
+
+def settings() -> dict:
+    """The workspace settings as read with this run's session check."""
+    if "settings" not in st.session_state or not st.session_state["settings"]:
+        st.session_state["settings"] = get_settings(db_path())
+    return st.session_state["settings"]
+
+
+def require_user() -> User:
+    user = current_user(for_page=True)
+    if user is None:
+        st.warning("Please log in.")
+        st.stop()
+    return user
+
+
+def require_admin() -> User:
+    """Stop the page unless the user is an admin; every admin page calls this first."""
+    user = require_user()
+    if user.role != "admin":
+        st.error("This page is for admins only.")
+        st.stop()
+    return user

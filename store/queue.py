@@ -1,0 +1,308 @@
+"""The reviewer's queue: which comparison to show next, held under a lease; submit, skip and undo.
+
+- A comparison needs `required_reviewers` distinct reviewers with a counted judgment (see store.judgments).
+  Open, unexpired leases hold a slot, so concurrent reviewers do not overfill it; an expired lease or a skip
+  gives the slot back. Nobody is offered a comparison they already judged or skipped, or one that holds a
+  response they wrote themselves (a response whose `params` carry `edited_by_reviewer_id`).
+- Order: round (oldest first), then priority (highest first), then age (oldest first), then id.
+- Gold comparisons (rows in `gold_answers`) are mixed in at the `gold_rate` setting, each reviewer at most once.
+- Leases are handed out under a process-wide lock: DuckDB lets one process hold the file, so this lock plus the
+  file lock serialize every lease decision.
+- The idempotency key of a submit is `app:{reviewer}:{comparison}:{lease}`: a retried submit is stored once, and
+  a new attempt after an undo gets a new lease, hence a new key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from store.audit import log_event
+from store.db import read, write
+from store.judgments import NewJudgment, counted, insert_judgment, retract_judgment
+from store.settings import settings_in
+
+_lease_lock = threading.Lock()
+
+
+class AlreadyJudged(ValueError):
+    """The reviewer already has a live judgment for this comparison."""
+
+
+@dataclass
+class Item:
+    lease_id: int
+    comparison_id: int
+    round: int
+    messages: list[dict[str, str]]  # the prompt as chat turns
+    responses: list[tuple[int, str]]  # (response id, text) in the order this reviewer sees them
+    is_gold: bool = False
+    progress: dict[str, int] = field(default_factory=dict)  # the reviewer's progress when it was handed out
+
+
+@dataclass
+class Answer:
+    ranking: list[list[int]] | None = None  # groups of response ids, best first
+    all_bad: bool = False
+    flags: list[str] = field(default_factory=list)
+    rationale: str | None = None
+    edited_text: str | None = None
+    time_spent_ms: int | None = None
+
+
+def display_order(reviewer_id: int, comparison_id: int, response_ids: list[int]) -> list[int]:
+    """The order one reviewer sees one comparison's responses in: shuffled, but the same on every rerun."""
+
+    def key(rid: int) -> str:
+        return hashlib.sha256(f"{reviewer_id}:{comparison_id}:{rid}".encode()).hexdigest()
+
+    return sorted(response_ids, key=key)
+
+
+_OPEN = "l.closed_at IS NULL AND l.expires_at > current_localtimestamp()"
+_ORDER = "ORDER BY round, priority DESC, created_at, id LIMIT 1"
+# One pass over the queue for one reviewer: what is left for them, the next regular item, the next gold item.
+_QUEUE = f"""
+    WITH done AS (
+        SELECT comparison_id, count(DISTINCT reviewer_id) AS n FROM judgments j WHERE {counted('j')} GROUP BY 1),
+    held AS (SELECT comparison_id, count(*) AS n FROM leases l WHERE {_OPEN} GROUP BY 1),
+    mine AS (SELECT DISTINCT comparison_id FROM judgments WHERE reviewer_id = $r AND retracted_at IS NULL),
+    own AS (SELECT coalesce(list(id), []) AS ids FROM responses
+            WHERE json_extract_string(params, '$.edited_by_reviewer_id') = CAST($r AS VARCHAR)),
+    cand AS MATERIALIZED (
+        SELECT c.id, c.round, c.priority, c.created_at, c.required_reviewers AS needed, coalesce(done.n, 0) AS d,
+               coalesce(held.n, 0) AS h, g.comparison_id IS NOT NULL AS gold
+        FROM comparisons c
+        LEFT JOIN done ON done.comparison_id = c.id LEFT JOIN held ON held.comparison_id = c.id
+        LEFT JOIN gold_answers g ON g.comparison_id = c.id
+        WHERE c.id NOT IN (SELECT comparison_id FROM mine) AND NOT list_has_any(c.response_ids, (SELECT ids FROM own)))
+    SELECT (SELECT count(*) FROM cand WHERE NOT gold AND d < needed),
+           (SELECT id FROM cand WHERE NOT gold AND d + h < needed {_ORDER}),
+           (SELECT id FROM cand WHERE gold {_ORDER})
+"""
+
+
+def _queue_state(con: duckdb.DuckDBPyConnection, reviewer_id: int) -> tuple[int, int | None, int | None]:
+    """(comparisons still open to the reviewer, next regular id, next gold id)."""
+    remaining, regular, gold = con.execute(_QUEUE, {"r": reviewer_id}).fetchone()
+    return int(remaining), regular, gold
+
+
+def _progress(con: duckdb.DuckDBPyConnection, reviewer_id: int, remaining: int) -> dict[str, int]:
+    today, total = con.execute(
+        "SELECT count(*) FILTER (WHERE created_at >= current_date), count(*) "
+        f"FROM judgments j WHERE reviewer_id = ? AND {counted('j')}",
+        [reviewer_id],
+    ).fetchone()
+    return {"done_today": int(today), "total": int(total), "remaining": remaining}
+
+
+def progress_in(con: duckdb.DuckDBPyConnection, reviewer_id: int) -> dict[str, int]:
+    """Done today, done in total (counted judgments), and comparisons still open to this reviewer."""
+    return _progress(con, reviewer_id, _queue_state(con, reviewer_id)[0])
+
+
+def _load_item(con: duckdb.DuckDBPyConnection, lease_id: int, progress: dict[str, int]) -> Item:
+    row = con.execute(
+        "SELECT l.reviewer_id, c.id, c.round, c.response_ids, p.messages, "
+        "c.id IN (SELECT comparison_id FROM gold_answers) "
+        "FROM leases l JOIN comparisons c ON c.id = l.comparison_id JOIN prompts p ON p.id = c.prompt_id "
+        "WHERE l.id = ?",
+        [lease_id],
+    ).fetchone()
+    reviewer_id, cid, rnd, response_ids, messages, gold = row
+    texts = dict(con.execute(
+        "SELECT id, text FROM responses WHERE id IN (SELECT unnest(?))", [list(response_ids)]).fetchall())
+    order = display_order(reviewer_id, cid, list(response_ids))
+    return Item(lease_id, cid, rnd, json.loads(messages), [(r, texts[r]) for r in order], bool(gold), progress)
+
+
+def _new_lease(con: duckdb.DuckDBPyConnection, reviewer_id: int, comparison_id: int, minutes: int) -> int:
+    (lid,) = con.execute("SELECT nextval('leases_id')").fetchone()
+    con.execute(
+        "INSERT INTO leases (id, comparison_id, reviewer_id, leased_at, expires_at) VALUES "
+        "(?, ?, ?, current_localtimestamp(), current_localtimestamp() + to_minutes(?))",
+        [lid, comparison_id, reviewer_id, int(minutes)],
+    )
+    return int(lid)
+
+
+def _wants_gold(con: duckdb.DuckDBPyConnection, reviewer_id: int, rate: float) -> bool:
+    if rate <= 0:
+        return False
+    total, gold = con.execute(
+        "SELECT count(*), count(*) FILTER (WHERE comparison_id IN (SELECT comparison_id FROM gold_answers)) "
+        f"FROM judgments j WHERE reviewer_id = ? AND {counted('j')}",
+        [reviewer_id],
+    ).fetchone()
+    return math.floor(rate * (total + 1)) > gold
+
+
+def next_item_in(con: duckdb.DuckDBPyConnection, reviewer_id: int) -> Item | None:
+    """The reviewer's open lease if they hold one, else a new lease on the next comparison (inside a transaction)."""
+    con.execute(
+        "UPDATE leases SET closed_at = current_localtimestamp(), outcome = 'expired' "
+        "WHERE closed_at IS NULL AND expires_at <= current_localtimestamp()"
+    )
+    held = con.execute(
+        f"SELECT id FROM leases l WHERE reviewer_id = ? AND {_OPEN} ORDER BY id DESC LIMIT 1", [reviewer_id]
+    ).fetchone()
+    remaining, regular, gold = _queue_state(con, reviewer_id)
+    progress = _progress(con, reviewer_id, remaining)
+    if held:
+        return _load_item(con, held[0], progress)
+    s = settings_in(con)
+    pick = gold if gold is not None and _wants_gold(con, reviewer_id, s["gold_rate"]) else regular
+    if pick is None:
+        return None
+    return _load_item(con, _new_lease(con, reviewer_id, pick, s["lease_minutes"]), progress)
+
+
+def next_item(db: str | Path, reviewer_id: int) -> Item | None:
+    """What to show this reviewer now (None when their queue is empty); the item stays leased to them."""
+    with _lease_lock:
+        return write(db, lambda con: next_item_in(con, reviewer_id))
+
+
+def _record(con: duckdb.DuckDBPyConnection, lease_id: int, reviewer_id: int, reviewer: str, answer: Answer,
+            skipped: bool) -> int:
+    lease = con.execute(
+        "SELECT l.comparison_id, l.reviewer_id, c.response_ids, l.outcome, r.active FROM leases l "
+        "JOIN comparisons c ON c.id = l.comparison_id JOIN reviewers r ON r.id = l.reviewer_id WHERE l.id = ?",
+        [lease_id],
+    ).fetchone()
+    if lease is None or lease[1] != reviewer_id:
+        raise ValueError(f"lease {lease_id} is not yours")
+    if not lease[4]:
+        raise ValueError("this account is deactivated")
+    cid, _, response_ids, outcome, _ = lease
+    key = f"app:{reviewer_id}:{cid}:{lease_id}"
+    found = con.execute("SELECT id FROM judgments WHERE idempotency_key = ?", [key]).fetchone()
+    if found:
+        return int(found[0])  # a retried submit: stored once
+    if outcome == "released":
+        raise ValueError("this item was given back to the queue; it is no longer yours to answer")
+    if con.execute(
+        "SELECT 1 FROM judgments WHERE reviewer_id = ? AND comparison_id = ? AND retracted_at IS NULL",
+        [reviewer_id, cid],
+    ).fetchone():
+        raise AlreadyJudged(f"you already judged comparison {cid}")
+    jid = insert_judgment(con, NewJudgment(
+        comparison_id=cid, reviewer=reviewer, idempotency_key=key,
+        ranking=None if skipped else answer.ranking, all_bad=False if skipped else answer.all_bad, skipped=skipped,
+        flags=list(answer.flags), edited_text=answer.edited_text or None, rationale=answer.rationale or None,
+        display_order=display_order(reviewer_id, cid, list(response_ids)), time_spent_ms=answer.time_spent_ms,
+        source="app",
+    ))
+    con.execute(
+        "UPDATE leases SET closed_at = current_localtimestamp(), outcome = ?, judgment_id = ? WHERE id = ?",
+        ["skipped" if skipped else "submitted", jid, lease_id],
+    )
+    return jid
+
+
+def submit(db: str | Path, lease_id: int, reviewer_id: int, reviewer: str, answer: Answer,
+           skipped: bool = False) -> int:
+    """Store the reviewer's answer for the leased comparison; returns the judgment id once committed."""
+    return write(db, lambda con: _record(con, lease_id, reviewer_id, reviewer, answer, skipped))
+
+
+def submit_and_next(db: str | Path, lease_id: int, reviewer_id: int, reviewer: str, answer: Answer,
+                    skipped: bool = False) -> tuple[int, Item | None]:
+    """Submit (or skip) and lease the next item in one transaction: the judgment id and what to show next."""
+
+    def work(con: duckdb.DuckDBPyConnection) -> tuple[int, Item | None]:
+        jid = _record(con, lease_id, reviewer_id, reviewer, answer, skipped)
+        return jid, next_item_in(con, reviewer_id)
+
+    with _lease_lock:
+        return write(db, work)
+
+
+def undo(db: str | Path, judgment_id: int, reviewer_id: int, reviewer: str,
+         release_lease_id: int | None = None) -> Item:
+    """Retract the reviewer's judgment (within the undo window) and hand the comparison back to them.
+
+    The lease they held on their next item, if any, is released so that item returns to the queue.
+    """
+
+    def work(con: duckdb.DuckDBPyConnection) -> Item:
+        s = settings_in(con)
+        cid = retract_judgment(con, judgment_id, reviewer_id, reviewer, s["undo_window_s"])
+        if release_lease_id is not None:
+            con.execute(
+                "UPDATE leases SET closed_at = current_localtimestamp(), outcome = 'released' "
+                "WHERE id = ? AND reviewer_id = ? AND closed_at IS NULL",
+                [release_lease_id, reviewer_id],
+            )
+        return _load_item(con, _new_lease(con, reviewer_id, cid, s["lease_minutes"]), progress_in(con, reviewer_id))
+
+    with _lease_lock:
+        return write(db, work)
+
+
+def release(db: str | Path, lease_id: int, reviewer_id: int) -> None:
+    """Give a lease back unanswered (logout): the comparison returns to the queue at once."""
+    write(db, lambda con: con.execute(
+        "UPDATE leases SET closed_at = current_localtimestamp(), outcome = 'released' "
+        "WHERE id = ? AND reviewer_id = ? AND closed_at IS NULL", [lease_id, reviewer_id]))
+
+
+def progress(db: str | Path, reviewer_id: int) -> dict[str, int]:
+    return read(db, lambda con: progress_in(con, reviewer_id))
+
+
+def my_judgments(db: str | Path, reviewer_id: int, limit: int = 200) -> list[dict[str, Any]]:
+    """The reviewer's own judgments, newest first (never anyone else's)."""
+    rows = read(db, lambda con: con.execute(
+        "SELECT id, comparison_id, created_at, ranking, all_bad, skipped, flags, display_order, time_spent_ms, "
+        "retracted_at IS NOT NULL, rationale FROM judgments WHERE reviewer_id = ? ORDER BY id DESC LIMIT ?",
+        [reviewer_id, limit]).fetchall())
+    cols = ["id", "comparison_id", "created_at", "ranking", "all_bad", "skipped", "flags", "display_order",
+            "time_spent_ms", "undone", "rationale"]
+    out = []
+    for r in rows:
+        d = dict(zip(cols, r, strict=True))
+        d["ranking"] = json.loads(d["ranking"]) if d["ranking"] else None
+        out.append(d)
+    return out
+
+
+def set_required_reviewers(db: str | Path, n: int, actor: str, round: int | None = None) -> int:
+    """Set N (distinct reviewers needed) on every comparison, or on one round's; returns how many changed."""
+    if not 1 <= n <= 50:
+        raise ValueError("required reviewers: must be between 1 and 50")
+
+    def work(con: duckdb.DuckDBPyConnection) -> int:
+        changed = len(con.execute(
+            "UPDATE comparisons SET required_reviewers = ? WHERE (? IS NULL OR round = ?) AND required_reviewers <> ? "
+            "RETURNING id", [n, round, round, n]).fetchall())
+        log_event(con, actor, "queue.required_reviewers", {"n": n, "round": round, "comparisons": changed})
+        return changed
+
+    return write(db, work)
+
+
+def set_priority(db: str | Path, priority: float, actor: str, round: int | None = None,
+                 comparison_ids: list[int] | None = None) -> int:
+    """Set the priority of the listed comparisons, or of a round's; returns how many rows it touched."""
+    if round is None and not comparison_ids:
+        raise ValueError("name a round or some comparison ids")
+
+    def work(con: duckdb.DuckDBPyConnection) -> int:
+        rows = con.execute(
+            "UPDATE comparisons SET priority = ? WHERE (? IS NULL OR round = ?) "
+            "AND (? IS NULL OR id IN (SELECT unnest(?))) RETURNING id",
+            [float(priority), round, round, comparison_ids, comparison_ids or []]).fetchall()
+        log_event(con, actor, "queue.priority", {"priority": priority, "round": round,
+                                                 "comparison_ids": comparison_ids, "comparisons": len(rows)})
+        return len(rows)
+
+    return write(db, work)

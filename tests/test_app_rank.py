@@ -1,0 +1,196 @@
+"""The ranking page (AppTest), read back from the real DuckDB: rank, tie, all bad, edit, skip, undo, double submit."""
+
+import json
+
+import duckdb
+import pytest
+
+from store.settings import set_setting
+from store.users import add_user
+from tests.test_app_login import PAGES, app, button, log_in, texts
+from tests.test_queue import seed_comparisons
+
+
+def _judgments(db):
+    con = duckdb.connect(str(db))
+    try:
+        rows = con.execute(
+            "SELECT comparison_id, ranking, all_bad, skipped, flags, edited_text, rationale, display_order, "
+            "time_spent_ms, retracted_at IS NOT NULL, source FROM judgments ORDER BY id").fetchall()
+    finally:
+        con.close()
+    cols = ["comparison_id", "ranking", "all_bad", "skipped", "flags", "edited_text", "rationale", "display_order",
+            "time_spent_ms", "retracted", "source"]
+    out = [dict(zip(cols, r, strict=True)) for r in rows]
+    for d in out:
+        d["ranking"] = json.loads(d["ranking"]) if d["ranking"] else None
+    return out
+
+
+@pytest.fixture
+def ranking(workspace, monkeypatch):
+    """A reviewer logged in with two 3-answer items and one 2-answer item in their queue."""
+    ids = seed_comparisons(workspace.db, 2, k=3) + seed_comparisons(workspace.db, 1, k=2)
+    add_user(workspace.db, "rita", "reviewer", "rita's password", actor="test")
+    at = log_in(app(workspace, monkeypatch), "rita", "rita's password")
+    return workspace, at, ids
+
+
+def _item(at):
+    return at.session_state["item"]
+
+
+def _rank_as_shown(at):
+    """Press A then B (C, if any, is last by elimination): a complete ranking, chosen by the reviewer."""
+    button(at, "A next" if len(_item(at).responses) > 2 else "A better").click().run()
+    if len(_item(at).responses) > 2:
+        button(at, "B next").click().run()
+
+
+def test_submit_a_ranking_then_read_the_row(ranking):
+    ws, at, ids = ranking
+    item = _item(at)
+    assert item.comparison_id == ids[0] and "model-" not in texts(at)  # model names never shown
+    shown = [rid for rid, _ in item.responses]
+    button(at, "B next").click().run()
+    assert "B · not ranked yet: A, C" in texts(at)
+    button(at, "C next").click().run()  # A is last by elimination
+    assert "B > C > A" in texts(at)
+    button(at, "Submit").click().run()
+    (row,) = _judgments(ws.db)
+    assert row["comparison_id"] == ids[0] and row["display_order"] == shown
+    assert row["ranking"] == [[shown[1]], [shown[2]], [shown[0]]]
+    assert row["time_spent_ms"] >= 0 and row["source"] == "app" and not row["all_bad"]
+    assert _item(at).comparison_id == ids[1]  # the next item shows at once
+    assert "Done today 1 · total 1 · 2 left in your queue" in texts(at)
+
+
+def test_rank_selectors_tie(ranking):
+    ws, at, ids = ranking
+    item = _item(at)
+    shown = [rid for rid, _ in item.responses]
+    at.button_group(key=f"rank:{item.lease_id}:{shown[2]}").set_value(1).run()  # C ties with A at rank 1
+    assert "A = C > B" in texts(at)
+    button(at, "Submit").click().run()
+    assert _judgments(ws.db)[0]["ranking"] == [[shown[0], shown[2]], [shown[1]]]
+
+
+def test_two_answers_tie_key_and_both_bad(ranking):
+    ws, at, ids = ranking
+    for _ in range(2):  # get to the 2-answer item
+        _rank_as_shown(at)
+        button(at, "Submit").click().run()
+    item = _item(at)
+    assert item.comparison_id == ids[2]
+    button(at, "Tie").click().run()
+    assert "A = B" in texts(at)
+    button(at, "Submit").click().run()
+    assert _judgments(ws.db)[-1]["ranking"] == [[rid for rid, _ in item.responses]]
+
+
+def test_all_bad(ranking):
+    ws, at, _ = ranking
+    button(at, "All bad / cannot rank").click().run()
+    assert "all bad / cannot rank" in texts(at)
+    button(at, "Submit").click().run()
+    (row,) = _judgments(ws.db)
+    assert row["all_bad"] and row["ranking"] is None
+
+
+def test_edit_flags_and_rationale_are_stored(ranking):
+    ws, at, _ = ranking
+    item = _item(at)
+    _rank_as_shown(at)
+    at.text_area(key=f"edit:{item.lease_id}").input("A much better answer.")
+    at.text_input(key=f"why:{item.lease_id}").input("A is precise")
+    at.button_group(key=f"flags:{item.lease_id}").set_value(["factually_wrong"])
+    button(at, "Submit").click().run()
+    (row,) = _judgments(ws.db)
+    assert row["edited_text"] == "A much better answer." and row["rationale"] == "A is precise"
+    assert row["flags"] == ["factually_wrong"]
+
+
+def test_unchanged_order_warns_before_it_is_stored(ranking):
+    ws, at, _ = ranking
+    button(at, "Submit").click().run()
+    assert "unchanged" in texts(at) and _judgments(ws.db) == []
+    button(at, "Submit").click().run()  # confirmed
+    (row,) = _judgments(ws.db)
+    assert row["ranking"] == [[r] for r in row["display_order"]]
+
+
+def test_skip_records_a_skip_and_moves_on(ranking):
+    ws, at, ids = ranking
+    button(at, "Skip").click().run()
+    (row,) = _judgments(ws.db)
+    assert row["skipped"] and row["ranking"] is None and row["comparison_id"] == ids[0]
+    assert _item(at).comparison_id == ids[1]
+
+
+def test_undo_brings_the_item_back_and_keeps_the_row(ranking):
+    ws, at, ids = ranking
+    _rank_as_shown(at)
+    button(at, "Submit").click().run()
+    assert _item(at).comparison_id == ids[1]
+    button(at, "Undo last submit").click().run()
+    assert _item(at).comparison_id == ids[0] and "Undone" in texts(at)
+    (row,) = _judgments(ws.db)
+    assert row["retracted"]  # recorded as undone, not deleted
+    _rank_as_shown(at)
+    button(at, "Submit").click().run()
+    rows = _judgments(ws.db)
+    assert len(rows) == 2 and not rows[1]["retracted"] and rows[1]["comparison_id"] == ids[0]
+    assert "Done today 1 · total 1" in texts(at)
+
+
+def test_undo_window_closes(ranking):
+    ws, at, _ = ranking
+    set_setting(ws.db, "undo_window_s", 0, actor="test")
+    _rank_as_shown(at)
+    button(at, "Submit").click().run()
+    assert button(at, "Undo last submit").disabled
+
+
+def test_double_submit_is_stored_once(ranking):
+    ws, at, ids = ranking
+    first = _item(at)
+    _rank_as_shown(at)
+    state = {k: at.session_state[k] for k in at.session_state if str(k).endswith(f":{first.lease_id}")}
+    button(at, "Submit").click().run()
+    # The same submit arrives again (a double click or a retry after a dropped connection): same lease, same key.
+    at.session_state["item"] = first
+    for k, v in state.items():
+        at.session_state[k] = v
+    at.run()
+    button(at, "Submit").click().run()
+    rows = _judgments(ws.db)
+    assert len(rows) == 1 and rows[0]["comparison_id"] == ids[0]
+
+
+def test_guidelines_are_one_click_away(ranking):
+    ws, at, _ = ranking
+    set_setting(ws.db, "guidelines", "Prefer **short, correct** answers.", actor="test")
+    at.run()
+    assert "Prefer **short, correct** answers." in [m.value for m in at.markdown]
+
+
+def test_my_judgments_shows_only_mine(ranking, monkeypatch):
+    ws, at, ids = ranking
+    add_user(ws.db, "otto", "reviewer", "otto's password", actor="test")
+    other = log_in(app(ws, monkeypatch), "otto", "otto's password")
+    _rank_as_shown(other)
+    button(other, "Submit").click().run()
+    button(at, "Skip").click().run()
+    at.switch_page(str(PAGES / "mine.py")).run()
+    frame = at.dataframe[0].value
+    assert list(frame["answer"]) == ["skipped"] and list(frame["item"]) == [ids[0]]
+
+
+def test_logout_gives_the_leased_item_back(ranking):
+    ws, at, ids = ranking
+    lease = _item(at).lease_id
+    button(at, "Log out").click().run()
+    con = duckdb.connect(str(ws.db))
+    (outcome,) = con.execute("SELECT outcome FROM leases WHERE id = ?", [lease]).fetchone()
+    con.close()
+    assert outcome == "released"
