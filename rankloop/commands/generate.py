@@ -1,0 +1,77 @@
+"""`rankloop generate`: sample k candidates per prompt from a policy and queue them as comparisons."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import click
+
+from rankloop.commands.common import echo_json, guarded, workspace_option
+from rankloop.workspace import Workspace
+
+
+def _policy_row(ws: Workspace, name: str):
+    from rankloop.models import DEFAULT_POLICY_NAME, model_location, prepare_models
+    from store.models import get_model
+
+    if name == DEFAULT_POLICY_NAME:
+        prepare_models(ws)  # instant once converted and registered
+    row = get_model(ws.db, name)
+    model_location(row)  # a missing folder fails here, before any work
+    return row
+
+
+@click.command("generate")
+@click.option("--policy", default=None, help="Model row to sample from.  [default: [models] policy in rankloop.toml]")
+@click.option("--prompts", "n_prompts", type=int, default=16, show_default=True,
+              help="How many prompts without a comparison to sample for.")
+@click.option("--k", type=int, default=None, help="Candidates per prompt.  [default: [generation] k]")
+@click.option("--round", "round_", type=int, default=0, show_default=True, help="Round the comparisons belong to.")
+@click.option("--required-reviewers", type=int, default=None,
+              help="Reviewers each comparison needs.  [default: [workspace] required_reviewers]")
+@click.option("--max-new-tokens", type=int, default=None, help="Longest response in tokens.  [default: config]")
+@click.option("--temperature", type=float, default=None, help="Sampling temperature.  [default: config]")
+@click.option("--top-p", type=float, default=None, help="Nucleus sampling mass.  [default: config]")
+@click.option("--batch-size", type=int, default=None, help="Sequences decoded together.  [default: config]")
+@click.option("--seed", type=int, default=None, help="Base seed (batch b uses seed + b).  [default: config]")
+@click.option("--split", default=None, help="Only prompts of this split (train, eval, ...).")
+@click.option("--device", default=None, help="cpu, cuda, cuda:N or mps.  [default: cuda when present]")
+@click.option("--json", "as_json", is_flag=True, help="Print the counts and timings as JSON.")
+@workspace_option
+def generate_command(ws: Workspace, policy: str | None, n_prompts: int, k: int | None, round_: int,
+                     required_reviewers: int | None, max_new_tokens: int | None, temperature: float | None,
+                     top_p: float | None, batch_size: int | None, seed: int | None, split: str | None,
+                     device: str | None, as_json: bool) -> None:
+    """Sample k responses for each prompt that has no comparison yet and queue one comparison per prompt."""
+    from rl.sampling import SamplingParams, generate_candidates
+
+    overrides = {"k": k, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
+                 "batch_size": batch_size, "seed": seed}
+    values = {**asdict(ws.config.generation), **{n: v for n, v in overrides.items() if v is not None}}
+    params = guarded(SamplingParams, **values)
+    name = policy or ws.config.models.policy
+    row = guarded(_policy_row, ws, name)
+    reviewers = ws.config.workspace.required_reviewers if required_reviewers is None else required_reviewers
+
+    def progress(done: int, total: int) -> None:
+        if not as_json:
+            click.echo(f"  {done}/{total} prompts sampled", err=True)
+
+    if not as_json:
+        click.echo(f"sampling {params.k} candidates for up to {n_prompts} prompts from {row.name!r} ...", err=True)
+    result = guarded(generate_candidates, ws.db, row, n_prompts=n_prompts, params=params, round=round_,
+                     split=split, required_reviewers=reviewers, device=device, progress=progress)
+    if as_json:
+        echo_json({**result.as_dict(), "policy": row.name, "round": round_, "workspace": str(ws.root)})
+        return
+    if result.prompts == 0:
+        click.echo("no prompts without a comparison" + (f" in split {split!r}" if split else "")
+                   + ": nothing sampled (import prompts with `rankloop import`)")
+        return
+    click.echo(f"queued {result.comparisons} comparisons ({result.responses} responses) for round {round_} "
+               f"in {ws.db}")
+    click.echo(f"  {result.new_tokens} tokens in {result.generate_s:.1f}s ({result.tokens_per_s:.0f} tokens/s) "
+               f"on {result.device}; model loaded in {result.load_s:.1f}s; "
+               f"{result.finished}/{result.responses} ended with EOS")
+    if result.skipped:
+        click.echo(f"  {result.skipped} prompts were queued by another job meanwhile and were left as they were")

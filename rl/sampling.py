@@ -1,0 +1,300 @@
+"""Sampling k candidate responses per prompt from a policy, and queueing them as comparisons for reviewers.
+
+`generate_candidates` reads the prompts that have no comparison yet (one short unit of work), closes the
+database, loads the model once, and decodes in batches: prompts sorted by token length (little padding), left
+padded, each prompt decoded k times with the KV cache. Each batch has its own seed (`seed + batch index`),
+stored with its responses with the sampling parameters. The responses and one comparison per prompt are then
+written in one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rl.device import pick_device
+from store.batch import Batch, Comparison, Prompt, Response, write_batch
+from store.db import write
+from store.models import ModelRow
+from store.prompts import prompts_with_comparisons, prompts_without_comparisons
+
+if TYPE_CHECKING:
+    import torch
+
+SOURCE = "sample"
+logger = logging.getLogger(__name__)
+
+
+def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{name}: must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"{name}: must be " + (f"between {low} and {high}" if high is not None else f">= {low}")
+                         + f", got {value}")
+
+
+@dataclass
+class SamplingParams:
+    k: int = field(default=4, metadata={"help": "Candidates per prompt (one comparison of k responses), 2 to 16."})
+    max_new_tokens: int = field(default=128, metadata={"help": "Longest response, in tokens."})
+    temperature: float = field(default=0.8, metadata={"help": "Sampling temperature (> 0)."})
+    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling mass, in (0, 1]."})
+    batch_size: int = field(default=16, metadata={"help": "Sequences decoded together (prompts x k)."})
+    seed: int = field(default=0, metadata={"help": "Base seed; batch b samples with seed + b."})
+    top_k: int = field(default=0, metadata={"help": "Keep only the k most likely tokens; 0 turns it off."})
+
+    def __post_init__(self) -> None:
+        _check_int("k", self.k, 2, 16)
+        _check_int("max_new_tokens", self.max_new_tokens, 1)
+        _check_int("batch_size", self.batch_size, 1)
+        _check_int("seed", self.seed, 0)
+        _check_int("top_k", self.top_k, 0)
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, int | float) \
+                or not self.temperature > 0:
+            raise ValueError(f"temperature: must be > 0, got {self.temperature!r}")
+        if isinstance(self.top_p, bool) or not isinstance(self.top_p, int | float) or not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p: must be in (0, 1], got {self.top_p!r}")
+
+    @property
+    def prompts_per_batch(self) -> int:
+        return max(1, self.batch_size // self.k)
+
+
+@dataclass
+class Completion:
+    text: str  # EOS and padding stripped
+    new_tokens: int  # generated tokens, the EOS included
+    finished: bool  # ended with EOS (not cut at max_new_tokens)
+    seed: int
+    batch: int
+    index: int  # which of the prompt's k samples
+
+
+@dataclass
+class SamplingResult:
+    prompts: int
+    responses: int
+    comparisons: int
+    comparison_ids: list[int]
+    skipped: int  # prompts another job queued while this one sampled: not written twice
+    new_tokens: int
+    finished: int
+    batches: int
+    load_s: float
+    generate_s: float
+    device: str
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.generate_s if self.generate_s > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "comparison_ids"}
+        out["tokens_per_s"] = round(self.tokens_per_s, 1)
+        return out
+
+
+def policy_location(row: ModelRow) -> str:
+    """The folder (or hub id) to load `row` from."""
+    if row.path:
+        if not Path(row.path).is_dir():
+            raise FileNotFoundError(f"model {row.name!r}: folder {row.path} is missing")
+        return row.path
+    if row.base:
+        return row.base
+    raise ValueError(f"model {row.name!r} has neither a folder nor a hub id")
+
+
+def load_policy(location: str, device: str = "cpu", dtype: Any = None, adapter_path: str | None = None):
+    """(model, tokenizer) ready for generation on `device`; a LoRA adapter is merged in for speed."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(location)
+    if not tokenizer.chat_template:
+        raise ValueError(f"{location}: the tokenizer has no chat template, so chat prompts cannot be formatted")
+    model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
+    if adapter_path:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_path).merge_and_unload()
+    return model.to(device).eval(), tokenizer
+
+
+def eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Every token that ends a response: the generation config's EOS ids and the tokenizer's."""
+    ids = model.generation_config.eos_token_id
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    if not ids:
+        raise ValueError("the model defines no EOS token: responses would never end")
+    return ids
+
+
+def prompt_ids(tokenizer: Any, messages: list[dict[str, str]], max_len: int | None = None) -> list[int]:
+    """Token ids of `messages` in the chat template, ending with the assistant's turn opening.
+
+    A prompt longer than `max_len` keeps its last `max_len` tokens (the end of the conversation matters most).
+    """
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids[-max_len:] if max_len and len(ids) > max_len else ids
+
+
+def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (P, L)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)  # (P, L), 1 on real tokens
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r):] = 1
+    return ids, mask
+
+
+def split_completion(tokens: list[int], stop: set[int]) -> tuple[list[int], int, bool]:
+    """(text tokens, new tokens counted up to and with EOS, finished) for one generated row."""
+    for i, t in enumerate(tokens):
+        if t in stop:
+            return tokens[:i], i + 1, True
+    return tokens, len(tokens), False
+
+
+def _cache_kwarg() -> str:
+    """The name `generate` takes a ready KV cache under (transformers 5 renames `past_key_values` to `cache`)."""
+    try:
+        from transformers.generation.utils import ALL_CACHE_NAMES
+    except ImportError:
+        return "past_key_values"
+    return "cache" if "cache" in ALL_CACHE_NAMES else "past_key_values"
+
+
+def _generate_shared_prefix(model: Any, ids: torch.Tensor, mask: torch.Tensor, k: int, **kw: Any) -> torch.Tensor:
+    """Prefill each prompt once, copy its KV cache k times, then decode the P * k rows together."""
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (P, L): left padding shifts positions, as `generate` does
+    out = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1], use_cache=True)
+    cache = out.get("cache")  # KV of the first L - 1 tokens, batch P
+    cache = out.past_key_values if cache is None else cache
+    cache.batch_repeat_interleave(k)  # batch P * k, prompt-major
+    return model.generate(input_ids=ids.repeat_interleave(k, 0), attention_mask=mask.repeat_interleave(k, 0),
+                          **{_cache_kwarg(): cache}, **kw)  # (P * k, L + T)
+
+
+def sample_completions(model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]],
+                       params: SamplingParams, device: str = "cpu",
+                       progress: Callable[[int, int], None] | None = None,
+                       share_prefix: bool = True) -> list[list[Completion]]:
+    """k completions for each conversation, decoded in length-sorted, left-padded batches with the KV cache.
+
+    With `share_prefix` each prompt is prefilled once and its KV cache copied to its k samples (the same tokens
+    as `num_return_sequences=k`, which prefills every copy); models whose cache cannot be copied fall back.
+    """
+    import torch
+
+    stop = eos_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
+    limit = getattr(model.config, "max_position_embeddings", None)
+    max_prompt = max(1, limit - params.max_new_tokens) if limit else None
+    encoded = [prompt_ids(tokenizer, conv, max_prompt) for conv in conversations]
+    order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i]), i))  # similar lengths share a batch
+    out: list[list[Completion]] = [[] for _ in conversations]
+    per_batch, k = params.prompts_per_batch, params.k
+    share = share_prefix and not model.config.is_encoder_decoder
+    for b, start in enumerate(range(0, len(order), per_batch)):
+        idx = order[start:start + per_batch]
+        input_ids, mask = _left_pad([encoded[i] for i in idx], pad_id)  # (P, L)
+        input_ids, mask = input_ids.to(device), mask.to(device)
+        seed = params.seed + b
+        kw = dict(do_sample=True, temperature=float(params.temperature), top_p=float(params.top_p),
+                  top_k=params.top_k, max_new_tokens=params.max_new_tokens, use_cache=True, pad_token_id=pad_id,
+                  eos_token_id=stop)
+        seqs = None
+        with torch.inference_mode():
+            if share and input_ids.shape[1] > 1:
+                try:
+                    torch.manual_seed(seed)  # seeds every device's generator
+                    seqs = _generate_shared_prefix(model, input_ids, mask, k, **kw)
+                except (AttributeError, TypeError, NotImplementedError) as e:
+                    logger.warning("sharing the prompt's KV cache failed (%s); prefilling each sample instead", e)
+                    share = False
+            if seqs is None:
+                torch.manual_seed(seed)
+                seqs = model.generate(input_ids=input_ids, attention_mask=mask, num_return_sequences=k, **kw)
+        # seqs: (P * k, L + T), rows prompt-major: prompt p's samples are rows p*k .. p*k + k-1
+        new = seqs[:, input_ids.shape[1]:].cpu().tolist()  # (P * k, T), T <= max_new_tokens
+        for row, tokens in enumerate(new):
+            p, j = divmod(row, k)
+            text_tokens, n, finished = split_completion(tokens, set(stop))
+            text = tokenizer.decode(text_tokens, skip_special_tokens=True)
+            out[idx[p]].append(Completion(text, n, finished, seed, b, j))
+        if progress is not None:
+            progress(min(start + per_batch, len(order)), len(order))
+    return out
+
+
+def generate_candidates(db: str | Path, model_row: ModelRow, *, n_prompts: int, params: SamplingParams,
+                        round: int = 0, split: str | None = None, required_reviewers: int = 1,
+                        device: str | None = None,
+                        progress: Callable[[int, int], None] | None = None) -> SamplingResult:
+    """Sample k candidates for up to `n_prompts` prompts without a comparison; queue one comparison per prompt."""
+    _check_int("prompts", n_prompts, 1)
+    _check_int("round", round, 0)
+    _check_int("required_reviewers", required_reviewers, 1)
+    if model_row.kind != "policy":
+        raise ValueError(f"model {model_row.name!r} is a {model_row.kind} model; sampling needs a policy")
+    location = policy_location(model_row)
+    prompts = prompts_without_comparisons(db, n_prompts, split)  # the database is closed again after this
+    if not prompts:
+        return SamplingResult(0, 0, 0, [], 0, 0, 0, 0, 0.0, 0.0, "none")
+
+    choice = pick_device(device)
+    started = time.monotonic()
+    model, tokenizer = load_policy(location, choice.device, choice.dtype, model_row.adapter_path)
+    load_s = time.monotonic() - started
+    started = time.monotonic()
+    completions = sample_completions(model, tokenizer, [p.messages for p in prompts], params, choice.device,
+                                     progress)
+    generate_s = time.monotonic() - started
+
+    batch = Batch()
+    for p, samples in zip(prompts, completions, strict=True):
+        batch.prompts.append(Prompt(p.id, p.messages, p.text, p.source, p.split, p.tags))
+        for c in samples:
+            batch.responses.append(Response(
+                (p.id, c.index), p.id, c.text, source=SOURCE, model_id=model_row.id, model_name=model_row.name,
+                seed=c.seed, params={
+                    "temperature": params.temperature, "top_p": params.top_p, "top_k": params.top_k,
+                    "max_new_tokens": params.max_new_tokens, "finished": c.finished, "new_tokens": c.new_tokens,
+                    "batch": c.batch, "index": c.index, "k": params.k,
+                },
+            ))
+        batch.comparisons.append(Comparison(
+            p.id, p.id, [(p.id, c.index) for c in samples], source=SOURCE, round=round,
+            required_reviewers=required_reviewers,
+        ))
+
+    def work(con) -> tuple[Any, int]:
+        taken = prompts_with_comparisons(con, [p.id for p in prompts])  # queued by another job meanwhile
+        todo = Batch(
+            prompts=[p for p in batch.prompts if p.key not in taken],
+            responses=[r for r in batch.responses if r.prompt_key not in taken],
+            comparisons=[c for c in batch.comparisons if c.prompt_key not in taken],
+        )
+        written = write_batch(con, todo)
+        if written.prompts_new:
+            raise RuntimeError("a sampled prompt no longer matches its stored row (content hash changed)")
+        return written, len(taken)
+
+    written, skipped = write(db, work)
+    kept = [c for p, cs in zip(prompts, completions, strict=True) for c in cs]
+    return SamplingResult(
+        prompts=len(prompts) - skipped, responses=written.responses, comparisons=written.comparisons,
+        comparison_ids=written.comparison_ids, skipped=skipped, new_tokens=sum(c.new_tokens for c in kept),
+        finished=sum(c.finished for c in kept), batches=-(-len(prompts) // params.prompts_per_batch),
+        load_s=load_s, generate_s=generate_s, device=choice.name,
+    )
