@@ -16,6 +16,8 @@ COMMANDS = [
     ("rankloop.commands.export", "export_group"),
     ("rankloop.commands.models", "models_group"),
     ("rankloop.commands.generate", "generate_command"),
+    ("rankloop.commands.serve", "serve_command"),
+    ("rankloop.commands.users", "users_group"),
 ]
 
 
