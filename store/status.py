@@ -50,6 +50,9 @@ def workspace_status(db: str | Path) -> dict[str, Any]:
             "comparisons_complete": sum(r["comparisons_complete"] for r in rounds.values()),
             "judgments": one(f"SELECT count(*) FROM judgments WHERE {LIVE_JUDGMENT}"),
             "reviewers": one("SELECT count(*) FROM reviewers"),
+            "reviewers_with_judgments": one(
+                f"SELECT count(DISTINCT reviewer_id) FROM judgments WHERE {LIVE_JUDGMENT}"
+            ),
             "rounds": {str(k): v for k, v in sorted(rounds.items())},
             "models": models,
             "runs": one("SELECT count(*) FROM runs"),

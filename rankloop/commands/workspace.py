@@ -38,7 +38,8 @@ def status_command(ws: Workspace, as_json: bool) -> None:
     click.echo(f"responses    {s['responses']}")
     click.echo(f"comparisons  {s['comparisons']} ({s['comparisons_pending']} pending, "
                f"{s['comparisons_complete']} complete)")
-    click.echo(f"judgments    {s['judgments']} by {s['reviewers']} reviewers")
+    click.echo(f"judgments    {s['judgments']} by {s['reviewers_with_judgments']} reviewers "
+               f"({s['reviewers']} accounts and sources)")
     for rnd, r in s["rounds"].items():
         click.echo(f"  round {rnd}: {r['comparisons_pending']} pending, {r['comparisons_complete']} complete, "
                    f"{r.get('judgments', 0)} judgments")
