@@ -1,0 +1,229 @@
+"""The reward-model training config: one dataclass, each field with help text, validated in `__post_init__`.
+
+It is read from the `[reward]` section of `rankloop.toml` (and of a `--config FILE`), then from CLI flags. Fields
+left at `None` are chosen per device when training starts (see `reward.device.training_defaults`), and the chosen
+values are recorded on the run row.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+DEFAULT_BACKBONE = "all-minilm-l6-v2"
+
+
+class RewardConfigError(ValueError):
+    """A bad reward config: the message names the file (when there is one), the section and the field."""
+
+
+@dataclass
+class RewardTrainingConfig:
+    # data
+    base: str = field(default=DEFAULT_BACKBONE, metadata={"help": (
+        "Backbone: a workspace model name, a local folder, a hub id, or a built-in offline backbone "
+        "('all-minilm-l6-v2', 'smollm2-135m-instruct'). Any causal LM or encoder; a 1-output head is added.")})
+    name: str = field(default="", metadata={"help": "Name of the new reward model row (default: reward-run<ID>)."})
+    aggregate: bool = field(default=False, metadata={"help": (
+        "Train on one majority pair per comparison instead of one pair per reviewer judgment.")})
+    rounds: list[int] = field(default_factory=list, metadata={"help": "Only comparisons of these rounds (none: all)."})
+    models: list[str] = field(default_factory=list, metadata={"help": (
+        "Only pairs where a response was written by one of these models (empty: all).")})
+    reviewers: list[str] = field(default_factory=list, metadata={"help": "Only these reviewers' judgments."})
+    splits: list[str] = field(default_factory=list, metadata={"help": "Only prompts of these splits (empty: all)."})
+    min_agreement: float | None = field(default=None, metadata={"help": (
+        "Drop pairs that fewer than this share of the reviewers agree with (0..1).")})
+    margin: bool = field(default=False, metadata={"help": (
+        "Bradley-Terry with a margin from the rank gap: loss -log sigmoid(r_c - r_r - m), "
+        "m = margin_scale * (gap - 1), gap = how many rank groups apart (adjacent: 1, so no margin).")})
+    margin_scale: float = field(default=1.0, metadata={"help": "Reward units of margin per extra rank group."})
+    eval_fraction: float = field(default=0.1, metadata={"help": (
+        "Share of prompts held out for evaluation and early stopping; the split is by prompt (no prompt in both).")})
+    max_pairs: int = field(default=0, metadata={"help": "Train on at most this many pairs (0: all); for smoke runs."})
+    max_length: int = field(default=512, metadata={"help": (
+        "Longest prompt + response in tokens; longer prompts lose their beginning (TRL drops such pairs instead).")})
+    # model
+    method: str = field(default="auto", metadata={"help": (
+        "'lora' (adapters on the backbone, the head trained in full via peft modules_to_save), 'full', or 'auto': "
+        "full below 100M parameters (LoRA saves little there and learns slower), LoRA above.")})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_target_modules: list[str] = field(default_factory=list, metadata={"help": (
+        "Module names LoRA adapts (empty: peft's default for the architecture, e.g. q_proj/v_proj, query/value).")})
+    # optimisation
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW peak learning rate (TRL's default)."})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the training pairs."})
+    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (-1: epochs decide)."})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "Pairs per step per device."})
+    per_device_eval_batch_size: int = field(default=16, metadata={"help": "Pairs per evaluation batch."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "Share of steps with a linear learning-rate warmup."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    center_rewards_coefficient: float | None = field(default=0.01, metadata={"help": (
+        "Reward centering (Eisenstein et al. 2023): adds coef * mean((r_c + r_r)^2) so scores stay near 0 for PPO.")})
+    seed: int = field(default=0, metadata={"help": "Seed for the head's initialisation, shuffling and the split."})
+    # device (None: chosen per device at start, recorded on the run row)
+    device: str | None = field(default=None, metadata={"help": "'cpu', 'cuda', 'cuda:N' or 'mps' (default: best)."})
+    bf16: bool | None = field(default=None, metadata={"help": (
+        "bf16 mixed precision (default: on with CUDA; off on CPU, where bf16 is emulated and ~20x slower here).")})
+    gradient_checkpointing: bool | None = field(default=None, metadata={"help": (
+        "Recompute activations to save memory (default: only on CUDA for backbones over 1B parameters).")})
+    group_by_length: bool = field(default=True, metadata={"help": "Batch pairs of similar length (less padding)."})
+    # bookkeeping
+    eval_steps: int = field(default=50, metadata={"help": "Evaluate held-out accuracy every N steps and at the end."})
+    early_stopping_patience: int = field(default=3, metadata={"help": (
+        "Stop when held-out accuracy has not improved for N evaluations (0: never); the best checkpoint is kept.")})
+    save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept on disk (the best one always is)."})
+    logging_steps: int = field(default=10, metadata={"help": "Log loss and accuracy every N steps."})
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"], metadata={"help": (
+        "Where logs go: 'tensorboard', 'wandb', 'mlflow' (installed separately), or [] for none.")})
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, name: str, message: str) -> None:
+            if not ok:
+                raise RewardConfigError(f"{name}: {message}")
+
+        need(bool(self.base.strip()), "base", "must name a model")
+        need(self.method in ("auto", "lora", "full"), "method",
+             f"must be 'auto', 'lora' or 'full', got {self.method!r}")
+        need(0 < self.eval_fraction < 1, "eval_fraction", "must be in (0, 1)")
+        need(self.max_pairs >= 0, "max_pairs", "must be >= 0 (0: all)")
+        need(self.max_length >= 16, "max_length", "must be >= 16")
+        need(self.margin_scale >= 0, "margin_scale", "must be >= 0")
+        need(self.min_agreement is None or 0 <= self.min_agreement <= 1, "min_agreement", "must be in [0, 1]")
+        need(self.lora_r >= 1, "lora_r", "must be >= 1")
+        need(self.lora_alpha >= 1, "lora_alpha", "must be >= 1")
+        need(0 < self.learning_rate < 1, "learning_rate", "must be in (0, 1)")
+        need(self.num_train_epochs > 0, "num_train_epochs", "must be > 0")
+        need(self.max_steps == -1 or self.max_steps >= 1, "max_steps", "must be >= 1 (or -1: epochs decide)")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                     "eval_steps", "save_total_limit", "logging_steps"):
+            need(getattr(self, name) >= 1, name, "must be >= 1")
+        need(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
+        need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        need(self.center_rewards_coefficient is None or self.center_rewards_coefficient >= 0,
+             "center_rewards_coefficient", "must be >= 0")
+        need(self.early_stopping_patience >= 0, "early_stopping_patience", "must be >= 0 (0: never stop early)")
+        known = {"tensorboard", "wandb", "mlflow", "trackio", "comet_ml", "clearml", "none"}
+        bad = sorted(set(self.report_to) - known)
+        need(not bad, "report_to", f"unknown {bad} (known: {', '.join(sorted(known))})")
+        need(self.device is None or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "device",
+             f"must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+
+def _field_type(name: str) -> Any:
+    return typing.get_type_hints(RewardTrainingConfig)[name]
+
+
+def _coerce(name: str, value: Any, where: str) -> Any:
+    """Check one raw TOML/CLI value against the field's annotation; ints are accepted for floats."""
+    hint = _field_type(name)
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in options:  # a stored config (TOML itself has no null)
+        return None
+    for want in options:
+        if want is type(None):
+            continue
+        origin = typing.get_origin(want)
+        if origin is list:
+            (item,) = typing.get_args(want)
+            if isinstance(value, list) and all(_is(v, item) for v in value):
+                return [float(v) if item is float else v for v in value]
+        elif _is(value, want):
+            return float(value) if want is float else value
+    names = " or ".join(_type_name(t) for t in options if t is not type(None))
+    raise RewardConfigError(f"{where}{name}: expected {names}, got {type(value).__name__} {value!r}")
+
+
+def _is(value: Any, want: type) -> bool:
+    if isinstance(value, bool):
+        return want is bool
+    if want is float:
+        return isinstance(value, int | float)
+    return isinstance(value, want)
+
+
+def _type_name(t: Any) -> str:
+    if typing.get_origin(t) is list:
+        return f"a list of {typing.get_args(t)[0].__name__}"
+    return t.__name__
+
+
+def config_from_dict(raw: dict[str, Any], base: RewardTrainingConfig | None = None,
+                     where: str = "") -> RewardTrainingConfig:
+    """A config from `base` (default: the defaults) updated with `raw`; unknown or ill-typed fields are errors.
+
+    `where` prefixes messages, e.g. "rankloop.toml: [reward] ".
+    """
+    known = {f.name for f in fields(RewardTrainingConfig)}
+    values = (base or RewardTrainingConfig()).to_dict()
+    for key, value in raw.items():
+        if key not in known:
+            raise RewardConfigError(f"{where}{key}: unknown field (known: {', '.join(sorted(known))})")
+        values[key] = _coerce(key, value, where)
+    try:
+        return RewardTrainingConfig(**values)
+    except RewardConfigError as e:
+        raise RewardConfigError(f"{where}{e}") from e
+
+
+def load_reward_config(workspace_extra: dict[str, Any], config_path: Path, config_file: str | Path | None = None,
+                       overrides: dict[str, Any] | None = None) -> RewardTrainingConfig:
+    """Defaults, then the workspace's `[reward]` section, then `--config FILE`'s `[reward]`, then CLI overrides."""
+    import tomllib
+
+    cfg = _section(workspace_extra, config_path, None)
+    if config_file is not None:
+        path = Path(config_file)
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as e:
+            raise RewardConfigError(f"{path}: not found") from e
+        except tomllib.TOMLDecodeError as e:
+            raise RewardConfigError(f"{path}: not valid TOML: {e}") from e
+        cfg = _section(raw, path, cfg)
+    return config_from_dict(overrides or {}, cfg, where="command line: ") if overrides else cfg
+
+
+def _section(doc: dict[str, Any], path: Path, base: RewardTrainingConfig | None) -> RewardTrainingConfig:
+    raw = doc.get("reward", {})
+    if not isinstance(raw, dict):
+        raise RewardConfigError(f"{path}: [reward] must be a table")
+    return config_from_dict(raw, base, where=f"{path}: [reward] ")
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """`--set key=value` from the command line: the value is read as TOML (`lr=3e-5`, `rounds=[1,2]`), else as text."""
+    import tomllib
+
+    if "=" not in text:
+        raise RewardConfigError(f"command line: --set {text!r}: expected FIELD=VALUE")
+    key, value = (s.strip() for s in text.split("=", 1))
+    try:
+        return key, tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return key, value
+
+
+def render_reward_section(cfg: RewardTrainingConfig | None = None) -> str:
+    """The `[reward]` TOML section with each field's help as a comment (None fields commented out)."""
+    cfg = cfg or RewardTrainingConfig()
+    lines = ["[reward]"]
+    for f in fields(cfg):
+        lines.append(f"# {f.metadata['help']}")
+        value = getattr(cfg, f.name)
+        if value is None:
+            lines.append(f"# {f.name} = (chosen per device)")
+        else:
+            import json
+
+            text = json.dumps(value) if not isinstance(value, bool) else str(value).lower()
+            lines.append(f"{f.name} = {text}")
+    return "\n".join(lines) + "\n"

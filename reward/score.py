@@ -1,0 +1,120 @@
+"""Scoring text with a reward model: a Python API for PPO (`RewardScorer`), and batch scoring of the workspace's
+responses (`score_responses`), which also puts the comparisons the model is least sure of first in the queue.
+
+Priority from uncertainty: for a comparison of K candidates with scores s, sorted, the smallest gap g between
+neighbours is where the model is least sure of the ranking. The model's probability of getting that pair's order
+wrong is sigmoid(-g), so priority = 2 * sigmoid(-g): 1.0 for a tie, towards 0 for a confident ranking. The queue
+serves higher priority first within a round.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reward.backbone import load_reward_model
+from reward.data import encode, prompt_string
+
+
+def score_texts(model: Any, tokenizer: Any, prompts: list[str], responses: list[str], max_length: int,
+                append_eos: bool, batch_size: int = 16) -> list[float]:
+    """One scalar per (prompt, response), batched by length (least padding), in the input order."""
+    import torch
+
+    ids = encode(tokenizer, prompts, responses, max_length, append_eos)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    device = next(model.parameters()).device
+    scores = [0.0] * len(ids)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            batch = [ids[i] for i in order[start:start + batch_size]]
+            width = max(len(x) for x in batch)
+            input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, x in enumerate(batch):  # right padding: decoders read the last non-pad token
+                input_ids[row, :len(x)] = torch.tensor(x)
+                mask[row, :len(x)] = 1
+            logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits  # (B, 1)
+            for i, value in zip(order[start:start + batch_size], logits[:, 0].float().tolist(), strict=True):
+                scores[i] = value
+    return scores
+
+
+class RewardScorer:
+    """A saved reward model, ready to score text: `RewardScorer(folder).score(prompts, responses)`.
+
+    A prompt is a string (used as is, e.g. an HH transcript ending in "Assistant:") or a list of chat messages
+    (rendered with the tokenizer's chat template, as in training).
+    """
+
+    def __init__(self, path: str | Path, device: str | None = None, batch_size: int = 16):
+        import torch
+
+        from reward.device import resolve_device
+
+        self.path = Path(path)
+        self.device = resolve_device(device)
+        dtype = torch.bfloat16 if self.device.startswith("cuda") and torch.cuda.is_bf16_supported() else None
+        self.model, self.tokenizer, self.meta = load_reward_model(self.path, self.device, dtype)
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_row(cls, row: Any, device: str | None = None, batch_size: int = 16) -> RewardScorer:
+        """From a `store.models.ModelRow` of kind 'reward'."""
+        folder = row.path or row.adapter_path
+        if row.kind != "reward" or not folder:
+            raise ValueError(f"model {row.name!r} is not a trained reward model (kind {row.kind})")
+        return cls(folder, device=device, batch_size=batch_size)
+
+    def score(self, prompts: list[str | list[dict[str, str]]], responses: list[str]) -> list[float]:
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        texts = [prompt_string(p, None, self.tokenizer) if isinstance(p, str) else
+                 prompt_string(None, p, self.tokenizer) for p in prompts]
+        return score_texts(self.model, self.tokenizer, texts, list(responses), int(self.meta["max_length"]),
+                           bool(self.meta["append_eos"]), self.batch_size)
+
+
+def uncertainty_priority(scores: list[float]) -> float:
+    """2 * sigmoid(-smallest gap between neighbouring scores): 1.0 when two candidates tie."""
+    ordered = sorted(scores)
+    gap = min((b - a for a, b in zip(ordered, ordered[1:], strict=False)), default=math.inf)
+    return 0.0 if math.isinf(gap) else 2.0 / (1.0 + math.exp(min(gap, 700.0)))
+
+
+@dataclass
+class ScoreResult:
+    model: str
+    responses: int
+    comparisons: int
+    seconds: float
+    responses_per_s: float
+
+
+def score_responses(ws: Any, model: str, round: int | None = None, batch_size: int = 16,
+                    set_priority: bool = True, device: str | None = None, actor: str = "cli") -> ScoreResult:
+    """Score every response in the comparisons of `round` (all rounds when None) with the reward model `model`,
+    store the scores per response and model, and set each comparison's priority from the model's uncertainty."""
+    from store.models import get_model
+    from store.scores import comparisons_to_prioritise, responses_to_score, save_scores
+
+    row = get_model(ws.db, model)
+    frame = responses_to_score(ws.db, round)  # read, close: the model loads and scores without the file held
+    comparisons = comparisons_to_prioritise(ws.db, round) if set_priority else []
+    started = time.monotonic()
+    if frame.empty:
+        return ScoreResult(row.name, 0, 0, 0.0, 0.0)
+    scorer = RewardScorer.from_row(row, device=device, batch_size=batch_size)
+    prompts = [prompt_string(t, m, scorer.tokenizer) for t, m in zip(frame["prompt_text"], frame["prompt_messages"],
+                                                                     strict=True)]
+    values = score_texts(scorer.model, scorer.tokenizer, prompts, list(frame["text"]), int(scorer.meta["max_length"]),
+                         bool(scorer.meta["append_eos"]), batch_size)
+    by_response = dict(zip(frame["response_id"].astype(int), values, strict=True))
+    priorities = {cid: uncertainty_priority([by_response[r] for r in rids if r in by_response])
+                  for cid, rids in comparisons}
+    save_scores(ws.db, row.id, by_response, priorities, actor=actor)
+    seconds = time.monotonic() - started
+    return ScoreResult(row.name, len(by_response), len(priorities), seconds, len(by_response) / max(seconds, 1e-9))

@@ -1,0 +1,304 @@
+"""Training a reward model on the workspace's preference pairs with TRL's `RewardTrainer`.
+
+One call, `train_reward_model(ws, config)`:
+  1. read the data snapshot (pairs, split by prompt), record it on a new run row, close the database;
+  2. load the backbone with a 1-output head, wrap it in LoRA (head trained in full) or not (`method`);
+  3. train with per-device defaults (see reward/device.py), TensorBoard logs, checkpoints every `eval_steps`,
+     early stopping on held-out accuracy, the best checkpoint loaded at the end;
+  4. save the model folder, measure held-out accuracy exactly, add the model row (lineage + metrics), close the run.
+
+Under `accelerate launch` every process runs this function: the main process does all database work and shares
+the pairs and run folder with the others (`broadcast_object_list`); TRL/accelerate do the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reward.backbone import (
+    count_parameters,
+    load_backbone,
+    lora_config,
+    resolve_base,
+    resolve_method,
+    uses_eos,
+    write_meta,
+)
+from reward.config import RewardTrainingConfig, config_from_dict
+from reward.data import describe_snapshot, reproduce_snapshot, take_snapshot, to_dataset
+from reward.device import training_defaults
+
+RUN_KIND = "reward"
+
+
+@dataclass
+class RewardTrainingResult:
+    run_id: int
+    model_name: str | None  # None on non-main processes
+    run_dir: Path
+    model_dir: Path
+    metrics: dict[str, Any]
+
+
+class _RewardTrainer:  # built lazily: importing trl costs seconds
+    cls: Any = None
+
+    @classmethod
+    def get(cls) -> Any:
+        if cls.cls is None:
+            from trl import RewardTrainer
+
+            class LengthAwareRewardTrainer(RewardTrainer):
+                """Keeps the `length` column for the length-grouped sampler (TRL drops unknown columns)."""
+
+                def _set_signature_columns_if_needed(self):
+                    if self._signature_columns is None:
+                        self._signature_columns = ["chosen_ids", "rejected_ids", "margin", "length"]
+
+            cls.cls = LengthAwareRewardTrainer
+        return cls.cls
+
+
+class _StepClock:
+    """Remembers the step training (re)started from, so throughput counts only the steps this call ran."""
+
+    @staticmethod
+    def make() -> Any:
+        from transformers import TrainerCallback
+
+        class StepClock(TrainerCallback):
+            first_step = 0
+
+            def on_train_begin(self, args, state, control, **kwargs):
+                self.first_step = state.global_step
+
+        return StepClock()
+
+
+def _distributed() -> Any:
+    from accelerate import PartialState
+
+    return PartialState()
+
+
+def _share(state: Any, value: Any) -> Any:
+    """The main process's `value` on every process (a no-op without `accelerate launch`)."""
+    if state.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    box = [value]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+@contextlib.contextmanager
+def _tensorboard_dir(folder: Path):
+    old = os.environ.get("TENSORBOARD_LOGGING_DIR")
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(folder)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
+        else:
+            os.environ["TENSORBOARD_LOGGING_DIR"] = old
+
+
+def resume_config(ws: Any, run: int | str,
+                  overrides: dict[str, Any] | None = None) -> tuple[int, RewardTrainingConfig]:
+    """(run id, its recorded config with `overrides`) for `--resume`: `run` is an id or "latest" (the newest
+    reward run that did not succeed)."""
+    from store.runs import get_run, list_runs
+
+    if run == "latest":
+        candidates = [r for r in list_runs(ws.db, kind=RUN_KIND) if r.status != "succeeded"]
+        if not candidates:
+            raise ValueError("--resume: no unfinished reward run in this workspace to resume")
+        row = candidates[-1]
+    else:
+        row = get_run(ws.db, int(run))
+    if row.kind != RUN_KIND:
+        raise ValueError(f"--resume: run {row.id} is a {row.kind!r} run, not a reward run")
+    if row.status == "succeeded":
+        raise ValueError(f"--resume: run {row.id} already succeeded; start a new run instead")
+    saved = config_from_dict(row.config["config"], where=f"run {row.id} config: ")
+    return row.id, config_from_dict(overrides or {}, saved, where="command line: ")
+
+
+def _prepare_run(ws: Any, config: RewardTrainingConfig, resume_from: int | None) -> dict[str, Any]:
+    """Main process: snapshot, base, run row (status running) and run folder."""
+    from store.models import UnknownModel, get_model
+    from store.runs import finish_run, get_run, start_run, update_run
+
+    if config.name:  # fail now, not after training
+        try:
+            get_model(ws.db, config.name)
+            raise ValueError(f"name: a model named {config.name!r} already exists in this workspace")
+        except UnknownModel:
+            pass
+    base = resolve_base(ws.db, config.base)
+    if resume_from is not None:
+        old = get_run(ws.db, resume_from)
+        pairs = reproduce_snapshot(ws.db, old.data_snapshot, config)
+        snapshot, run_dir = old.data_snapshot, Path(old.output_path)
+    else:
+        pairs, snapshot = take_snapshot(ws.db, config)
+        run_dir = None
+    record = {"config": config.to_dict(), "base_location": base.location, "resumed_from": resume_from}
+    run_id = start_run(ws.db, RUN_KIND, record, snapshot)
+    if run_dir is None:
+        run_dir = ws.runs_dir / f"reward-{run_id}"
+    update_run(ws.db, run_id, output_path=str(run_dir))
+    if resume_from is not None and get_run(ws.db, resume_from).status == "running":
+        finish_run(ws.db, resume_from, "cancelled", error=f"interrupted; resumed by run {run_id}")
+    return {"pairs": pairs, "snapshot": snapshot, "run_id": run_id, "run_dir": run_dir, "base": base}
+
+
+def _reward_args(config: RewardTrainingConfig, run_dir: Path, dev: Any, has_eval: bool, progress: bool) -> Any:
+    from trl import RewardConfig
+
+    return RewardConfig(
+        output_dir=str(run_dir), seed=config.seed, data_seed=config.seed,
+        learning_rate=config.learning_rate, num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps, per_device_train_batch_size=config.per_device_train_batch_size,
+        per_device_eval_batch_size=config.per_device_eval_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps, warmup_steps=config.warmup_ratio,
+        weight_decay=config.weight_decay, center_rewards_coefficient=config.center_rewards_coefficient,
+        use_cpu=dev.device == "cpu", bf16=dev.bf16, activation_checkpointing=dev.gradient_checkpointing,
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
+        length_column_name="length", max_length=None,  # truncated (from the left) in reward.data, never dropped
+        eval_strategy="steps" if has_eval else "no", eval_steps=config.eval_steps, save_strategy="steps",
+        save_steps=config.eval_steps, save_total_limit=config.save_total_limit, load_best_model_at_end=has_eval,
+        metric_for_best_model="eval_accuracy" if has_eval else None, greater_is_better=True,
+        logging_steps=config.logging_steps, report_to=list(config.report_to) or "none",
+        disable_tqdm=not progress, dataloader_num_workers=0,
+    )
+
+
+def train_reward_model(ws: Any, config: RewardTrainingConfig, *, resume_from: int | None = None,
+                       progress: bool = True, callbacks: list[Any] | None = None) -> RewardTrainingResult:
+    """Train, save and register a reward model; the run row records config, snapshot, metrics and status."""
+    from store.runs import finish_run
+
+    state = _distributed()
+    prepared = _prepare_run(ws, config, resume_from) if state.is_main_process else None
+    prepared = _share(state, prepared)
+    run_id, run_dir = prepared["run_id"], Path(prepared["run_dir"])
+    try:
+        result = _train(ws, config, prepared, state, resume_from, progress, callbacks)
+    except BaseException as e:
+        if state.is_main_process:
+            interrupted = isinstance(e, KeyboardInterrupt)
+            finish_run(ws.db, run_id, "cancelled" if interrupted else "failed",
+                       error=f"{type(e).__name__}: {e}"[:2000])
+        raise
+    return result if result is not None else RewardTrainingResult(run_id, None, run_dir, run_dir / "model", {})
+
+
+def _train(ws: Any, config: RewardTrainingConfig, prepared: dict[str, Any], state: Any, resume_from: int | None,
+           progress: bool, callbacks: list[Any] | None) -> RewardTrainingResult | None:
+    from transformers import EarlyStoppingCallback
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from store.runs import finish_run, update_run
+
+    pairs, run_id, run_dir, base = prepared["pairs"], prepared["run_id"], Path(prepared["run_dir"]), prepared["base"]
+    model, tokenizer, heads = load_backbone(base.location)
+    n_params, _ = count_parameters(model)
+    dev = training_defaults(config.device, n_params, config.bf16, config.gradient_checkpointing)
+    method, method_reason = resolve_method(config.method, n_params)
+    peft_config = lora_config(heads, config.lora_r, config.lora_alpha, config.lora_target_modules) \
+        if method == "lora" else None
+    append_eos = uses_eos(tokenizer)
+    margin_scale = config.margin_scale if config.margin else None
+    train_pairs, eval_pairs = pairs[pairs["part"] == "train"], pairs[pairs["part"] == "eval"]
+    if train_pairs.empty:
+        raise ValueError("no training pairs after the split by prompt: collect pairs on more prompts")
+    train_set = to_dataset(train_pairs, tokenizer, config.max_length, append_eos, margin_scale)
+    eval_set = to_dataset(eval_pairs, tokenizer, config.max_length, append_eos, margin_scale) \
+        if len(eval_pairs) else None
+    args = _reward_args(config, run_dir, dev, eval_set is not None, progress)
+    clock = _StepClock.make()
+    extra = [clock, *(callbacks or [])]
+    if eval_set is not None and config.early_stopping_patience > 0:
+        extra.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+    with _tensorboard_dir(run_dir / "tensorboard"):  # read when the trainer builds its TensorBoard callback
+        trainer = _RewardTrainer.get()(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+                                       processing_class=tokenizer, peft_config=peft_config, callbacks=extra)
+    total, trainable = count_parameters(trainer.model)
+    if state.is_main_process:
+        update_run(ws.db, run_id, metrics={"device": dev.as_dict(), "method": method, "method_reason": method_reason,
+                                           "parameters": total, "trainable": trainable, "heads": heads,
+                                           "append_eos": append_eos})
+    checkpoint = get_last_checkpoint(str(run_dir)) if resume_from is not None and run_dir.is_dir() else None
+    if resume_from is not None and checkpoint is None:
+        raise FileNotFoundError(f"--resume: run {resume_from} left no checkpoint in {run_dir}")
+    started = time.monotonic()
+    output = trainer.train(resume_from_checkpoint=checkpoint)
+    seconds = time.monotonic() - started
+    model_dir = run_dir / "model"
+    trainer.save_model(str(model_dir))
+    if not state.is_main_process:
+        return None
+    meta = {"format": 1, "method": method, "base": base.location, "max_length": config.max_length,
+            "append_eos": append_eos, "run_id": run_id, "heads": heads}
+    write_meta(model_dir, meta)
+    tokenizer.save_pretrained(str(model_dir))
+    metrics = _final_metrics(trainer, output, clock, seconds, eval_pairs, tokenizer, config, append_eos,
+                             len(train_pairs))
+    name = config.name or f"reward-run{run_id}"
+    _register(ws, name, method, base, model_dir, pairs, run_id, metrics)
+    finish_run(ws.db, run_id, "succeeded", metrics=metrics)
+    return RewardTrainingResult(run_id, name, run_dir, model_dir, metrics)
+
+
+def _final_metrics(trainer: Any, output: Any, clock: Any, seconds: float, eval_pairs: Any, tokenizer: Any,
+                   config: RewardTrainingConfig, append_eos: bool, n_train: int) -> dict[str, Any]:
+    from reward.evaluate import pair_metrics, score_pairs
+
+    st = trainer.state
+    steps_run = st.global_step - clock.first_step
+    metrics: dict[str, Any] = {
+        "global_step": st.global_step, "max_steps": st.max_steps, "stopped_early": st.global_step < st.max_steps,
+        "train_loss": output.training_loss, "train_seconds": round(seconds, 1), "train_pairs": n_train,
+        "pairs_per_s": round(steps_run * config.per_device_train_batch_size * config.gradient_accumulation_steps
+                             * trainer.args.world_size / max(seconds, 1e-9), 3),
+        "best_checkpoint": st.best_model_checkpoint, "best_eval_accuracy_during_training": st.best_metric,
+    }
+    if len(eval_pairs):
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        model.eval()
+        chosen, rejected = score_pairs(model, tokenizer, eval_pairs, config.max_length, append_eos,
+                                       config.per_device_eval_batch_size)
+        held = pair_metrics(chosen, rejected, list(eval_pairs["chosen"]), list(eval_pairs["rejected"]))
+        metrics.update({f"eval_{k}": v for k, v in held.items()})
+    return metrics
+
+
+def _register(ws: Any, name: str, method: str, base: Any, model_dir: Path, pairs: Any,
+              run_id: int, metrics: dict[str, Any]) -> int:
+    from store.models import UnknownModel, add_model, get_model
+
+    parent_id = base.parent_id
+    if parent_id is None and base.builtin:  # record the built-in backbone once, so lineage reaches it
+        try:
+            parent_id = get_model(ws.db, base.builtin).id
+        except UnknownModel:
+            parent_id = add_model(ws.db, base.builtin, "external", base=base.location, path=base.location)
+    rounds = [int(r) for r in pairs["round"].dropna()] if "round" in pairs else []
+    lora = method == "lora"
+    keep = ("eval_accuracy", "eval_accuracy_low", "eval_accuracy_high", "eval_pairs", "eval_length_longer_accuracy",
+            "train_pairs", "global_step", "train_seconds", "pairs_per_s")
+    return add_model(ws.db, name, "reward", base=base.location, path=None if lora else str(model_dir),
+                     adapter_path=str(model_dir) if lora else None, parent_id=parent_id,
+                     round=max(rounds) if rounds else None, run_id=run_id,
+                     metrics={k: metrics[k] for k in keep if k in metrics})
+
+
+__all__ = ["train_reward_model", "resume_config", "RewardTrainingResult", "describe_snapshot"]
