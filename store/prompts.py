@@ -1,4 +1,5 @@
-"""Reading prompts: the ones still waiting for candidates, as the sampler needs them."""
+"""Reading prompts: all of them (PPO rollouts, policy evaluation), the ones still waiting for candidates (the
+sampler), and the newest round."""
 
 from __future__ import annotations
 
@@ -48,3 +49,29 @@ def prompts_with_comparisons(con: duckdb.DuckDBPyConnection, prompt_ids: list[in
         "SELECT DISTINCT prompt_id FROM comparisons WHERE prompt_id IN (SELECT unnest(?))", [list(prompt_ids)]
     ).fetchall()
     return {int(r[0]) for r in rows}
+
+
+def list_prompts(db: str | Path, splits: list[str] | None = None, limit: int = 0) -> list[PromptRow]:
+    """Prompts of `splits` (all when empty), oldest first, at most `limit` (0: all)."""
+    wanted = list(splits or [])
+
+    def work(con) -> list[tuple]:
+        sql = "SELECT id, messages, text, split, source, tags FROM prompts"
+        params: list = []
+        if wanted:
+            sql += " WHERE split IN (" + ", ".join("?" for _ in wanted) + ")"
+            params += wanted
+        sql += " ORDER BY id"
+        if limit:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return con.execute(sql, params).fetchall()
+
+    return [PromptRow(int(pid), json.loads(m), text, sp, source, list(tags or []))
+            for pid, m, text, sp, source, tags in read(db, work)]
+
+
+def newest_round(db: str | Path) -> int | None:
+    """The highest comparison round in the workspace (None when there are no comparisons)."""
+    (value,) = read(db, lambda con: con.execute("SELECT max(round) FROM comparisons").fetchone())
+    return None if value is None else int(value)

@@ -1,0 +1,197 @@
+"""`rankloop train dpo|sft|ppo`, `rankloop eval policy` and `rankloop round next`: the policy stage.
+
+Importing this module adds `dpo`, `sft` and `ppo` to the shared `train` group and `policy` to the `eval` group
+(rankloop/commands/reward.py); `round_group` is the `round` command group. Settings: defaults < `[dpo]`/`[sft]`/
+`[ppo]` in rankloop.toml < `--config FILE` < flags (`--set FIELD=VALUE` for any other field).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from rankloop.commands.common import echo_json, guarded, workspace_option
+from rankloop.commands.reward import _overrides, _prepare_base, eval_group, train_group
+from rankloop.workspace import Workspace
+
+
+def _common(fn: Callable) -> Callable:
+    """Options every policy trainer takes."""
+    options = [
+        click.option("--policy", default=None, help="Policy to start from: workspace model, folder or hub id.  "
+                     "[default: the section's `policy`, else smollm2-135m-instruct]"),
+        click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="TOML file whose section overrides the workspace's."),
+        click.option("--resume", default=None, is_flag=False, flag_value="latest", metavar="[RUN]",
+                     help="Continue an interrupted run from its last checkpoint (a run id; alone: the newest "
+                          "unfinished)."),
+        click.option("--max-steps", type=int, default=None, help="Stop after N steps (bounds a run)."),
+        click.option("--name", default=None, help="Name of the new policy.  [default: <trainer>-run<ID>]"),
+        click.option("--lr", "learning_rate", type=float, default=None, help="Learning rate."),
+        click.option("--device", default=None, help="cpu, cuda, cuda:N or mps.  [default: cuda when present]"),
+        click.option("--set", "assignments", multiple=True, metavar="FIELD=VALUE",
+                     help="Any other field of the section, e.g. --set lora_r=8 (repeatable)."),
+        click.option("--no-progress", is_flag=True, help="No progress bar (logs still go to TensorBoard)."),
+        click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
+    ]
+    return functools.reduce(lambda f, opt: opt(f), reversed(options), fn)
+
+
+def _run(ws: Workspace, section: str, cls: type, kind: str, train: Callable, config_file: Path | None,
+         resume: str | None, assignments: tuple[str, ...], no_progress: bool, as_json: bool,
+         options: dict[str, Any], **extra: Any) -> Any:
+    from rl.config import load_section
+    from rl.training import resume_config
+
+    overrides = guarded(_overrides, options, assignments)
+    if resume is not None:
+        run = resume if resume == "latest" else guarded(int, resume)
+        run_id, config = guarded(resume_config, ws, kind, cls, run, overrides)
+    else:
+        run_id = None
+        config = guarded(load_section, cls, section, ws.config.extra, ws.root / "rankloop.toml", config_file,
+                         overrides)
+    guarded(_prepare_base, ws, config.policy)
+    result = guarded(train, ws, config, resume_from=run_id, progress=not no_progress, **extra)
+    if as_json:
+        echo_json({"run_id": result.run_id, "model": result.model_name, "model_dir": result.model_dir,
+                   "run_dir": result.run_dir, "metrics": result.metrics})
+        return result
+    click.echo(f"policy {result.model_name!r} (run {result.run_id}): {result.model_dir}")
+    return result
+
+
+@train_group.command("dpo")
+@_common
+@click.option("--max-pairs", type=int, default=None, help="Train on at most N pairs (bounds a run).")
+@click.option("--beta", type=float, default=None, help="KL anchor strength (TRL default 0.1).")
+@click.option("--loss", "loss_type", multiple=True, help="Loss: sigmoid, ipo, robust, hinge, sigmoid_norm, ... "
+              "(repeatable: summed).")
+@click.option("--label-smoothing", type=float, default=None, help="Robust DPO: assumed label-flip rate.")
+@click.option("--round", "rounds", type=int, multiple=True, help="Only comparisons of this round (repeatable).")
+@click.option("--epochs", "num_train_epochs", type=float, default=None, help="Passes over the pairs.")
+@workspace_option
+def train_dpo_command(ws: Workspace, config_file: Path | None, resume: str | None, assignments: tuple[str, ...],
+                      no_progress: bool, as_json: bool, **options: Any) -> None:
+    """Steer the policy with DPO (TRL DPOTrainer, LoRA; the reference is the starting policy with the adapters
+    off) on the reviewers' preference pairs; held-out preference accuracy drives early stopping."""
+    from rl.config import DPOTrainingConfig
+    from rl.dpo import RUN_KIND, train_dpo
+
+    result = _run(ws, "dpo", DPOTrainingConfig, RUN_KIND, train_dpo, config_file, resume, assignments, no_progress,
+                  as_json, options)
+    if not as_json:
+        m = result.metrics
+        if m.get("eval_accuracy") is not None:
+            click.echo(f"held-out preference accuracy {m['eval_accuracy']:.3f} on {m['eval_pairs']} pairs")
+        click.echo(f"{m['global_step']} steps in {m['train_seconds']}s ({m['pairs_per_s']} pairs/s)")
+        click.echo(f"logs: tensorboard --logdir {result.run_dir / 'tensorboard'}")
+
+
+@train_group.command("sft")
+@_common
+@click.option("--max-pairs", type=int, default=None, help="Train on at most N rows (bounds a run).")
+@click.option("--source", type=click.Choice(["edits", "top", "both"]), default=None,
+              help="Reviewers' edits, top-ranked responses, or both.  [default: both]")
+@click.option("--round", "rounds", type=int, multiple=True, help="Only comparisons of this round (repeatable).")
+@click.option("--epochs", "num_train_epochs", type=float, default=None, help="Passes over the rows.")
+@workspace_option
+def train_sft_command(ws: Workspace, config_file: Path | None, resume: str | None, assignments: tuple[str, ...],
+                      no_progress: bool, as_json: bool, **options: Any) -> None:
+    """Supervised fine-tuning (TRL SFTTrainer, loss on the answer only) on reviewers' edited answers and
+    top-ranked responses: the usual first step before preference training."""
+    from rl.config import SFTTrainingConfig
+    from rl.sft import RUN_KIND, train_sft
+
+    result = _run(ws, "sft", SFTTrainingConfig, RUN_KIND, train_sft, config_file, resume, assignments, no_progress,
+                  as_json, options)
+    if not as_json:
+        m = result.metrics
+        click.echo(f"{m['global_step']} steps in {m['train_seconds']}s; loss {m['first_loss']:.3f} -> "
+                   f"{m['last_loss']:.3f}")
+
+
+@train_group.command("ppo")
+@_common
+@click.option("--reward", default=None, help="Reward model that scores responses.  [default: the newest]")
+@click.option("--target-kl", type=float, default=None, help="Target KL per response for the adaptive controller.")
+@click.option("--max-prompts", type=int, default=None, help="Use at most N prompts (bounds a run).")
+@workspace_option
+def train_ppo_command(ws: Workspace, config_file: Path | None, resume: str | None, assignments: tuple[str, ...],
+                      no_progress: bool, as_json: bool, **options: Any) -> None:
+    """Steer the policy with PPO against a reward model (InstructGPT style: LoRA policy + value head, per-token
+    KL penalty to the reference with an adaptive coefficient, GAE, clipped losses)."""
+    from rl.ppo_config import PPOTrainingConfig
+    from rl.ppo_run import RUN_KIND, train_ppo
+
+    result = _run(ws, "ppo", PPOTrainingConfig, RUN_KIND, train_ppo, config_file, resume, assignments, no_progress,
+                  as_json, options)
+    if not as_json:
+        m = result.metrics
+        click.echo(f"{m['global_step']} iterations in {m['train_seconds']}s; reward score {m['first_score']:.3f} -> "
+                   f"{m['score']:.3f}, KL {m['kl']:.3f}, {m['sampling_share']:.0%} of the time sampling")
+
+
+@eval_group.command("policy")
+@click.argument("new")
+@click.option("--against", required=True, help="The policy to compare with (e.g. the previous version).")
+@click.option("--reward", default="", help="Reward model that judges.  [default: the newest]")
+@click.option("--max-prompts", type=int, default=32, show_default=True, help="Held-out prompts to sample on.")
+@click.option("--k", type=int, default=2, show_default=True, help="Samples per prompt from each policy.")
+@click.option("--max-new-tokens", type=int, default=64, show_default=True, help="Longest response.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
+@click.option("--device", default=None, help="cpu, cuda, cuda:N or mps.  [default: cuda when present]")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@workspace_option
+def eval_policy_command(ws: Workspace, new: str, against: str, reward: str, max_prompts: int, k: int,
+                        max_new_tokens: int, seed: int, device: str | None, as_json: bool) -> None:
+    """Win rate of NEW over --against by the reward model on held-out prompts (95% interval), KL, lengths and a
+    sample table, as report.md + PNG under the eval run's folder."""
+    from rl.evaluate import evaluate_policy
+
+    result = guarded(evaluate_policy, ws, new, against, reward=reward, max_prompts=max_prompts, k=k,
+                     max_new_tokens=max_new_tokens, seed=seed, device=device)
+    if as_json:
+        echo_json({"run_id": result.run_id, "report": result.report_dir / "report.md", "metrics": result.metrics})
+        return
+    m = result.metrics
+    click.echo(f"{new} vs {against}: win rate {m['win_rate']:.3f} (95% {m['win_rate_low']:.3f}-"
+               f"{m['win_rate_high']:.3f}) over {m['comparisons']} samples; KL {m['kl_new_vs_against']:.3f}")
+    click.echo(f"report: {result.report_dir / 'report.md'}")
+
+
+@click.group("round")
+def round_group() -> None:
+    """Rounds of the loop: queue the newest policy's samples for the reviewers."""
+
+
+@round_group.command("next")
+@click.option("--policy", default=None, help="Policy to sample from.  [default: the newest policy]")
+@click.option("--k", type=int, default=4, show_default=True, help="Candidates per comparison.")
+@click.option("--prompts", "n_prompts", type=int, default=32, show_default=True, help="Prompts to queue.")
+@click.option("--mix-previous", is_flag=True, help="One candidate per comparison from the policy's parent.")
+@click.option("--max-new-tokens", type=int, default=128, show_default=True, help="Longest response.")
+@click.option("--temperature", type=float, default=0.8, show_default=True, help="Sampling temperature.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
+@click.option("--split", default=None, help="Only prompts of this split.")
+@click.option("--reviewers", "required_reviewers", type=int, default=1, show_default=True,
+              help="Reviewers wanted per comparison.")
+@click.option("--device", default=None, help="cpu, cuda, cuda:N or mps.  [default: cuda when present]")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@workspace_option
+def round_next_command(ws: Workspace, as_json: bool, **options: Any) -> None:
+    """Sample candidates from the newest policy for prompts without comparisons and queue them as the next round,
+    recording the lineage (round -> policy -> training run -> reward model -> data snapshot)."""
+    from rl.rounds import next_round
+
+    result = guarded(next_round, ws, **options)
+    if as_json:
+        echo_json(result.__dict__)
+        return
+    click.echo(f"round {result.round}: {result.comparisons} comparisons ({result.responses} responses) from "
+               f"{result.policy!r}" + (f" mixed with {result.previous!r}" if result.previous else "")
+               + f" (run {result.run_id})")

@@ -1,0 +1,230 @@
+"""Configs of the policy trainers (DPO, SFT): one dataclass each, every field with help text, checked in
+`__post_init__`, read like the reward config: defaults < `[dpo]`/`[sft]` in rankloop.toml < `--config FILE` <
+CLI flags. Fields left at `None` are chosen per device when training starts and recorded on the run row.
+
+The loader is generic (`load_section(cls, "dpo", ...)`) so that the PPO config (rl/ppo_config.py) shares it.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+DEFAULT_POLICY = "smollm2-135m-instruct"
+DPO_LOSSES = ("sigmoid", "ipo", "robust", "hinge", "sigmoid_norm", "exo_pair", "nca_pair", "bco_pair", "sppo_hard",
+              "apo_zero", "apo_down", "aot", "discopop", "sft")
+T = TypeVar("T")
+
+
+class PolicyConfigError(ValueError):
+    """A bad policy-trainer config: the message names the file (when there is one), the section and the field."""
+
+
+def need(ok: bool, name: str, message: str) -> None:
+    if not ok:
+        raise PolicyConfigError(f"{name}: {message}")
+
+
+@dataclass
+class PolicyTrainingConfig:
+    """What DPO and SFT share: data filters, LoRA, optimisation, device and bookkeeping."""
+
+    policy: str = field(default=DEFAULT_POLICY, metadata={"help": (
+        "Policy to start from: a workspace model name (an earlier policy), a local folder or a hub id. "
+        "A LoRA policy is merged first; the reference is this policy (LoRA adapters disabled).")})
+    name: str = field(default="", metadata={"help": "Name of the new policy row (default: <kind>-run<ID>)."})
+    rounds: list[int] = field(default_factory=list, metadata={"help": "Only comparisons of these rounds (none: all)."})
+    models: list[str] = field(default_factory=list, metadata={"help": "Only data with a response by these models."})
+    reviewers: list[str] = field(default_factory=list, metadata={"help": "Only these reviewers' judgments."})
+    splits: list[str] = field(default_factory=list, metadata={"help": "Only prompts of these splits (empty: all)."})
+    min_agreement: float | None = field(default=None, metadata={"help": (
+        "Drop data that fewer than this share of the reviewers agree with (0..1).")})
+    aggregate: bool = field(default=False, metadata={"help": (
+        "One majority row per comparison instead of one per reviewer judgment.")})
+    eval_fraction: float = field(default=0.1, metadata={"help": (
+        "Share of prompts held out (split by prompt, no prompt on both sides) for evaluation and early stopping.")})
+    max_pairs: int = field(default=0, metadata={"help": "Train on at most this many rows (0: all); bounds a run."})
+    max_length: int = field(default=512, metadata={"help": "Longest prompt + response in tokens."})
+    lora: bool = field(default=True, metadata={"help": "Train LoRA adapters (merged into the saved policy)."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_target_modules: list[str] = field(default_factory=list, metadata={"help": (
+        "Module names LoRA adapts (empty: 'all-linear').")})
+    learning_rate: float | None = field(default=None, metadata={"help": (
+        "AdamW learning rate (default: 5e-5 with LoRA, 5e-7 for full fine-tuning with DPO, 2e-5 with SFT).")})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the training rows."})
+    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (-1: epochs decide)."})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "Rows per step per device."})
+    per_device_eval_batch_size: int = field(default=8, metadata={"help": "Rows per evaluation batch."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "Share of steps with a linear learning-rate warmup."})
+    seed: int = field(default=0, metadata={"help": "Seed for LoRA initialisation, shuffling and the split."})
+    device: str | None = field(default=None, metadata={"help": "'cpu', 'cuda', 'cuda:N' or 'mps' (default: best)."})
+    bf16: bool | None = field(default=None, metadata={"help": (
+        "bf16 mixed precision (default: on with CUDA; off on CPU, where bf16 is emulated and ~20x slower).")})
+    gradient_checkpointing: bool | None = field(default=None, metadata={"help": (
+        "Recompute activations to save memory (default: only on CUDA for models over 1B parameters).")})
+    eval_steps: int = field(default=50, metadata={"help": "Evaluate on the held-out prompts every N steps."})
+    early_stopping_patience: int = field(default=3, metadata={"help": (
+        "Stop when the held-out metric has not improved for N evaluations (0: never).")})
+    save_steps: int = field(default=50, metadata={"help": "Checkpoint (for --resume) every N steps."})
+    save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept on disk."})
+    logging_steps: int = field(default=10, metadata={"help": "Log every N steps."})
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"], metadata={"help": (
+        "Where logs go: 'tensorboard', 'wandb', 'mlflow', or [] for none.")})
+
+    def __post_init__(self) -> None:
+        need(bool(self.policy.strip()), "policy", "must name a model")
+        need(self.min_agreement is None or 0 <= self.min_agreement <= 1, "min_agreement", "must be in [0, 1]")
+        need(0 < self.eval_fraction < 1, "eval_fraction", "must be in (0, 1)")
+        need(self.max_pairs >= 0, "max_pairs", "must be >= 0 (0: all)")
+        need(self.max_length >= 16, "max_length", "must be >= 16")
+        need(self.lora_r >= 1 and self.lora_alpha >= 1, "lora_r", "lora_r and lora_alpha must be >= 1")
+        need(self.learning_rate is None or 0 < self.learning_rate < 1, "learning_rate", "must be in (0, 1)")
+        need(self.num_train_epochs > 0, "num_train_epochs", "must be > 0")
+        need(self.max_steps == -1 or self.max_steps >= 1, "max_steps", "must be >= 1 (or -1: epochs decide)")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                     "eval_steps", "save_steps", "save_total_limit", "logging_steps"):
+            need(getattr(self, name) >= 1, name, "must be >= 1")
+        need(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
+        need(self.early_stopping_patience >= 0, "early_stopping_patience", "must be >= 0")
+        bad = sorted(set(self.report_to) - {"tensorboard", "wandb", "mlflow", "trackio", "none"})
+        need(not bad, "report_to", f"unknown {bad}")
+        need(self.device is None or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "device",
+             f"must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class DPOTrainingConfig(PolicyTrainingConfig):
+    beta: float = field(default=0.1, metadata={"help": (
+        "Strength of the KL anchor to the reference: higher keeps the policy closer (TRL's default 0.1).")})
+    loss_type: list[str] = field(default_factory=lambda: ["sigmoid"], metadata={"help": (
+        "DPO loss(es): 'sigmoid' (DPO), 'ipo', 'robust' (with label_smoothing), 'hinge' (SLiC), 'sigmoid_norm' "
+        "(length-normalised, SimPO-style log-probs), 'apo_zero', ... Several are summed with loss_weights.")})
+    loss_weights: list[float] = field(default_factory=list, metadata={"help": "Weights of the losses (empty: 1s)."})
+    label_smoothing: float = field(default=0.0, metadata={"help": (
+        "Robust DPO / cDPO: assumed probability that a preference label is flipped, in [0, 0.5).")})
+    precompute_ref_log_probs: bool | None = field(default=None, metadata={"help": (
+        "Compute the reference log-probs once before training (default: when each pair is seen more than once, "
+        "i.e. num_train_epochs > 1; otherwise it is the same number of forward passes, paid up front).")})
+    sft_replay: float = field(default=0.0, metadata={"help": (
+        "Weight of an NLL term on the chosen responses (RPO-style replay against forgetting); 0: off.")})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        need(self.beta > 0, "beta", "must be > 0")
+        bad = sorted(set(self.loss_type) - set(DPO_LOSSES))
+        need(bool(self.loss_type) and not bad, "loss_type", f"unknown {bad} (known: {', '.join(DPO_LOSSES)})")
+        need(not self.loss_weights or len(self.loss_weights) == len(self.loss_type), "loss_weights",
+             "needs one weight per loss_type")
+        need(0 <= self.label_smoothing < 0.5, "label_smoothing", "must be in [0, 0.5)")
+        need(self.sft_replay >= 0, "sft_replay", "must be >= 0")
+
+    @property
+    def effective_learning_rate(self) -> float:
+        return self.learning_rate if self.learning_rate is not None else (5e-5 if self.lora else 5e-7)
+
+    @property
+    def effective_precompute(self) -> bool:
+        if self.precompute_ref_log_probs is not None:
+            return self.precompute_ref_log_probs
+        return self.num_train_epochs > 1 and self.max_steps == -1
+
+
+@dataclass
+class SFTTrainingConfig(PolicyTrainingConfig):
+    source: str = field(default="both", metadata={"help": (
+        "What to imitate: 'edits' (reviewers' rewritten answers), 'top' (each judgment's single best response), "
+        "or 'both'. The loss is on the response tokens only.")})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        need(self.source in ("edits", "top", "both"), "source",
+             f"must be 'edits', 'top' or 'both', got {self.source!r}")
+
+    @property
+    def effective_learning_rate(self) -> float:
+        return self.learning_rate if self.learning_rate is not None else (1e-4 if self.lora else 2e-5)
+
+
+def _is(value: Any, want: type) -> bool:
+    if isinstance(value, bool):
+        return want is bool
+    if want is float:
+        return isinstance(value, int | float)
+    return isinstance(value, want)
+
+
+def _coerce(cls: type, name: str, value: Any, where: str) -> Any:
+    hint = typing.get_type_hints(cls)[name]
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in options:
+        return None
+    for want in options:
+        if want is type(None):
+            continue
+        if typing.get_origin(want) is list:
+            (item,) = typing.get_args(want)
+            if isinstance(value, list) and all(_is(v, item) for v in value):
+                return [float(v) if item is float else v for v in value]
+        elif _is(value, want):
+            return float(value) if want is float else value
+    names = " or ".join(getattr(t, "__name__", str(t)) for t in options if t is not type(None))
+    raise PolicyConfigError(f"{where}{name}: expected {names}, got {type(value).__name__} {value!r}")
+
+
+def config_from_dict(cls: type[T], raw: dict[str, Any], base: T | None = None, where: str = "") -> T:
+    """`cls` from `base` (default: the defaults) updated with `raw`; unknown or ill-typed fields are errors."""
+    known = {f.name for f in fields(cls)}
+    values = asdict(base if base is not None else cls())
+    for key, value in raw.items():
+        if key not in known:
+            raise PolicyConfigError(f"{where}{key}: unknown field (known: {', '.join(sorted(known))})")
+        values[key] = _coerce(cls, key, value, where)
+    try:
+        return cls(**values)
+    except PolicyConfigError as e:
+        raise PolicyConfigError(f"{where}{e}") from e
+
+
+def load_section(cls: type[T], section: str, workspace_extra: dict[str, Any], config_path: Path,
+                 config_file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> T:
+    """Defaults, then the workspace's `[section]`, then `--config FILE`'s `[section]`, then CLI overrides."""
+
+    def from_doc(doc: dict[str, Any], path: Path, base: T | None) -> T:
+        raw = doc.get(section, {})
+        if not isinstance(raw, dict):
+            raise PolicyConfigError(f"{path}: [{section}] must be a table")
+        return config_from_dict(cls, raw, base, where=f"{path}: [{section}] ")
+
+    cfg = from_doc(workspace_extra, config_path, None)
+    if config_file is not None:
+        path = Path(config_file)
+        try:
+            doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as e:
+            raise PolicyConfigError(f"{path}: not found") from e
+        except tomllib.TOMLDecodeError as e:
+            raise PolicyConfigError(f"{path}: not valid TOML: {e}") from e
+        cfg = from_doc(doc, path, cfg)
+    return config_from_dict(cls, overrides, cfg, where="command line: ") if overrides else cfg
+
+
+def render_section(cls: type, section: str) -> str:
+    """A `[section]` TOML block with each field's help as a comment (None fields commented out)."""
+    cfg, lines = cls(), [f"[{section}]"]
+    for f in fields(cls):
+        lines.append(f"# {f.metadata['help']}")
+        value = getattr(cfg, f.name)
+        text = "(chosen per device)" if value is None else str(value).lower() if isinstance(value, bool) \
+            else json.dumps(value)
+        lines.append(f"{'# ' if value is None else ''}{f.name} = {text}")
+    return "\n".join(lines) + "\n"

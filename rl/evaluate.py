@@ -1,0 +1,165 @@
+"""`evaluate_policy(ws, NEW, against=OLD)`: on held-out prompts, sample from both policies, score with a reward
+model, and report NEW's win rate (Wilson 95% interval), KL(NEW || OLD) on NEW's samples, response lengths and a
+sample table, as report.md + a PNG under the eval run's folder (runs/eval-policy-<ID>/)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+RUN_KIND = "eval_policy"
+
+
+@dataclass
+class PolicyEvalResult:
+    run_id: int
+    new: str
+    against: str
+    report_dir: Path
+    metrics: dict[str, Any]
+
+
+def wilson(wins: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (ties count as half a win)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = wins / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def sequence_kl(new_model: Any, old_model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]],
+                responses: list[str], device: str) -> list[float]:
+    """Per response: sum over its tokens of log p_new - log p_old (a sample estimate of KL(new || old) when the
+    responses were sampled from `new`)."""
+    import torch
+
+    from rl.sampling import prompt_ids
+
+    out = []
+    with torch.inference_mode():
+        for messages, text in zip(prompts, responses, strict=True):
+            p = prompt_ids(tokenizer, messages)
+            r = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            ids = torch.tensor([p + r], device=device)  # (1, P + T)
+            lp = []
+            for model in (new_model, old_model):
+                logits = model(input_ids=ids).logits[0, len(p) - 1:-1].float()  # (T, V)
+                lp.append(torch.log_softmax(logits, -1).gather(-1, ids[0, len(p):, None]).sum().item())
+            out.append(lp[0] - lp[1])
+    return out
+
+
+def _chart(diffs: list[float], folder: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.hist(diffs, bins=20)
+    ax.axvline(0, color="black", linewidth=1)
+    ax.set_xlabel("reward(new) - reward(old)")
+    ax.set_ylabel("responses")
+    fig.tight_layout()
+    path = folder / "score_difference.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _cell(text: str, limit: int = 120) -> str:
+    text = " ".join(text.split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def evaluate_policy(ws: Any, new: str, against: str, *, reward: str = "", max_prompts: int = 32,
+                    splits: list[str] | None = None, k: int = 2, max_new_tokens: int = 64, temperature: float = 0.7,
+                    seed: int = 0, device: str | None = None, samples_shown: int = 5) -> PolicyEvalResult:
+    """Win rate of `new` over `against` by the reward model on held-out prompts (split 'eval', else all)."""
+    from reward.score import RewardScorer
+    from rl.device import pick_device
+    from rl.ppo_run import newest_reward_model
+    from rl.sampling import SamplingParams, load_policy, sample_completions
+    from store.models import get_model
+    from store.prompts import list_prompts
+    from store.runs import finish_run, start_run, update_run
+
+    new_row, old_row = get_model(ws.db, new), get_model(ws.db, against)
+    for row in (new_row, old_row):
+        if row.kind != "policy":
+            raise ValueError(f"model {row.name!r} is a {row.kind} model; eval policy compares two policies")
+    reward_row = newest_reward_model(ws.db, reward)
+    splits = ["eval"] if splits is None else splits
+    rows = list_prompts(ws.db, splits, max_prompts) or list_prompts(ws.db, [], max_prompts)
+    if not rows:
+        raise ValueError("no prompts in this workspace to evaluate on: import prompts first")
+    params = SamplingParams(k=k, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    config = {"new": new, "against": against, "reward": reward_row.name, "prompts": len(rows), "k": k,
+              "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
+    snapshot = {"prompt_ids": [r.id for r in rows], "splits": splits, "new_id": new_row.id, "against_id": old_row.id,
+                "reward_model_id": reward_row.id}
+    run_id = start_run(ws.db, RUN_KIND, config, snapshot)
+    folder = ws.runs_dir / f"eval-policy-{run_id}"
+    update_run(ws.db, run_id, output_path=str(folder))
+    try:
+        started = time.monotonic()
+        choice = pick_device(device)
+        conversations = [r.messages for r in rows]
+        samples, models = {}, {}
+        for row in (new_row, old_row):
+            from rl.sampling import policy_location
+
+            model, tok = load_policy(policy_location(row), choice.device, choice.dtype, row.adapter_path)
+            samples[row.name] = sample_completions(model, tok, conversations, params, choice.device)
+            models[row.name] = (model, tok)
+        new_texts = [c.text for cs in samples[new] for c in cs]
+        old_texts = [c.text for cs in samples[against] for c in cs]
+        prompts = [conv for conv in conversations for _ in range(k)]
+        scorer = RewardScorer.from_row(reward_row, device=choice.device)
+        new_scores, old_scores = scorer.score(prompts, new_texts), scorer.score(prompts, old_texts)
+        diffs = [a - b for a, b in zip(new_scores, old_scores, strict=True)]
+        wins = sum(1.0 if d > 0 else 0.5 if d == 0 else 0.0 for d in diffs)
+        low, high = wilson(wins, len(diffs))
+        tok = models[new][1]
+        kl = sequence_kl(models[new][0], models[against][0], tok, prompts, new_texts, choice.device)
+        lengths = {name: [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+                   for name, texts in ((new, new_texts), (against, old_texts))}
+        metrics = {
+            "win_rate": wins / len(diffs), "win_rate_low": low, "win_rate_high": high, "comparisons": len(diffs),
+            "prompts": len(rows), "mean_reward_new": statistics.fmean(new_scores),
+            "mean_reward_against": statistics.fmean(old_scores), "kl_new_vs_against": statistics.fmean(kl),
+            "length_new_mean": statistics.fmean(lengths[new]),
+            "length_against_mean": statistics.fmean(lengths[against]),
+            "length_new_median": statistics.median(lengths[new]),
+            "length_against_median": statistics.median(lengths[against]),
+            "finished_new": sum(c.finished for cs in samples[new] for c in cs) / len(diffs),
+            "seconds": round(time.monotonic() - started, 1), "device": choice.name, "reward_model": reward_row.name,
+        }
+        folder.mkdir(parents=True, exist_ok=True)
+        chart = _chart(diffs, folder)
+        lines = [f"# Policy evaluation: {new} vs {against}", "",
+                 f"Reward model `{reward_row.name}`, {len(rows)} prompts x {k} samples each, temperature "
+                 f"{temperature}.", "",
+                 f"- win rate of `{new}`: **{metrics['win_rate']:.3f}** (95% {low:.3f}-{high:.3f}, ties count half)",
+                 f"- mean reward: {metrics['mean_reward_new']:.3f} vs {metrics['mean_reward_against']:.3f}",
+                 f"- KL({new} || {against}) per response: {metrics['kl_new_vs_against']:.3f} nats",
+                 f"- response tokens (mean / median): {metrics['length_new_mean']:.1f} / "
+                 f"{metrics['length_new_median']} vs {metrics['length_against_mean']:.1f} / "
+                 f"{metrics['length_against_median']}", "", f"![score difference]({chart.name})", "",
+                 f"| prompt | {new} | reward | {against} | reward |", "|---|---|---|---|---|"]
+        for i in range(min(samples_shown, len(rows))):
+            j = i * k
+            lines.append(f"| {_cell(conversations[i][-1]['content'], 60)} | {_cell(new_texts[j])} | "
+                         f"{new_scores[j]:.2f} | {_cell(old_texts[j])} | {old_scores[j]:.2f} |")
+        (folder / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    except BaseException as e:
+        finish_run(ws.db, run_id, "failed", error=f"{type(e).__name__}: {e}"[:2000])
+        raise
+    finish_run(ws.db, run_id, "succeeded", metrics=metrics)
+    return PolicyEvalResult(run_id, new, against, folder, metrics)

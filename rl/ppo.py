@@ -1,0 +1,142 @@
+"""The pieces of InstructGPT-style PPO, as plain torch functions (the loop is in rl/ppo_train.py).
+
+Following Ziegler et al. 2019 and Huang et al. 2024 ("The N+ implementation details of RLHF with PPO"):
+per-token reward = -kl_coef * (log pi(a|s) - log pi_ref(a|s)), plus the reward model's score on the last response
+token; an adaptive KL coefficient; optional reward whitening; GAE; clipped policy and value losses.
+
+Shapes: B = sequences in a batch, T = response tokens (right padded); `mask` (B, T) is 1 on real response tokens
+(the EOS included) and 0 on padding after it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+class AdaptiveKLController:
+    """Ziegler et al. 2019: beta_{t+1} = beta_t * (1 + K * e_t * n / horizon), e_t = clip(KL_t / target - 1, ±0.2).
+
+    `update(kl, n)` is called once per rollout batch with the batch's mean KL (summed over a response's tokens)
+    and n = the number of sequences in the batch.
+    """
+
+    def __init__(self, init_kl_coef: float, target: float, horizon: int) -> None:
+        self.value = init_kl_coef
+        self.target = target
+        self.horizon = horizon
+
+    def update(self, current_kl: float, n_steps: int) -> float:
+        error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * n_steps / self.horizon
+        return self.value
+
+
+class FixedKLController:
+    def __init__(self, kl_coef: float) -> None:
+        self.value = kl_coef
+
+    def update(self, current_kl: float, n_steps: int) -> float:
+        return self.value
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Unbiased variance of the masked entries (Bessel's correction, as TRL)."""
+    mean = masked_mean(x, mask)
+    n = mask.sum()
+    var = masked_mean((x - mean) ** 2, mask)
+    return var * n / (n - 1).clamp(min=1)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """(x - mean) / std over the masked entries; with `shift_mean=False` the mean is added back (reward whitening
+    keeps the reward's sign)."""
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    out = (x - mean) * torch.rsqrt(var + 1e-8)
+    return (out if shift_mean else out + mean) * mask
+
+
+def token_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor,
+                  kl_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rewards (B, T), kl (B, T)): -kl_coef * (logp - ref_logp) per token, plus the score (B,) on each response's
+    last real token."""
+    kl = (logprobs - ref_logprobs) * mask  # (B, T): the k1 estimator, unbiased for KL(pi || ref)
+    rewards = -kl_coef * kl
+    last = (mask.sum(1).long() - 1).clamp(min=0)  # (B,) index of the last real token (the EOS when there is one)
+    rewards[torch.arange(len(scores)), last] += scores
+    return rewards * mask, kl
+
+
+def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
+                lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(advantages, returns), both (B, T): A_t = sum_k (gamma lam)^k delta_{t+k}, delta_t = r_t + gamma V_{t+1} - V_t,
+    with V = 0 after the last real token (the episode ends there)."""
+    values = values * mask
+    T = rewards.shape[1]
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[:, 0])  # (B,)
+    for t in reversed(range(T)):
+        next_value = values[:, t + 1] if t + 1 < T else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last = delta + gamma * lam * last * (mask[:, t + 1] if t + 1 < T else 0.0)
+        advantages[:, t] = last
+    advantages = advantages * mask
+    return advantages, (advantages + values) * mask
+
+
+@dataclass
+class LossStats:
+    policy_loss: float
+    value_loss: float
+    clip_fraction: float
+    value_clip_fraction: float
+    approx_kl: float
+
+
+def ppo_losses(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, values: torch.Tensor,
+               old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, cliprange: float,
+               cliprange_value: float) -> tuple[torch.Tensor, torch.Tensor, LossStats]:
+    """Clipped surrogate policy loss and clipped value loss (both masked means over tokens), all inputs (B, T)."""
+    ratio = torch.exp(logprobs - old_logprobs)
+    pg1 = -advantages * ratio
+    pg2 = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
+    policy_loss = masked_mean(torch.max(pg1, pg2), mask)
+    clipped_values = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
+    vf1, vf2 = (values - returns) ** 2, (clipped_values - returns) ** 2
+    value_loss = 0.5 * masked_mean(torch.max(vf1, vf2), mask)
+    with torch.no_grad():
+        stats = LossStats(
+            policy_loss=policy_loss.item(), value_loss=value_loss.item(),
+            clip_fraction=masked_mean((pg2 > pg1).float(), mask).item(),
+            value_clip_fraction=masked_mean((vf2 > vf1).float(), mask).item(),
+            approx_kl=masked_mean(0.5 * (logprobs - old_logprobs) ** 2, mask).item(),
+        )
+    return policy_loss, value_loss, stats
+
+
+class ValueHead(nn.Module):
+    """A scalar value per position from the policy's last hidden state: (B, L, H) -> (B, L)."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.summary = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.summary.weight)
+        nn.init.zeros_(self.summary.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.summary(hidden.to(self.summary.weight.dtype)).squeeze(-1)
+
+
+def logprobs_of(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probs (B, T) of `tokens` (B, T) under `logits` (B, T, V) at `temperature`, entropy (B, T))."""
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), entropy

@@ -1,0 +1,82 @@
+"""The PPO config: one dataclass, each field with help text, checked in `__post_init__`; read from `[ppo]` in
+rankloop.toml, then `--config FILE`, then flags (rl.config.load_section)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from rl.config import DEFAULT_POLICY, need
+
+
+@dataclass
+class PPOTrainingConfig:
+    policy: str = field(default=DEFAULT_POLICY, metadata={"help": (
+        "Policy to start from (workspace model, folder or hub id); also the KL reference (adapters disabled).")})
+    reward: str = field(default="", metadata={"help": "Reward model that scores responses (default: the newest)."})
+    name: str = field(default="", metadata={"help": "Name of the new policy row (default: ppo-run<ID>)."})
+    splits: list[str] = field(default_factory=lambda: ["train"], metadata={"help": (
+        "Sample rollouts on prompts of these splits (empty: all prompts).")})
+    max_prompts: int = field(default=0, metadata={"help": "Use at most this many prompts (0: all); bounds a run."})
+    max_steps: int = field(default=100, metadata={"help": "PPO iterations (one rollout batch + its updates each)."})
+    rollout_batch_size: int = field(default=16, metadata={"help": "Prompts per iteration (one response each)."})
+    num_minibatches: int = field(default=2, metadata={"help": "Minibatches per PPO epoch over a rollout batch."})
+    ppo_epochs: int = field(default=4, metadata={"help": "Passes over each rollout batch."})
+    max_new_tokens: int = field(default=64, metadata={"help": "Longest response in tokens."})
+    max_prompt_length: int = field(default=256, metadata={"help": "Prompts keep their last N tokens."})
+    temperature: float = field(default=1.0, metadata={"help": (
+        "Sampling temperature; log-probs are taken at the same temperature so the ratio stays consistent.")})
+    learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate (policy LoRA + value head)."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
+    cliprange: float = field(default=0.2, metadata={"help": "PPO policy ratio clip."})
+    cliprange_value: float = field(default=0.2, metadata={"help": "PPO value clip around the rollout's values."})
+    vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
+    gamma: float = field(default=1.0, metadata={"help": "Discount (1: undiscounted, as in InstructGPT)."})
+    lam: float = field(default=0.95, metadata={"help": "GAE lambda."})
+    init_kl_coef: float = field(default=0.05, metadata={"help": "Initial KL penalty coefficient beta."})
+    adaptive_kl: bool = field(default=True, metadata={"help": "Adapt beta towards target_kl (Ziegler et al.)."})
+    target_kl: float = field(default=6.0, metadata={"help": "Target KL per response (nats, summed over tokens)."})
+    kl_horizon: int = field(default=10000, metadata={"help": "Adaptive KL horizon (sequences)."})
+    whiten_rewards: bool = field(default=False, metadata={"help": (
+        "Whiten per-token rewards (keeping their mean) before GAE; advantages are always whitened.")})
+    missing_eos_penalty: float = field(default=1.0, metadata={"help": (
+        "Subtracted from the score of a response that never emits EOS (0: none).")})
+    lora: bool = field(default=True, metadata={"help": "Train LoRA adapters on the policy (else the full model)."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator."})
+    lora_target_modules: list[str] = field(default_factory=list, metadata={"help": (
+        "LoRA modules (empty: all-linear).")})
+    save_steps: int = field(default=25, metadata={"help": "Checkpoint (for --resume) every N iterations."})
+    logging_steps: int = field(default=1, metadata={"help": "Log to TensorBoard every N iterations."})
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"], metadata={"help": (
+        "'tensorboard' or [] (none).")})
+    seed: int = field(default=0, metadata={"help": "Seed for sampling, shuffling and initialisation."})
+    device: str | None = field(default=None, metadata={"help": "'cpu', 'cuda', 'cuda:N' or 'mps' (default: best)."})
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 autocast (default: on with CUDA, off on CPU)."})
+
+    def __post_init__(self) -> None:
+        need(bool(self.policy.strip()), "policy", "must name a model")
+        for name in ("max_steps", "rollout_batch_size", "num_minibatches", "ppo_epochs", "max_new_tokens",
+                     "max_prompt_length", "save_steps", "logging_steps", "kl_horizon", "lora_r", "lora_alpha"):
+            need(getattr(self, name) >= 1, name, "must be >= 1")
+        need(self.rollout_batch_size % self.num_minibatches == 0, "num_minibatches",
+             f"must divide rollout_batch_size ({self.rollout_batch_size})")
+        need(self.max_prompts >= 0, "max_prompts", "must be >= 0 (0: all)")
+        need(self.temperature > 0, "temperature", "must be > 0")
+        need(0 < self.learning_rate < 1, "learning_rate", "must be in (0, 1)")
+        need(self.cliprange > 0 and self.cliprange_value > 0, "cliprange", "cliprange(_value) must be > 0")
+        need(0 < self.gamma <= 1 and 0 <= self.lam <= 1, "gamma", "gamma must be in (0, 1], lam in [0, 1]")
+        need(self.init_kl_coef >= 0, "init_kl_coef", "must be >= 0")
+        need(self.target_kl > 0, "target_kl", "must be > 0")
+        need(self.missing_eos_penalty >= 0, "missing_eos_penalty", "must be >= 0")
+        need(self.vf_coef >= 0 and self.max_grad_norm > 0, "vf_coef", "vf_coef >= 0 and max_grad_norm > 0")
+        need(set(self.report_to) <= {"tensorboard", "none"}, "report_to", "only 'tensorboard' is supported")
+        need(self.device is None or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "device",
+             f"must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.rollout_batch_size // self.num_minibatches

@@ -1,0 +1,137 @@
+"""`train_ppo(ws, config)`: PPO on the workspace's prompts against a reward model, with a run row, TensorBoard
+logs, checkpoints that resume (`resume_from=RUN`) and the new policy registered with its lineage (parent policy,
+reward model, prompts snapshot)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from rl.dpo import PolicyTrainingResult
+from rl.ppo_config import PPOTrainingConfig
+from rl.ppo_train import PPOLoop, RewardFn, last_ppo_checkpoint
+from rl.training import fail_run, load_causal_lm, register_policy, resolve_policy, save_policy, start_policy_run
+
+RUN_KIND = "ppo"
+
+
+def newest_reward_model(db: str | Path, name: str = "") -> Any:
+    from store.models import get_model, list_models
+
+    if name:
+        return get_model(db, name)
+    rows = list_models(db, kind="reward")
+    if not rows:
+        raise ValueError("no reward model in this workspace yet: train one with `rankloop train reward`")
+    return rows[-1]
+
+
+def resume_ppo_config(ws: Any, run: int | str, overrides: dict[str, Any] | None = None) -> tuple[int, Any]:
+    from rl.training import resume_config
+
+    return resume_config(ws, RUN_KIND, PPOTrainingConfig, run, overrides)
+
+
+def _tensorboard(config: PPOTrainingConfig, folder: Path) -> Any:
+    if "tensorboard" not in config.report_to:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard not installed: logs still go to the run row
+        return None
+    return SummaryWriter(str(folder))
+
+
+def train_ppo(ws: Any, config: PPOTrainingConfig, *, reward_fn: RewardFn | None = None,
+              resume_from: int | None = None, progress: bool = True) -> PolicyTrainingResult:
+    """Train, save and register a PPO policy. `reward_fn(prompts, responses) -> scores` replaces the reward model
+    (tests use a toy reward); by default the reward model `config.reward` (or the newest) scores."""
+    from reward.device import training_defaults
+    from store.prompts import list_prompts
+    from store.runs import get_run
+
+    start = resolve_policy(ws.db, config.policy)
+    rows = list_prompts(ws.db, config.splits, config.max_prompts)
+    if not rows:
+        raise ValueError(f"no prompts of splits {config.splits or 'any'} in this workspace: import prompts first")
+    reward_row = newest_reward_model(ws.db, config.reward) if reward_fn is None else None
+    snapshot = {"source": "workspace", "prompts": len(rows), "splits": config.splits,
+                "prompt_ids_sha256": hashlib.sha256(json.dumps([r.id for r in rows]).encode()).hexdigest(),
+                "max_prompt_id": max(r.id for r in rows),
+                "reward_model": reward_row.name if reward_row else "custom", "reward_model_id":
+                reward_row.id if reward_row else None, "reward_round": reward_row.round if reward_row else None}
+    if resume_from is not None and get_run(ws.db, resume_from).data_snapshot.get("prompt_ids_sha256") \
+            != snapshot["prompt_ids_sha256"]:
+        raise ValueError(f"--resume: the workspace's prompts no longer match run {resume_from}'s snapshot")
+    run_id, run_dir = start_policy_run(ws, RUN_KIND, config, snapshot, start, resume_from)
+    try:
+        model, tokenizer = load_causal_lm(start)
+        dev = training_defaults(config.device, sum(p.numel() for p in model.parameters()), config.bf16, False)
+        if reward_fn is None:
+            from reward.score import RewardScorer
+
+            reward_fn = RewardScorer.from_row(reward_row, device=dev.device).score
+        loop = PPOLoop(config, model, tokenizer, reward_fn, [r.messages for r in rows], dev.device, dev.bf16)
+        return _run(ws, config, loop, start, run_id, run_dir, resume_from, progress, snapshot, dev)
+    except BaseException as e:
+        fail_run(ws, run_id, e)
+        raise
+
+
+def _run(ws: Any, config: PPOTrainingConfig, loop: PPOLoop, start: Any, run_id: int, run_dir: Path,
+         resume_from: int | None, progress: bool, snapshot: dict[str, Any], dev: Any) -> PolicyTrainingResult:
+    from store.runs import finish_run, update_run
+
+    if resume_from is not None:
+        checkpoint = last_ppo_checkpoint(run_dir)
+        if checkpoint is None:
+            raise FileNotFoundError(f"--resume: run {resume_from} left no checkpoint in {run_dir}")
+        loop.load(checkpoint)
+    first_step = loop.step
+    update_run(ws.db, run_id, metrics={"device": dev.as_dict(), "resumed_at_step": first_step})
+    writer = _tensorboard(config, run_dir / "tensorboard")
+
+    def log(row: dict[str, float]) -> None:
+        if writer is not None and row["step"] % config.logging_steps == 0:
+            for key, value in row.items():
+                if key != "step":
+                    writer.add_scalar(f"ppo/{key}", value, row["step"])
+
+    started = time.monotonic()
+    try:
+        history = loop.train(run_dir, log, progress)
+    finally:
+        if writer is not None:
+            writer.close()
+    seconds = time.monotonic() - started
+    ran = history[first_step:]
+    sample_s, train_s = sum(r["sample_s"] for r in ran), sum(r["train_s"] for r in ran)
+    window = history[-5:]
+    metrics: dict[str, Any] = {
+        "global_step": loop.step, "train_seconds": round(seconds, 1),
+        "steps_per_s": round(len(ran) / max(seconds, 1e-9), 4),
+        "sampling_share": round(sample_s / max(sample_s + train_s, 1e-9), 3),
+        "first_score": history[0]["score"] if history else None,
+        "score": sum(r["score"] for r in window) / len(window) if window else None,
+        "kl": sum(r["kl"] for r in window) / len(window) if window else None,
+        "kl_coef": loop.kl_ctl.value, "reward_model": snapshot["reward_model"],
+        "reward_model_id": snapshot["reward_model_id"],
+    }
+    if dev.device.startswith("cuda"):
+        import torch
+
+        metrics["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    (run_dir / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history), encoding="utf-8")
+    model_dir, adapter_dir = save_policy(loop.model, loop.tokenizer, run_dir)
+    import torch
+
+    torch.save(loop.value_head.state_dict(), run_dir / "value_head.pt")
+    metrics["adapter_dir"] = str(adapter_dir) if adapter_dir else None
+    name = config.name or f"ppo-run{run_id}"
+    rounds = [snapshot["reward_round"]] if snapshot.get("reward_round") is not None else []
+    register_policy(ws, name, start, model_dir, run_id, rounds, {**metrics, "trainer": "ppo"})
+    finish_run(ws.db, run_id, "succeeded", metrics=metrics)
+    return PolicyTrainingResult(run_id, name, run_dir, model_dir, metrics)

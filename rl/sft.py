@@ -1,0 +1,144 @@
+"""SFT on reviewers' edited answers and top-ranked responses with TRL's `SFTTrainer` (completion-only loss).
+
+The rows are `store.labels.sft_records` (the same rows `rankloop export sft` writes): one per reviewer edit and
+one per judgment's single best response (or per comparison's majority best with `aggregate`). They become
+conversational prompt-completion rows, so TRL masks the prompt and the loss covers only the answer's tokens.
+The usual first step before preference training; DPO's `sft_replay` mixes the same idea into DPO.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from rl.config import SFTTrainingConfig
+from rl.dpo import PolicyTrainingResult, prompt_messages
+from rl.training import (
+    StartPolicy,
+    count_parameters,
+    device_defaults,
+    fail_run,
+    last_checkpoint,
+    load_causal_lm,
+    lora_config,
+    register_policy,
+    resolve_policy,
+    save_policy,
+    start_policy_run,
+    tensorboard_dir,
+    trainer_kwargs,
+)
+
+RUN_KIND = "sft"
+
+
+def sft_rows(db: str | Path, config: SFTTrainingConfig) -> tuple[Any, dict[str, Any]]:
+    """(frame of rows with a `part` column, snapshot record) for the config's filters and source."""
+    import pandas as pd
+
+    from reward.data import split_by_prompt
+    from store.labels import sft_records
+    from store.pairs import PairFilter, read_scoped
+
+    f = PairFilter(round=list(config.rounds) or None, model=list(config.models) or None,
+                   reviewer=list(config.reviewers) or None, split=list(config.splits) or None,
+                   min_agreement=config.min_agreement)
+    records, left = sft_records(read_scoped(db, f), f, config.aggregate, config.source)  # type: ignore[arg-type]
+    if not records:
+        raise ValueError(f"no SFT rows (source {config.source!r}) in this workspace match the filters: "
+                         "collect judgments with edits or a single best response first")
+    frame = pd.DataFrame(records)
+    frame["prompt_key"] = frame["prompt_id"]
+    frame["_id"] = [f"{r.get('judgment_id', r.get('judgment_ids'))}|{r['source']}|{r['completion']}"
+                    for r in records]
+    frame = frame.sort_values("_id", key=lambda s: s.map(lambda v: hashlib.sha256(
+        f"{config.seed}:{v}".encode()).hexdigest())).reset_index(drop=True)
+    if config.max_pairs:
+        frame = frame.head(config.max_pairs).reset_index(drop=True)
+    frame["part"] = split_by_prompt(frame, config.eval_fraction, config.seed).values
+    digest = hashlib.sha256(json.dumps(sorted(frame["_id"])).encode()).hexdigest()
+    snapshot = {"source": "workspace", "sft_source": config.source, "aggregate": config.aggregate,
+                "filters": f.as_dict(), "rows": len(frame), "train_rows": int((frame["part"] == "train").sum()),
+                "eval_rows": int((frame["part"] == "eval").sum()), "left_out": dict(left),
+                "by_source": frame["source"].value_counts().to_dict(), "sha256": digest,
+                "rounds": sorted({int(r) for r in frame["round"].dropna()})}
+    return frame, snapshot
+
+
+def sft_dataset(frame: Any) -> Any:
+    """Conversational prompt-completion rows: TRL computes the loss on the completion only."""
+    from datasets import Dataset
+
+    return Dataset.from_list([
+        {"prompt": prompt_messages(t, m), "completion": [{"role": "assistant", "content": str(c)}]}
+        for t, m, c in zip(frame["prompt_text"], frame["prompt_messages"], frame["completion"], strict=True)])
+
+
+def train_sft(ws: Any, config: SFTTrainingConfig, *, resume_from: int | None = None, progress: bool = True,
+              callbacks: list[Any] | None = None) -> PolicyTrainingResult:
+    """Train, save and register an SFT policy; the run row records config, snapshot, metrics and status."""
+    from store.runs import get_run
+
+    start = resolve_policy(ws.db, config.policy)
+    frame, snapshot = sft_rows(ws.db, config)
+    if resume_from is not None and snapshot["sha256"] != get_run(ws.db, resume_from).data_snapshot.get("sha256"):
+        raise ValueError(f"--resume: the workspace's SFT rows no longer match run {resume_from}'s snapshot")
+    run_id, run_dir = start_policy_run(ws, RUN_KIND, config, snapshot, start, resume_from)
+    try:
+        return _train(ws, config, frame, start, run_id, run_dir, resume_from, progress, callbacks)
+    except BaseException as e:
+        fail_run(ws, run_id, e)
+        raise
+
+
+def _train(ws: Any, config: SFTTrainingConfig, frame: Any, start: StartPolicy, run_id: int, run_dir: Path,
+           resume_from: int | None, progress: bool, callbacks: list[Any] | None) -> PolicyTrainingResult:
+    from transformers import EarlyStoppingCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from rl.dpo import _History
+    from store.runs import finish_run, update_run
+
+    train, held = frame[frame["part"] == "train"], frame[frame["part"] == "eval"]
+    if train.empty:
+        raise ValueError("no SFT rows left for training after the split by prompt")
+    model, tokenizer = load_causal_lm(start)
+    n_params, _ = count_parameters(model)
+    dev = device_defaults(config, n_params)
+    eval_set = sft_dataset(held) if len(held) else None
+    stop_early = eval_set is not None and config.early_stopping_patience > 0
+    args = SFTConfig(**trainer_kwargs(config, run_dir, dev, eval_set is not None, progress),
+                     completion_only_loss=True, packing=False, metric_for_best_model="eval_loss" if stop_early
+                     else None, greater_is_better=False)
+    history = _History.make()
+    extra = [history, *(callbacks or [])]
+    if stop_early:
+        extra.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+    with tensorboard_dir(run_dir / "tensorboard"):
+        trainer = SFTTrainer(model=model, args=args, train_dataset=sft_dataset(train), eval_dataset=eval_set,
+                             processing_class=tokenizer, peft_config=lora_config(config) if config.lora else None,
+                             callbacks=extra)
+    total, trainable = count_parameters(trainer.model)
+    update_run(ws.db, run_id, metrics={"device": dev.as_dict(), "parameters": total, "trainable": trainable})
+    started = time.monotonic()
+    output = trainer.train(resume_from_checkpoint=last_checkpoint(run_dir, resume_from))
+    seconds = time.monotonic() - started
+    losses = [row["loss"] for row in history.logs if "loss" in row]
+    evals = [row["eval_loss"] for row in history.logs if "eval_loss" in row]
+    st = trainer.state
+    metrics: dict[str, Any] = {
+        "global_step": st.global_step, "max_steps": st.max_steps, "stopped_early": st.global_step < st.max_steps,
+        "train_loss": output.training_loss, "train_seconds": round(seconds, 1), "train_rows": len(train),
+        "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+        "eval_loss": evals[-1] if evals else None, "eval_rows": len(held),
+    }
+    model_dir, adapter_dir = save_policy(trainer.accelerator.unwrap_model(trainer.model), tokenizer, run_dir)
+    metrics["adapter_dir"] = str(adapter_dir) if adapter_dir else None
+    name = config.name or f"sft-run{run_id}"
+    rounds = sorted({int(r) for r in frame["round"].dropna()})
+    register_policy(ws, name, start, model_dir, run_id, rounds, {**metrics, "trainer": "sft"})
+    finish_run(ws.db, run_id, "succeeded", metrics=metrics)
+    return PolicyTrainingResult(run_id, name, run_dir, model_dir, metrics)

@@ -1,0 +1,122 @@
+"""PPO pieces against hand-computed values, and PPO on a toy reward with a tiny model (CPU, seconds)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rl.ppo import (
+    AdaptiveKLController,
+    FixedKLController,
+    compute_gae,
+    masked_whiten,
+    ppo_losses,
+    token_rewards,
+)
+
+
+def test_gae_matches_hand_computed_values():
+    rewards = torch.tensor([[0.0, 1.0, 0.0]])
+    values = torch.tensor([[0.5, 0.2, 9.0]])  # the 9.0 sits on padding and must be ignored
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    adv, ret = compute_gae(rewards, values, mask, gamma=1.0, lam=0.5)
+    # t=1: delta = 1 - 0.2 = 0.8 (V after the end is 0); t=0: delta = 0.2 - 0.5 = -0.3, A = -0.3 + 0.5 * 0.8
+    assert adv.tolist()[0] == pytest.approx([0.1, 0.8, 0.0])
+    assert ret.tolist()[0] == pytest.approx([0.6, 1.0, 0.0])
+    adv, ret = compute_gae(rewards, values, mask, gamma=0.9, lam=0.8)
+    # t=0: delta = 0.9 * 0.2 - 0.5 = -0.32; A = -0.32 + 0.9 * 0.8 * 0.8 = 0.256
+    assert adv.tolist()[0] == pytest.approx([0.256, 0.8, 0.0])
+    assert ret.tolist()[0] == pytest.approx([0.756, 1.0, 0.0])
+
+
+def test_adaptive_kl_controller_matches_hand_computed_values():
+    ctl = AdaptiveKLController(0.2, target=6.0, horizon=10000)
+    assert ctl.update(9.0, 256) == pytest.approx(0.2 * (1 + 0.2 * 256 / 10000))  # error clipped at +0.2
+    ctl = AdaptiveKLController(0.1, target=5.0, horizon=1000)
+    assert ctl.update(5.5, 100) == pytest.approx(0.1 * (1 + 0.1 * 100 / 1000))  # error 0.1, not clipped
+    assert ctl.update(1.0, 100) == pytest.approx(0.1 * 1.01 * (1 - 0.2 * 0.1))  # error -0.8, clipped at -0.2
+    assert FixedKLController(0.3).update(100.0, 10) == 0.3
+
+
+def test_token_rewards_put_the_score_on_the_last_real_token():
+    logp = torch.tensor([[-1.0, -1.0, -1.0], [-2.0, -2.0, -2.0]])
+    ref = torch.tensor([[-1.5, -1.0, -0.5], [-2.0, -3.0, -2.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    rewards, kl = token_rewards(torch.tensor([2.0, -1.0]), logp, ref, mask, kl_coef=0.1)
+    torch.testing.assert_close(kl, torch.tensor([[0.5, 0.0, -0.5], [0.0, 1.0, 0.0]]))
+    torch.testing.assert_close(rewards, torch.tensor([[-0.05, 0.0, 2.05], [0.0, -1.1, 0.0]]))
+
+
+def test_whitening_and_clipped_losses():
+    x = torch.tensor([[1.0, 2.0, 3.0, 100.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    w = masked_whiten(x, mask)
+    assert w[0, :3].mean().item() == pytest.approx(0.0, abs=1e-6) and w[0, 3].item() == 0.0
+    assert masked_whiten(x, mask, shift_mean=False)[0, :3].mean().item() == pytest.approx(2.0, abs=1e-5)
+    old = torch.zeros(1, 2)
+    new = torch.log(torch.tensor([[1.5, 0.5]]))  # ratios 1.5 and 0.5: both outside [0.8, 1.2]
+    adv = torch.tensor([[1.0, 1.0]])
+    m = torch.ones(1, 2)
+    pg, vf, stats = ppo_losses(new, old, adv, torch.tensor([[1.0, 0.0]]), torch.zeros(1, 2),
+                               torch.tensor([[1.0, 0.0]]), m, cliprange=0.2, cliprange_value=0.2)
+    # ratio 1.5 with A > 0 is clipped to 1.2; ratio 0.5 keeps -0.5 (max of -0.5 and -0.8) -> mean(-1.2, -0.5)
+    assert pg.item() == pytest.approx(-0.85)
+    assert stats.clip_fraction == pytest.approx(0.5)
+    # value 1.0 moved 1.0 from old 0 but is clipped to 0.2: max((1-1)^2, (0.2-1)^2) = 0.64 -> 0.5 * mean(0.64, 0)
+    assert vf.item() == pytest.approx(0.16)
+
+
+TOKEN = "e"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models are dominated by thread hand-offs: one thread is ~50x faster on the shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def count_token(prompts, responses):
+    """Toy reward: how often the chosen text appears in the response."""
+    return [r.count(TOKEN) / 4 for r in responses]
+
+
+def _loop(tiny_lm, **overrides):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rl.ppo_config import PPOTrainingConfig
+    from rl.ppo_train import PPOLoop
+
+    values = dict(policy="tiny", max_steps=30, rollout_batch_size=8, num_minibatches=2, ppo_epochs=2,
+                  max_new_tokens=12, learning_rate=1e-2, lora=False, missing_eos_penalty=0.0, init_kl_coef=0.01,
+                  target_kl=2.0, kl_horizon=200, report_to=[])
+    values.update(overrides)
+    cfg = PPOTrainingConfig(**values)
+    prompts = [[{"role": "user", "content": f"Question {i}: say something"}] for i in range(8)]
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm)
+    return PPOLoop(cfg, model, AutoTokenizer.from_pretrained(tiny_lm), count_token, prompts)
+
+
+def test_ppo_raises_a_toy_reward_and_the_kl_controller_reacts(tiny_lm):
+    loop = _loop(tiny_lm)
+    history = loop.train()
+    first = sum(r["score"] for r in history[:5]) / 5
+    last = sum(r["score"] for r in history[-5:]) / 5
+    assert last > first + 0.5, (first, last)
+    assert history[0]["clip_fraction"] <= 0.5 and history[0]["kl"] == pytest.approx(0.0, abs=0.05)
+    assert all(k in history[-1] for k in ("entropy", "value_loss", "clip_fraction", "sample_s", "train_s"))
+    # KL rose past the 2-nat target, so the adaptive controller raised beta
+    assert max(r["kl"] for r in history) > 2.0
+    assert history[-1]["kl_coef"] > history[0]["kl_coef"]
+
+
+def test_the_first_update_starts_from_ratio_one_with_lora(tiny_lm):
+    """With LoRA (B = 0 at init) the policy equals the reference: KL 0 and no clipping on the first batch."""
+    loop = _loop(tiny_lm, lora=True, max_steps=1, ppo_epochs=1, num_minibatches=1)
+    row = loop.train_step()
+    assert row["kl"] == pytest.approx(0.0, abs=1e-4)
+    assert row["clip_fraction"] == 0.0
+    trainable = [n for n, p in loop.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
