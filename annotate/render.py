@@ -13,6 +13,8 @@ import streamlit as st
 
 _FENCE = re.compile(r"^(?P<fence>`{3,}|~{3,})[ \t]*(?P<lang>[\w+#.-]*)[^\n]*\n(?P<body>.*?)^(?P=fence)[ \t]*$",
                     re.S | re.M)
+_IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
+_REF_IMAGE = re.compile(r"!\[([^\]]*)\]\[[^\]]*\]")
 _ROLES = {"user": ("user", None), "assistant": ("assistant", None), "system": ("system", ":material/settings:")}
 
 
@@ -38,6 +40,14 @@ def show_untrusted(text: str) -> None:
             st.code(body, language=lang or None, wrap_lines=True)
         else:
             st.text(body.strip("\n"))
+
+
+def safe_markdown(text: str) -> str:
+    """Markdown with nothing that loads by itself: images become their alt text. Raw HTML never runs (Streamlit
+    shows it as text without `unsafe_allow_html`, which this app never sets); links load only when clicked."""
+    text = _IMAGE.sub(lambda m: f"[image: {m.group(1) or 'no description'}]", text)
+    text = _REF_IMAGE.sub(lambda m: f"[image: {m.group(1) or 'no description'}]", text)
+    return text
 
 
 def show_response(text: str, height: int = 320) -> None:

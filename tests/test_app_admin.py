@@ -8,7 +8,7 @@ from store.agreement import list_gold
 from store.audit import list_events
 from store.judgments import NewJudgment, add_judgment
 from store.models import add_model
-from store.runs import finish_run, start_run
+from store.runs import finish_run, start_run, update_run
 from store.settings import get_settings
 from store.users import add_user, get_user, login
 from tests.test_app_login import PAGES, app, button, log_in, texts
@@ -108,6 +108,33 @@ def test_models_and_runs(admin):
     assert list(at.dataframe[1].value["status"]) == ["succeeded"]
 
 
+def test_runs_page_shows_evaluation_reports_without_loading_remote_images(admin, tmp_path):
+    from reward.report import write_report
+
+    ws, at, _ = admin
+    run = start_run(ws.db, "reward-eval", {})
+    folder = ws.runs_dir / f"eval-{run}"
+    metrics = {"pairs": 4, "accuracy": 0.75, "accuracy_low": 0.3, "accuracy_high": 0.95, "length_longer_accuracy": 0.5,
+               "length_shorter_accuracy": 0.5, "mean_gap": 0.4, "ece": 0.1}
+    bins = [{"low": 0.5, "high": 0.6, "count": 4, "confidence": 0.55, "accuracy": 0.75}]
+    write_report(folder, "rm-1", "held-out prompts", metrics, [], [], bins)
+    with open(folder / "report.md", "a", encoding="utf-8") as f:
+        f.write("\nA sample: ![tracker](http://evil.example/pixel.png)\n")
+    update_run(ws.db, run, output_path=str(folder))
+    finish_run(ws.db, run, "succeeded")
+    outside = start_run(ws.db, "reward-eval", {})  # a report folder outside the workspace is never read
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "report.md").write_text("# secret", encoding="utf-8")
+    update_run(ws.db, outside, output_path=str(tmp_path / "elsewhere"))
+    finish_run(ws.db, outside, "succeeded")
+    _open(at, "runs")
+    assert at.selectbox(key="report_choice").options == [f"run {run}: reward-eval (succeeded)"]
+    shown = "\n".join(m.value for m in at.markdown)
+    assert "Reward model `rm-1`: evaluation" in shown and "75.0%" in shown
+    assert "[image: tracker]" in shown and "evil.example" not in shown and "secret" not in shown
+    assert [i.proto.imgs[0].caption for i in at.get("image")] == ["accuracy.png", "reliability.png"]
+
+
 def test_export_prepares_a_download(admin):
     ws, at, _ = admin
     _open(at, "export")
@@ -123,7 +150,7 @@ def test_export_prepares_a_download(admin):
 def test_settings_guidelines_reach_reviewers(admin, monkeypatch):
     ws, at, _ = admin
     _open(at, "settings")
-    at.text_area(key="setting:guidelines").input("# Rules\nPrefer correct answers.")
+    at.text_area(key="setting:guidelines").input("# Rules\nPrefer correct answers. ![logo](https://tracker.example/p.gif)")
     button(at, "Save guidelines").click().run()
     at.number_input(key="setting:gold_rate").set_value(0.1)
     next(b for b in at.button if b.key == "save:gold_rate").click().run()
@@ -132,7 +159,8 @@ def test_settings_guidelines_reach_reviewers(admin, monkeypatch):
     add_user(ws.db, "rita", "reviewer", "rita's password", actor="test")
     reviewer = log_in(app(ws, monkeypatch), "rita", "rita's password")
     reviewer.switch_page(str(PAGES / "guidelines.py")).run()
-    assert "Prefer correct answers." in reviewer.markdown[0].value
+    shown = reviewer.markdown[0].value
+    assert "Prefer correct answers." in shown and "[image: logo]" in shown and "tracker.example" not in shown
 
 
 def test_audit_log_lists_and_filters(admin):

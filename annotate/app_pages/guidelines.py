@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from annotate.render import safe_markdown
 from annotate.session import db_path, require_user
 from store.settings import get_settings
 
@@ -12,6 +13,6 @@ require_user()
 st.title("Guidelines")
 text = get_settings(db)["guidelines"]
 if text:
-    st.markdown(text)
+    st.markdown(safe_markdown(text))
 else:
     st.info("No guidelines yet: an admin writes them on the Settings page.")

@@ -16,7 +16,7 @@ import time
 import streamlit as st
 
 from annotate import ranking as rk
-from annotate.render import show_conversation, show_response
+from annotate.render import safe_markdown, show_conversation, show_response
 from annotate.session import db_path, require_user, settings
 from store.judgments import FLAGS
 from store.queue import AlreadyJudged, Answer, Item, next_item, progress, release, submit_and_next, undo
@@ -178,7 +178,7 @@ p = item.progress if item is not None and item.progress else progress(db, user.i
 head.title("Rank the answers")
 head.caption(f"Done today {p['done_today']} · total {p['total']} · {p['remaining']} left in your queue")
 with side.popover("Guidelines", icon=":material/menu_book:", width="stretch"):
-    st.markdown(config["guidelines"] or "_No guidelines yet: ask an admin to write them in Settings._")
+    st.markdown(safe_markdown(config["guidelines"]) or "_No guidelines yet: ask an admin to write them in Settings._")
 if ss.get("flash"):
     st.toast(ss.pop("flash"), icon=":material/check_circle:")
 if ss.get("flash_error"):

@@ -1,15 +1,34 @@
-"""Admin: model versions with their lineage and metrics, and every training or sampling run."""
+"""Admin: model versions with their lineage and metrics, every training or sampling run, and the evaluation
+reports (markdown + PNG charts) written under the runs' folders."""
 
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from annotate.session import db_path, require_admin
+from annotate.render import safe_markdown
+from annotate.session import db_path, require_admin, workspace_dir
 from store.models import list_models
-from store.runs import list_runs
+from store.runs import RunRow, list_runs
+
+IMAGE_LINE = re.compile(r"^!\[[^\]]*\]\([^)]*\.png\)\s*$", re.M)  # the charts are shown below the text
+
+
+def _reports(runs: list[RunRow]) -> dict[str, Path]:
+    """Evaluation runs whose folder (inside this workspace) holds a report.md, newest first."""
+    root = workspace_dir().resolve()
+    found = {}
+    for r in sorted(runs, key=lambda r: r.id, reverse=True):
+        if not r.output_path:
+            continue
+        folder = Path(r.output_path).resolve()
+        if folder.is_relative_to(root) and (folder / "report.md").is_file():
+            found[f"run {r.id}: {r.kind} ({r.status})"] = folder
+    return found
 
 db = db_path()
 require_admin()
@@ -47,3 +66,14 @@ else:
         chart = pd.DataFrame([{"run": r.id, "kind": r.kind, metric: r.metrics[metric]} for r in runs
                               if isinstance(r.metrics.get(metric), int | float)])
         st.line_chart(chart, x="run", y=metric, color="kind")
+
+st.subheader("Reports")
+reports = _reports(runs)
+if not reports:
+    st.info("No reports yet: `rankloop eval reward` and `rankloop eval policy` write them.")
+else:
+    label = st.selectbox("Report", list(reports), key="report_choice")
+    folder = reports[label]
+    st.markdown(safe_markdown(IMAGE_LINE.sub("", (folder / "report.md").read_text(encoding="utf-8"))))
+    for png in sorted(folder.glob("*.png")):
+        st.image(str(png), caption=png.name)

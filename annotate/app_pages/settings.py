@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from annotate.render import safe_markdown
 from annotate.session import db_path, require_admin
 from store.settings import SETTINGS, get_settings, set_setting
 
@@ -30,7 +31,7 @@ ss.setdefault("setting:guidelines", current["guidelines"])
 st.text_area("Markdown shown to reviewers", key="setting:guidelines", height=260)
 st.button("Save guidelines", key="save:guidelines", on_click=_save, args=("guidelines",), type="primary")
 with st.expander("Preview"):
-    st.markdown(ss["setting:guidelines"] or "_empty_")
+    st.markdown(safe_markdown(ss["setting:guidelines"]) or "_empty_")
 
 st.subheader("Queue and sessions")
 for key, spec in SETTINGS.items():
