@@ -47,7 +47,9 @@ def safe_markdown(text: str) -> str:
     shows it as text without `unsafe_allow_html`, which this app never sets); links load only when clicked."""
     text = _IMAGE.sub(lambda m: f"[image: {m.group(1) or 'no description'}]", text)
     text = _REF_IMAGE.sub(lambda m: f"[image: {m.group(1) or 'no description'}]", text)
-    return text
+    # Any other image syntax (shortcut references `![x]` + `[x]: url`, nested brackets in the alt text, ...):
+    # an escaped bracket after `!` can never open an image.
+    return text.replace("![", "!\\[")
 
 
 def show_response(text: str, height: int = 320) -> None:

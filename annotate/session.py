@@ -8,6 +8,7 @@ a deactivated account takes effect at the next click.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import streamlit as st
@@ -17,6 +18,7 @@ from store.settings import get_settings
 from store.users import User, session_context
 
 WORKSPACE_ENV = "RANKLOOP_WORKSPACE"
+_handover = threading.local()  # the router's session check, taken by the page it runs in the same script run
 DB_NAME = "rankloop.duckdb"  # the name rankloop.workspace gives the database inside a workspace folder
 
 
@@ -47,10 +49,12 @@ def current_user(*, for_page: bool = False) -> User | None:
     """The user of this browser session, or None (the token is dropped when the session ended).
 
     The router checks the session once per run (with the settings, on one connection) and hands the answer to
-    the page it runs (`for_page=True` takes it); a page run without the router checks for itself.
+    the page it runs (`for_page=True` takes it); a page run without the router checks for itself. The hand-over
+    lives in a thread-local of this script run, not in `st.session_state`, so a forged session state can never
+    stand in for the database's answer.
     """
     token = st.session_state.get("token")
-    handed = st.session_state.pop("_checked", None) if for_page else None
+    handed = _handover.__dict__.pop("checked", None) if for_page else None
     if not token:
         return None
     if handed is not None and handed[0] == token:
@@ -61,7 +65,7 @@ def current_user(*, for_page: bool = False) -> User | None:
         st.session_state.pop("token", None)
         st.session_state["login_notice"] = "Your session ended (logged out, expired or deactivated)."
     elif not for_page:
-        st.session_state["_checked"] = (token, user)
+        _handover.checked = (token, user)
     return user
 
 

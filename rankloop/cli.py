@@ -18,6 +18,8 @@ COMMANDS = [
     ("rankloop.commands.generate", "generate_command"),
     ("rankloop.commands.serve", "serve_command"),
     ("rankloop.commands.users", "users_group"),
+    ("rankloop.commands.backup", "backup_command"),
+    ("rankloop.commands.backup", "restore_command"),
     ("rankloop.commands.reward", "train_group"),
     ("rankloop.commands.reward", "eval_group"),
     ("rankloop.commands.reward", "score_command"),

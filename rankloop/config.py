@@ -17,6 +17,9 @@ class ConfigError(ValueError):
 @dataclass
 class WorkspaceSection:
     required_reviewers: int = field(default=1, metadata={"help": "Distinct reviewers each comparison needs."})
+    encrypted: bool = field(default=False, metadata={
+        "help": "The database is encrypted (rankloop init --encrypt); its key comes from $RANKLOOP_KEY or "
+                "$RANKLOOP_KEY_FILE and is never stored here."})
 
     def __post_init__(self) -> None:
         if self.required_reviewers < 1:

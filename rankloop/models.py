@@ -28,6 +28,7 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROVENANCE_FILE = "rankloop-source.json"
 STALE_TEMP_S = 3600  # a temp folder this old is a killed conversion, not one in progress
 
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][\w.+-]{0,127}")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
@@ -166,6 +167,8 @@ def add_model(ws: Workspace, name: str, source: str, kind: str = "policy", paren
     """
     if kind not in ("policy", "reward"):
         raise ValueError(f"model kind must be 'policy' or 'reward', got {kind!r}")
+    if not _MODEL_NAME.fullmatch(name):
+        raise ValueError(f"model name {name!r}: 1 to 128 letters, digits or . _ + - , starting with a letter or digit")
     parent_id = get_model(ws.db, parent).id if parent else None
     local = Path(source).expanduser()
     if local.exists() or not is_hub_id(source):
@@ -174,6 +177,12 @@ def add_model(ws: Workspace, name: str, source: str, kind: str = "policy", paren
             raise FileNotFoundError(f"{folder}: no such model folder (a local model is a folder with config.json)")
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"{folder}: not a model folder (no config.json in it)")
+        try:
+            config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        except (ValueError, OSError) as e:
+            raise ValueError(f"{folder / 'config.json'}: not a valid model config ({e})") from e
+        if not isinstance(config, dict):
+            raise ValueError(f"{folder / 'config.json'}: not a valid model config (expected a JSON object)")
         add_model_row(ws.db, name, kind, base=str(folder), path=str(folder), parent_id=parent_id)
     else:
         add_model_row(ws.db, name, kind, base=source, path=None, parent_id=parent_id)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from rankloop.config import Config, load_config, render_config
+from store.db import KEY_FILE_ENV, EncryptionError, attach_encrypted, encryption_key, is_encrypted
 from store.migrations import migrate
 
 CONFIG_NAME = "rankloop.toml"
@@ -34,16 +36,36 @@ class Workspace:
 _migrated: set[Path] = set()
 
 
-def init_workspace(root: str | Path, config: Config | None = None) -> Workspace:
-    """Create (or complete) a workspace; an existing config is kept, the schema brought up to date."""
+def _check_key_outside(root: Path) -> None:
+    """The key file must not live in the workspace: a copy of the folder would carry its own key."""
+    raw = os.environ.get(KEY_FILE_ENV)
+    if raw and Path(raw).resolve().is_relative_to(root):
+        raise EncryptionError(f"{KEY_FILE_ENV}={raw}: the key file is inside the workspace {root}; keep it elsewhere")
+
+
+def init_workspace(root: str | Path, config: Config | None = None, encrypt: bool = False) -> Workspace:
+    """Create (or complete) a workspace; an existing config is kept, the schema brought up to date.
+
+    With `encrypt`, a new database is created encrypted with the key from $RANKLOOP_KEY or $RANKLOOP_KEY_FILE.
+    """
     root = Path(root).resolve()
     if root.exists() and not root.is_dir():
         raise NotADirectoryError(f"{root}: exists and is not a folder")
+    db = root / DB_NAME
+    if encrypt:
+        _check_key_outside(root)
+        key = encryption_key(required_for=db)
+        if db.exists() and not is_encrypted(db):
+            raise EncryptionError(f"{db}: already exists unencrypted; `rankloop init --encrypt` only makes new ones")
     root.mkdir(parents=True, exist_ok=True)
     (root / "runs").mkdir(exist_ok=True)
+    if encrypt and not db.exists():
+        attach_encrypted(db, key).close()  # type: ignore[arg-type]
     cfg_path = root / CONFIG_NAME
     if not cfg_path.exists():
-        cfg_path.write_text(render_config(config or Config()), encoding="utf-8")
+        cfg = config or Config()
+        cfg.workspace.encrypted = encrypt or cfg.workspace.encrypted
+        cfg_path.write_text(render_config(cfg), encoding="utf-8")
     return open_workspace(root)
 
 
@@ -56,6 +78,11 @@ def open_workspace(root: str | Path) -> Workspace:
         )
     cfg = load_config(root / CONFIG_NAME)
     ws = Workspace(root=root, config=cfg)
+    if cfg.workspace.encrypted or is_encrypted(ws.db):
+        _check_key_outside(root)
+        encryption_key(required_for=ws.db)
+        if ws.db.exists() and not is_encrypted(ws.db):
+            raise EncryptionError(f"{ws.db}: {CONFIG_NAME} says the database is encrypted, but it is not")
     if root not in _migrated:
         migrate(ws.db)
         _migrated.add(root)

@@ -8,7 +8,7 @@ from typing import Any
 
 import duckdb
 
-from store.db import read
+from store.db import read, write
 
 
 def log_event(con: duckdb.DuckDBPyConnection, actor: str, action: str, details: dict[str, Any] | None = None) -> None:
@@ -17,6 +17,11 @@ def log_event(con: duckdb.DuckDBPyConnection, actor: str, action: str, details: 
         "INSERT INTO audit_log (id, actor, action, details) VALUES (nextval('audit_log_id'), ?, ?, ?)",
         [actor, action, json.dumps(details or {}, default=str)],
     )
+
+
+def record_event(db: str | Path, actor: str, action: str, details: dict[str, Any] | None = None) -> None:
+    """Append an event in a transaction of its own, for an action whose own writes (if any) already committed."""
+    write(db, lambda con: log_event(con, actor, action, details))
 
 
 def list_events(db: str | Path, actor: str | None = None, action: str | None = None,

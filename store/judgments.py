@@ -13,6 +13,7 @@ from store.batch import ensure_reviewers
 from store.db import write
 
 FLAGS = ("unsafe", "off_topic", "factually_wrong", "other")
+MAX_TEXT_CHARS = {"edited_text": 100_000, "rationale": 10_000}  # an edited answer, a reviewer's "why"
 
 # A judgment that was undone stays in the table with `retracted_at` set; every count, export and pair must skip it.
 # LIVE: not retracted (skips included: a reviewer who skipped is not offered the item again).
@@ -63,6 +64,18 @@ def check_ranking(ranking: list[list[int]] | None, response_ids: list[int], *, a
         raise ValueError(f"ranking: responses {missing} are not ranked (a full ranking is required)")
 
 
+def check_texts(j: NewJudgment) -> None:
+    """The edited answer and the rationale: bounded in length, and no NUL characters."""
+    for name, limit in MAX_TEXT_CHARS.items():
+        value = getattr(j, name)
+        if value is None:
+            continue
+        if len(value) > limit:
+            raise ValueError(f"{name}: {len(value):,} characters, more than the {limit:,} allowed")
+        if "\0" in value:
+            raise ValueError(f"{name}: contains a NUL character")
+
+
 def _insert(con: duckdb.DuckDBPyConnection, j: NewJudgment) -> int:
     found = con.execute("SELECT id FROM judgments WHERE idempotency_key = ?", [j.idempotency_key]).fetchone()
     if found:
@@ -74,6 +87,7 @@ def _insert(con: duckdb.DuckDBPyConnection, j: NewJudgment) -> int:
     bad_flags = sorted(set(j.flags) - set(FLAGS))
     if bad_flags:
         raise ValueError(f"flags: unknown {bad_flags} (known: {', '.join(FLAGS)})")
+    check_texts(j)
     kind = "simulated" if j.source.startswith("simulated") else "human"
     ids, _ = ensure_reviewers(con, {j.reviewer}, kind=kind)
     (jid,) = con.execute("SELECT nextval('judgments_id')").fetchone()

@@ -36,7 +36,9 @@ with st.form("export", width=560):
     st.selectbox("Format", suffixes, key="export_suffix")
     st.checkbox("Aggregate over reviewers (one row per comparison pair)", key="export_aggregate")
     go = st.form_submit_button("Prepare download", type="primary")
-if go:
+if go and (ss["export_kind"] not in kinds or ss["export_suffix"] not in suffixes):
+    st.error("Unknown export kind or format.")
+elif go:
     name = f"{ss['export_kind']}{ss['export_suffix']}"
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import getpass
 import json
 import os
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from store.models import UnknownModel
 # Errors whose message is the whole story: printed without a traceback, exit code 1.
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
     InputError, ConfigError, NotAWorkspace, WorkspaceBusy, UnknownModel, FileNotFoundError, NotADirectoryError,
-    ValueError,
+    ValueError, FileExistsError,
 )
 
 
@@ -48,8 +49,23 @@ def guarded(fn: Callable, *args: Any, **kwargs: Any) -> Any:
         raise click.ClickException(str(e)) from e
 
 
+def cli_actor() -> str:
+    """Who the audit log names for a command-line action: `cli:` and the login name."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # no login name in some containers
+        return "cli"
+
+
+def audit(ws: Workspace, action: str, details: dict[str, Any]) -> None:
+    """Record a command-line admin action (import, export, model added) in the workspace's audit log."""
+    from store.audit import record_event
+
+    record_event(ws.db, cli_actor(), action, details)
+
+
 def echo_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, default=str, ensure_ascii=False))
 
 
-__all__ = ["Workspace", "workspace_option", "guarded", "echo_json"]
+__all__ = ["Workspace", "workspace_option", "guarded", "echo_json", "cli_actor", "audit"]

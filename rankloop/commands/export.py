@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from rankloop.commands.common import guarded, workspace_option
+from rankloop.commands.common import audit, guarded, workspace_option
 from rankloop.workspace import Workspace
 from store.export import STYLES, export
 from store.pairs import PairFilter
@@ -45,6 +45,8 @@ def _run(ws: Workspace, kind: str, out: Path, rounds: tuple[int, ...], models: t
     filters = guarded(PairFilter, round=rounds or None, model=models or None, reviewer=reviewers or None,
                       split=splits or None, min_agreement=min_agreement)
     manifest = guarded(export, ws.db, kind, out, filters=filters, **kwargs)
+    audit(ws, f"export.{kind}", {"file": str(Path(out).resolve()), "filters": filters.as_dict(),
+                                 "counts": manifest["counts"], "sha256": manifest.get("sha256")})
     counts = manifest["counts"]
     click.echo(f"wrote {counts['rows']} {kind} rows to {out}")
     click.echo(f"manifest: {out.with_name(out.name + '.manifest.json')}")

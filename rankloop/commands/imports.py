@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from rankloop.commands.common import Workspace, workspace_option
+from rankloop.commands.common import Workspace, audit, workspace_option
 from store.formats import FORMATS
 from store.imports import import_pairs, import_prompts
 
@@ -26,6 +26,7 @@ def import_group() -> None:
 def prompts_command(ws: Workspace, file: Path, source: str | None, split: str | None) -> None:
     """Import prompts from FILE: JSONL, CSV, Parquet or plain text (one per line); .gz allowed."""
     r = import_prompts(ws.db, file, source=source, split=split)
+    audit(ws, "import.prompts", {"file": str(file), **r})
     click.echo(f"{file}: {r['prompts_added']} prompts added, {r['prompts_already_present']} already present "
                f"(of {r['prompts_read']} read)")
 
@@ -39,6 +40,7 @@ def prompts_command(ws: Workspace, file: Path, source: str | None, split: str | 
 def pairs_command(ws: Workspace, file: Path, fmt: str | None, source: str | None) -> None:
     """Import ranked pairs from FILE (TRL, HH-RLHF, OpenAssistant, Label Studio, Argilla or Arena export)."""
     r = import_pairs(ws.db, file, fmt=fmt, source=source)
+    audit(ws, "import.pairs", {"file": str(file), **r})
     click.echo(
         f"{file} ({r['format']}): {r['comparisons']} comparisons, {r['responses']} responses, "
         f"{r['judgments']} judgments added; prompts: {r['prompts_added']} new, {r['prompts_reused']} already "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from rankloop.commands.common import echo_json, guarded, workspace_option
+from rankloop.commands.common import audit, echo_json, guarded, workspace_option
 from rankloop.workspace import Workspace
 from store.models import list_models
 
@@ -53,6 +53,7 @@ def add_command(ws: Workspace, name: str, source: str, kind: str, parent: str | 
     from rankloop.models import add_model
 
     row = guarded(add_model, ws, name, source, kind, parent)
+    audit(ws, "model.add", {"name": row.name, "kind": kind, "source": row.path or row.base, "parent": parent})
     if row.path:
         click.echo(f"added {kind} model {row.name!r} (id {row.id}) from folder {row.path}")
     else:

@@ -13,10 +13,13 @@ from store.status import workspace_status
 
 @click.command("init")
 @click.argument("directory", type=click.Path(path_type=Path), default=".")
-def init_command(directory: Path) -> None:
+@click.option("--encrypt", is_flag=True,
+              help="Encrypt the new database (DuckDB AES-GCM) with the key in $RANKLOOP_KEY or the file "
+                   "$RANKLOOP_KEY_FILE names; the key is never written to the workspace.")
+def init_command(directory: Path, encrypt: bool) -> None:
     """Create a workspace in DIRECTORY: rankloop.toml, rankloop.duckdb and runs/ (existing ones are kept)."""
-    ws = guarded(init_workspace, directory)
-    click.echo(f"workspace ready: {ws.root}")
+    ws = guarded(init_workspace, directory, encrypt=encrypt)
+    click.echo(f"workspace ready: {ws.root}" + (" (database encrypted)" if ws.config.workspace.encrypted else ""))
     click.echo(f"  config:   {ws.root / 'rankloop.toml'}")
     click.echo(f"  database: {ws.db}")
     click.echo(f"  runs:     {ws.runs_dir}")

@@ -1,0 +1,46 @@
+"""`rankloop backup DEST` and `rankloop restore SRC DIR`: a consistent copy while the app serves, and its return."""
+
+from __future__ import annotations
+
+import getpass
+from pathlib import Path
+
+import click
+
+from rankloop.backup import backup_workspace, restore_workspace
+from rankloop.commands.common import guarded, workspace_option
+from rankloop.workspace import Workspace
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # no login name in some containers
+        return "cli"
+
+
+@click.command("backup")
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.option("--with-runs", is_flag=True, help="Also copy runs/ (checkpoints, adapters, logs); it can be large.")
+@workspace_option
+def backup_command(ws: Workspace, dest: Path, with_runs: bool) -> None:
+    """Copy the workspace to the new folder DEST while the app keeps serving: database (consistent as of one
+    instant), rankloop.toml and backup.json; runs/ with --with-runs."""
+    manifest = guarded(backup_workspace, ws, dest, with_runs=with_runs, actor=_actor())
+    t = manifest["tables"]
+    click.echo(f"backup written: {Path(dest).resolve()}")
+    click.echo(f"  schema v{manifest['schema_version']}, {t.get('judgments', 0)} judgments, "
+               f"{t.get('comparisons', 0)} comparisons, {t.get('prompts', 0)} prompts"
+               + (", encrypted" if manifest["encrypted"] else "") + (", with runs/" if with_runs else ""))
+
+
+@click.command("restore")
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("directory", metavar="DIR", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Replace DIR even when it is not empty (an existing workspace).")
+def restore_command(src: Path, directory: Path, force: bool) -> None:
+    """Check the backup SRC (it opens, schema version, every block reads, sha256) and make DIR a workspace
+    holding it. A non-empty DIR is replaced only with --force."""
+    info = guarded(restore_workspace, src, directory, force=force)
+    click.echo(f"restored {Path(src).resolve()} to {Path(directory).resolve()} "
+               f"(schema v{info['schema_version']}, {info['tables'].get('judgments', 0)} judgments)")
