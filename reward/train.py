@@ -204,11 +204,12 @@ def train_reward_model(ws: Any, config: RewardTrainingConfig, *, resume_from: in
 def _train(ws: Any, config: RewardTrainingConfig, prepared: dict[str, Any], state: Any, resume_from: int | None,
            progress: bool, callbacks: list[Any] | None) -> RewardTrainingResult | None:
     from transformers import EarlyStoppingCallback
-    from transformers.trainer_utils import get_last_checkpoint
 
+    from reward.checks import finite_loss_callback, resume_checkpoint
     from store.runs import finish_run, update_run
 
     pairs, run_id, run_dir, base = prepared["pairs"], prepared["run_id"], Path(prepared["run_dir"]), prepared["base"]
+    checkpoint = resume_checkpoint(run_dir, resume_from)  # the newest complete one, read back before loading
     model, tokenizer, heads = load_backbone(base.location)
     n_params, _ = count_parameters(model)
     dev = training_defaults(config.device, n_params, config.bf16, config.gradient_checkpointing)
@@ -225,7 +226,7 @@ def _train(ws: Any, config: RewardTrainingConfig, prepared: dict[str, Any], stat
         if len(eval_pairs) else None
     args = _reward_args(config, run_dir, dev, eval_set is not None, progress)
     clock = _StepClock.make()
-    extra = [clock, *(callbacks or [])]
+    extra = [clock, finite_loss_callback(), *(callbacks or [])]
     if eval_set is not None and config.early_stopping_patience > 0:
         extra.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     with _tensorboard_dir(run_dir / "tensorboard"):  # read when the trainer builds its TensorBoard callback
@@ -236,9 +237,6 @@ def _train(ws: Any, config: RewardTrainingConfig, prepared: dict[str, Any], stat
         update_run(ws.db, run_id, metrics={"device": dev.as_dict(), "method": method, "method_reason": method_reason,
                                            "parameters": total, "trainable": trainable, "heads": heads,
                                            "append_eos": append_eos})
-    checkpoint = get_last_checkpoint(str(run_dir)) if resume_from is not None and run_dir.is_dir() else None
-    if resume_from is not None and checkpoint is None:
-        raise FileNotFoundError(f"--resume: run {resume_from} left no checkpoint in {run_dir}")
     started = time.monotonic()
     output = trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.monotonic() - started

@@ -18,6 +18,11 @@ from typing import Any, TypeVar
 DEFAULT_POLICY = "smollm2-135m-instruct"
 DPO_LOSSES = ("sigmoid", "ipo", "robust", "hinge", "sigmoid_norm", "exo_pair", "nca_pair", "bco_pair", "sppo_hard",
               "apo_zero", "apo_down", "aot", "discopop", "sft")
+QUANTIZATIONS = ("none", "4bit")
+QUANTIZATION_HELP = (
+    "'none', or '4bit' for QLoRA: the frozen base loaded in 4-bit NF4 through bitsandbytes (double quantization, "
+    "bf16 compute), LoRA adapters trained on top. CUDA only (bitsandbytes' 4-bit kernels); needs lora and "
+    "`pip install 'rankloop[gpu]'`. The saved policy is merged into a bf16 copy of the base.")
 T = TypeVar("T")
 
 
@@ -28,6 +33,13 @@ class PolicyConfigError(ValueError):
 def need(ok: bool, name: str, message: str) -> None:
     if not ok:
         raise PolicyConfigError(f"{name}: {message}")
+
+
+def check_quantization(quantization: str, lora: bool) -> None:
+    """The config-time half of the QLoRA checks (the device and bitsandbytes are checked when a run starts)."""
+    need(quantization in QUANTIZATIONS, "quantization", f"must be 'none' or '4bit', got {quantization!r}")
+    need(quantization == "none" or lora, "quantization",
+         "'4bit' (QLoRA) trains LoRA adapters on a frozen 4-bit base: it needs lora = true")
 
 
 @dataclass
@@ -55,6 +67,7 @@ class PolicyTrainingConfig:
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
     lora_target_modules: list[str] = field(default_factory=list, metadata={"help": (
         "Module names LoRA adapts (empty: 'all-linear').")})
+    quantization: str = field(default="none", metadata={"help": QUANTIZATION_HELP})
     learning_rate: float | None = field(default=None, metadata={"help": (
         "AdamW learning rate (default: 5e-5 with LoRA, 5e-7 for full fine-tuning with DPO, 2e-5 with SFT).")})
     num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the training rows."})
@@ -85,6 +98,7 @@ class PolicyTrainingConfig:
         need(self.max_pairs >= 0, "max_pairs", "must be >= 0 (0: all)")
         need(self.max_length >= 16, "max_length", "must be >= 16")
         need(self.lora_r >= 1 and self.lora_alpha >= 1, "lora_r", "lora_r and lora_alpha must be >= 1")
+        check_quantization(self.quantization, self.lora)
         need(self.learning_rate is None or 0 < self.learning_rate < 1, "learning_rate", "must be in (0, 1)")
         need(self.num_train_epochs > 0, "num_train_epochs", "must be > 0")
         need(self.max_steps == -1 or self.max_steps >= 1, "max_steps", "must be >= 1 (or -1: epochs decide)")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reward.checks import finite_loss_callback
 from rl.config import DPOTrainingConfig
 from rl.training import (
     StartPolicy,
@@ -28,6 +29,7 @@ from rl.training import (
     last_checkpoint,
     load_causal_lm,
     lora_config,
+    qlora,
     register_policy,
     resolve_policy,
     save_policy,
@@ -118,16 +120,18 @@ def train_dpo(ws: Any, config: DPOTrainingConfig, *, resume_from: int | None = N
         snapshot = get_run(ws.db, resume_from).data_snapshot
     else:
         pairs, snapshot = take_snapshot(ws.db, config)
+    quantization = qlora(config)  # QLoRA errors (no CUDA, no bitsandbytes) before the run row
     run_id, run_dir = start_policy_run(ws, RUN_KIND, config, snapshot, start, resume_from)
     try:
-        return _train(ws, config, pairs, start, run_id, run_dir, resume_from, progress, callbacks)
+        return _train(ws, config, pairs, start, run_id, run_dir, resume_from, progress, callbacks, quantization)
     except BaseException as e:
         fail_run(ws, run_id, e)
         raise
 
 
 def _train(ws: Any, config: DPOTrainingConfig, pairs: Any, start: StartPolicy, run_id: int, run_dir: Path,
-           resume_from: int | None, progress: bool, callbacks: list[Any] | None) -> PolicyTrainingResult:
+           resume_from: int | None, progress: bool, callbacks: list[Any] | None,
+           quantization: Any = None) -> PolicyTrainingResult:
     from transformers import EarlyStoppingCallback
     from trl import DPOTrainer
 
@@ -136,13 +140,13 @@ def _train(ws: Any, config: DPOTrainingConfig, pairs: Any, start: StartPolicy, r
     train_pairs, eval_pairs = pairs[pairs["part"] == "train"], pairs[pairs["part"] == "eval"]
     if train_pairs.empty:
         raise ValueError("no training pairs after the split by prompt: collect pairs on more prompts")
-    model, tokenizer = load_causal_lm(start)
+    model, tokenizer = load_causal_lm(start, quantization=quantization, device=config.device)
     n_params, _ = count_parameters(model)
     dev = device_defaults(config, n_params)
     eval_set = pairs_dataset(eval_pairs) if len(eval_pairs) else None
     args = dpo_args(config, run_dir, dev, eval_set is not None, progress)
     history = _History.make()
-    extra = [history, *(callbacks or [])]
+    extra = [history, finite_loss_callback(), *(callbacks or [])]
     if eval_set is not None and config.early_stopping_patience > 0:
         extra.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     with tensorboard_dir(run_dir / "tensorboard"):
@@ -172,7 +176,7 @@ def _train(ws: Any, config: DPOTrainingConfig, pairs: Any, start: StartPolicy, r
         metrics["eval_accuracy"] = eval_logs[-1]["eval_rewards/accuracies"]
         metrics["eval_margin"] = eval_logs[-1].get("eval_rewards/margins")
         metrics["eval_pairs"] = len(eval_pairs)
-    model_dir, adapter_dir = save_policy(trainer.accelerator.unwrap_model(trainer.model), tokenizer, run_dir)
+    model_dir, adapter_dir = save_policy(trainer.accelerator.unwrap_model(trainer.model), tokenizer, run_dir, start)
     metrics["adapter_dir"] = str(adapter_dir) if adapter_dir else None
     name = config.name or f"dpo-run{run_id}"
     rounds = sorted({int(r) for r in pairs["round"].dropna()}) if "round" in pairs else []

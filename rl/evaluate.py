@@ -1,6 +1,12 @@
 """`evaluate_policy(ws, NEW, against=OLD)`: on held-out prompts, sample from both policies, score with a reward
-model, and report NEW's win rate (Wilson 95% interval), KL(NEW || OLD) on NEW's samples, response lengths and a
-sample table, as report.md + a PNG under the eval run's folder (runs/eval-policy-<ID>/)."""
+model, and report NEW's win rate (Wilson 95% interval), KL(NEW || OLD) on NEW's samples, the KL of each to the
+reference policy (KL(NEW || REF) on NEW's samples, KL(OLD || REF) on OLD's), response lengths and a sample table,
+as report.md + a PNG under the eval run's folder (runs/eval-policy-<ID>/).
+
+The reference is the policy the KL penalty of training anchors to: by default the root of NEW's parent chain (the
+first policy of the loop), loaded without its LoRA adapter when it has one (adapters disabled); `reference=NAME`
+picks another. It costs one more model load (none when the reference is NEW or OLD) and two forward passes per
+sample, no sampling."""
 
 from __future__ import annotations
 
@@ -55,6 +61,20 @@ def sequence_kl(new_model: Any, old_model: Any, tokenizer: Any, prompts: list[li
     return out
 
 
+def reference_policy(db: Any, row: Any, name: str = "") -> Any:
+    """The model row `name`, or by default the root of `row`'s parent chain."""
+    from store.models import get_model, list_models
+
+    if name:
+        return get_model(db, name)
+    by_id = {r.id: r for r in list_models(db)}
+    seen = {row.id}
+    while row.parent_id is not None and row.parent_id in by_id and row.parent_id not in seen:
+        row = by_id[row.parent_id]
+        seen.add(row.id)
+    return row
+
+
 def _chart(diffs: list[float], folder: Path) -> Path:
     import matplotlib
 
@@ -80,12 +100,13 @@ def _cell(text: str, limit: int = 120) -> str:
 
 def evaluate_policy(ws: Any, new: str, against: str, *, reward: str = "", max_prompts: int = 32,
                     splits: list[str] | None = None, k: int = 2, max_new_tokens: int = 64, temperature: float = 0.7,
-                    seed: int = 0, device: str | None = None, samples_shown: int = 5) -> PolicyEvalResult:
+                    seed: int = 0, device: str | None = None, samples_shown: int = 5,
+                    reference: str = "") -> PolicyEvalResult:
     """Win rate of `new` over `against` by the reward model on held-out prompts (split 'eval', else all)."""
     from reward.score import RewardScorer
     from rl.device import pick_device
     from rl.ppo_run import newest_reward_model
-    from rl.sampling import SamplingParams, load_policy, sample_completions
+    from rl.sampling import SamplingParams, load_policy, policy_location, sample_completions
     from store.models import get_model
     from store.prompts import list_prompts
     from store.runs import finish_run, start_run, update_run
@@ -95,13 +116,16 @@ def evaluate_policy(ws: Any, new: str, against: str, *, reward: str = "", max_pr
         if row.kind != "policy":
             raise ValueError(f"model {row.name!r} is a {row.kind} model; eval policy compares two policies")
     reward_row = newest_reward_model(ws.db, reward)
+    ref_row = reference_policy(ws.db, new_row, reference)
+    if ref_row.kind == "reward":
+        raise ValueError(f"reference {ref_row.name!r} is a reward model; name a policy")
     splits = ["eval"] if splits is None else splits
     rows = list_prompts(ws.db, splits, max_prompts) or list_prompts(ws.db, [], max_prompts)
     if not rows:
         raise ValueError("no prompts in this workspace to evaluate on: import prompts first")
     params = SamplingParams(k=k, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     config = {"new": new, "against": against, "reward": reward_row.name, "prompts": len(rows), "k": k,
-              "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
+              "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed, "reference": ref_row.name}
     snapshot = {"prompt_ids": [r.id for r in rows], "splits": splits, "new_id": new_row.id, "against_id": old_row.id,
                 "reward_model_id": reward_row.id}
     run_id = start_run(ws.db, RUN_KIND, config, snapshot)
@@ -113,8 +137,6 @@ def evaluate_policy(ws: Any, new: str, against: str, *, reward: str = "", max_pr
         conversations = [r.messages for r in rows]
         samples, models = {}, {}
         for row in (new_row, old_row):
-            from rl.sampling import policy_location
-
             model, tok = load_policy(policy_location(row), choice.device, choice.dtype, row.adapter_path)
             samples[row.name] = sample_completions(model, tok, conversations, params, choice.device)
             models[row.name] = (model, tok)
@@ -128,12 +150,18 @@ def evaluate_policy(ws: Any, new: str, against: str, *, reward: str = "", max_pr
         low, high = wilson(wins, len(diffs))
         tok = models[new][1]
         kl = sequence_kl(models[new][0], models[against][0], tok, prompts, new_texts, choice.device)
+        ref_model = models[ref_row.name][0] if ref_row.name in models and not ref_row.adapter_path else \
+            load_policy(policy_location(ref_row), choice.device, choice.dtype, None)[0]  # adapters disabled
+        kl_ref = {name: 0.0 if models[name][0] is ref_model else
+                  statistics.fmean(sequence_kl(models[name][0], ref_model, tok, prompts, texts, choice.device))
+                  for name, texts in ((new, new_texts), (against, old_texts))}
         lengths = {name: [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
                    for name, texts in ((new, new_texts), (against, old_texts))}
         metrics = {
             "win_rate": wins / len(diffs), "win_rate_low": low, "win_rate_high": high, "comparisons": len(diffs),
             "prompts": len(rows), "mean_reward_new": statistics.fmean(new_scores),
             "mean_reward_against": statistics.fmean(old_scores), "kl_new_vs_against": statistics.fmean(kl),
+            "reference": ref_row.name, "kl_new_vs_reference": kl_ref[new], "kl_against_vs_reference": kl_ref[against],
             "length_new_mean": statistics.fmean(lengths[new]),
             "length_against_mean": statistics.fmean(lengths[against]),
             "length_new_median": statistics.median(lengths[new]),
@@ -149,6 +177,8 @@ def evaluate_policy(ws: Any, new: str, against: str, *, reward: str = "", max_pr
                  f"- win rate of `{new}`: **{metrics['win_rate']:.3f}** (95% {low:.3f}-{high:.3f}, ties count half)",
                  f"- mean reward: {metrics['mean_reward_new']:.3f} vs {metrics['mean_reward_against']:.3f}",
                  f"- KL({new} || {against}) per response: {metrics['kl_new_vs_against']:.3f} nats",
+                 f"- KL to the reference `{ref_row.name}` per response: {new} {kl_ref[new]:.3f} nats, {against} "
+                 f"{kl_ref[against]:.3f} nats (each on its own samples)",
                  f"- response tokens (mean / median): {metrics['length_new_mean']:.1f} / "
                  f"{metrics['length_new_median']} vs {metrics['length_against_mean']:.1f} / "
                  f"{metrics['length_against_median']}", "", f"![score difference]({chart.name})", "",

@@ -1,27 +1,41 @@
 """The PPO config: one dataclass, each field with help text, checked in `__post_init__`; read from `[ppo]` in
-rankloop.toml, then `--config FILE`, then flags (rl.config.load_section)."""
+rankloop.toml, then `--config FILE`, then flags (rl.config.load_section).
+
+`algo` picks the trainer: our PPO (rl/ppo_train.py), or TRL's RLOO or GRPO (rl/rloo_grpo.py). The fields marked
+"(ppo only)" have no counterpart in RLOO/GRPO (no value head, no GAE, a fixed KL coefficient)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from rl.config import DEFAULT_POLICY, need
+from rl.config import DEFAULT_POLICY, QUANTIZATION_HELP, check_quantization, need
+
+ALGOS = ("ppo", "rloo", "grpo")
 
 
 @dataclass
 class PPOTrainingConfig:
+    algo: str = field(default="ppo", metadata={"help": (
+        "'ppo' (ours: value head, GAE, adaptive KL), or TRL's 'rloo' (RLOOTrainer: leave-one-out baseline over "
+        "num_generations samples per prompt) or 'grpo' (GRPOTrainer: group-normalised advantages); all three "
+        "score with the reward model.")})
     policy: str = field(default=DEFAULT_POLICY, metadata={"help": (
         "Policy to start from (workspace model, folder or hub id); also the KL reference (adapters disabled).")})
     reward: str = field(default="", metadata={"help": "Reward model that scores responses (default: the newest)."})
-    name: str = field(default="", metadata={"help": "Name of the new policy row (default: ppo-run<ID>)."})
+    name: str = field(default="", metadata={"help": "Name of the new policy row (default: <algo>-run<ID>)."})
     splits: list[str] = field(default_factory=lambda: ["train"], metadata={"help": (
         "Sample rollouts on prompts of these splits (empty: all prompts).")})
     max_prompts: int = field(default=0, metadata={"help": "Use at most this many prompts (0: all); bounds a run."})
     max_steps: int = field(default=100, metadata={"help": "PPO iterations (one rollout batch + its updates each)."})
-    rollout_batch_size: int = field(default=16, metadata={"help": "Prompts per iteration (one response each)."})
-    num_minibatches: int = field(default=2, metadata={"help": "Minibatches per PPO epoch over a rollout batch."})
-    ppo_epochs: int = field(default=4, metadata={"help": "Passes over each rollout batch."})
+    rollout_batch_size: int = field(default=16, metadata={"help": (
+        "Prompts per iteration (ppo: one response each; rloo/grpo: num_generations each).")})
+    num_generations: int = field(default=4, metadata={"help": (
+        "rloo/grpo: responses sampled per prompt, compared with each other (TRL: 2 for RLOO, 8 for GRPO).")})
+    num_minibatches: int = field(default=2, metadata={"help": (
+        "ppo: minibatches (one update each) per epoch over a rollout batch; rloo/grpo: micro-batches accumulated "
+        "into the iteration's single update.")})
+    ppo_epochs: int = field(default=4, metadata={"help": "Passes over each rollout batch (ppo only)."})
     max_new_tokens: int = field(default=64, metadata={"help": "Longest response in tokens."})
     max_prompt_length: int = field(default=256, metadata={"help": "Prompts keep their last N tokens."})
     temperature: float = field(default=1.0, metadata={"help": (
@@ -29,16 +43,20 @@ class PPOTrainingConfig:
     learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate (policy LoRA + value head)."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
     cliprange: float = field(default=0.2, metadata={"help": "PPO policy ratio clip."})
-    cliprange_value: float = field(default=0.2, metadata={"help": "PPO value clip around the rollout's values."})
-    vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
-    gamma: float = field(default=1.0, metadata={"help": "Discount (1: undiscounted, as in InstructGPT)."})
-    lam: float = field(default=0.95, metadata={"help": "GAE lambda."})
-    init_kl_coef: float = field(default=0.05, metadata={"help": "Initial KL penalty coefficient beta."})
-    adaptive_kl: bool = field(default=True, metadata={"help": "Adapt beta towards target_kl (Ziegler et al.)."})
-    target_kl: float = field(default=6.0, metadata={"help": "Target KL per response (nats, summed over tokens)."})
-    kl_horizon: int = field(default=10000, metadata={"help": "Adaptive KL horizon (sequences)."})
+    cliprange_value: float = field(default=0.2, metadata={"help": (
+        "PPO value clip around the rollout's values (ppo only).")})
+    vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss (ppo only)."})
+    gamma: float = field(default=1.0, metadata={"help": "Discount (1: undiscounted, as in InstructGPT; ppo only)."})
+    lam: float = field(default=0.95, metadata={"help": "GAE lambda (ppo only)."})
+    init_kl_coef: float = field(default=0.05, metadata={"help": (
+        "Initial KL penalty coefficient beta (rloo/grpo: TRL's fixed `beta`; 0 drops the reference).")})
+    adaptive_kl: bool = field(default=True, metadata={"help": (
+        "Adapt beta towards target_kl (Ziegler et al.; ppo only).")})
+    target_kl: float = field(default=6.0, metadata={"help": (
+        "Target KL per response (nats, summed over tokens; ppo only).")})
+    kl_horizon: int = field(default=10000, metadata={"help": "Adaptive KL horizon (sequences; ppo only)."})
     whiten_rewards: bool = field(default=False, metadata={"help": (
-        "Whiten per-token rewards (keeping their mean) before GAE; advantages are always whitened.")})
+        "Whiten per-token rewards (keeping their mean) before GAE; advantages are always whitened (ppo only).")})
     missing_eos_penalty: float = field(default=1.0, metadata={"help": (
         "Subtracted from the score of a response that never emits EOS (0: none).")})
     lora: bool = field(default=True, metadata={"help": "Train LoRA adapters on the policy (else the full model)."})
@@ -46,6 +64,7 @@ class PPOTrainingConfig:
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator."})
     lora_target_modules: list[str] = field(default_factory=list, metadata={"help": (
         "LoRA modules (empty: all-linear).")})
+    quantization: str = field(default="none", metadata={"help": QUANTIZATION_HELP})
     save_steps: int = field(default=25, metadata={"help": "Checkpoint (for --resume) every N iterations."})
     logging_steps: int = field(default=1, metadata={"help": "Log to TensorBoard every N iterations."})
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"], metadata={"help": (
@@ -55,7 +74,11 @@ class PPOTrainingConfig:
     bf16: bool | None = field(default=None, metadata={"help": "bf16 autocast (default: on with CUDA, off on CPU)."})
 
     def __post_init__(self) -> None:
+        need(self.algo in ALGOS, "algo", f"must be 'ppo', 'rloo' or 'grpo', got {self.algo!r}")
         need(bool(self.policy.strip()), "policy", "must name a model")
+        need(self.algo == "ppo" or self.num_generations >= 2, "num_generations",
+             "must be >= 2: rloo/grpo compare the responses to one prompt with each other")
+        check_quantization(self.quantization, self.lora)
         for name in ("max_steps", "rollout_batch_size", "num_minibatches", "ppo_epochs", "max_new_tokens",
                      "max_prompt_length", "save_steps", "logging_steps", "kl_horizon", "lora_r", "lora_alpha"):
             need(getattr(self, name) >= 1, name, "must be >= 1")

@@ -1,6 +1,8 @@
 """`train_ppo(ws, config)`: PPO on the workspace's prompts against a reward model, with a run row, TensorBoard
 logs, checkpoints that resume (`resume_from=RUN`) and the new policy registered with its lineage (parent policy,
-reward model, prompts snapshot)."""
+reward model, prompts snapshot). `config.algo` 'rloo' or 'grpo' swaps our PPO loop for TRL's RLOOTrainer or
+GRPOTrainer (rl/rloo_grpo.py) with the same prompts, reward model and bookkeeping; the run kind stays 'ppo' (the
+run's config and the model row's `trainer` metric name the algorithm)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,15 @@ from typing import Any
 from rl.dpo import PolicyTrainingResult
 from rl.ppo_config import PPOTrainingConfig
 from rl.ppo_train import PPOLoop, RewardFn, last_ppo_checkpoint
-from rl.training import fail_run, load_causal_lm, register_policy, resolve_policy, save_policy, start_policy_run
+from rl.training import (
+    fail_run,
+    load_causal_lm,
+    qlora,
+    register_policy,
+    resolve_policy,
+    save_policy,
+    start_policy_run,
+)
 
 RUN_KIND = "ppo"
 
@@ -47,11 +57,12 @@ def _tensorboard(config: PPOTrainingConfig, folder: Path) -> Any:
 
 def train_ppo(ws: Any, config: PPOTrainingConfig, *, reward_fn: RewardFn | None = None,
               resume_from: int | None = None, progress: bool = True) -> PolicyTrainingResult:
-    """Train, save and register a PPO policy. `reward_fn(prompts, responses) -> scores` replaces the reward model
-    (tests use a toy reward); by default the reward model `config.reward` (or the newest) scores."""
+    """Train, save and register a PPO (or RLOO / GRPO, by `config.algo`) policy. `reward_fn(prompts, responses) ->
+    scores` replaces the reward model (tests use a toy reward); by default the reward model `config.reward` (or the
+    newest) scores."""
     from reward.device import training_defaults
     from store.prompts import list_prompts
-    from store.runs import get_run
+    from store.runs import get_run, update_run
 
     start = resolve_policy(ws.db, config.policy)
     rows = list_prompts(ws.db, config.splits, config.max_prompts)
@@ -63,18 +74,33 @@ def train_ppo(ws: Any, config: PPOTrainingConfig, *, reward_fn: RewardFn | None 
                 "max_prompt_id": max(r.id for r in rows),
                 "reward_model": reward_row.name if reward_row else "custom", "reward_model_id":
                 reward_row.id if reward_row else None, "reward_round": reward_row.round if reward_row else None}
-    if resume_from is not None and get_run(ws.db, resume_from).data_snapshot.get("prompt_ids_sha256") \
-            != snapshot["prompt_ids_sha256"]:
-        raise ValueError(f"--resume: the workspace's prompts no longer match run {resume_from}'s snapshot")
+    if resume_from is not None:
+        old = get_run(ws.db, resume_from)
+        if old.data_snapshot.get("prompt_ids_sha256") != snapshot["prompt_ids_sha256"]:
+            raise ValueError(f"--resume: the workspace's prompts no longer match run {resume_from}'s snapshot")
+        old_algo = old.config.get("config", {}).get("algo", "ppo")
+        if old_algo != config.algo:
+            raise ValueError(f"--resume: run {resume_from} trained with algo {old_algo!r}, not {config.algo!r}")
+    quantization = qlora(config)  # QLoRA errors (no CUDA, no bitsandbytes) before the run row
     run_id, run_dir = start_policy_run(ws, RUN_KIND, config, snapshot, start, resume_from)
     try:
-        model, tokenizer = load_causal_lm(start)
-        dev = training_defaults(config.device, sum(p.numel() for p in model.parameters()), config.bf16, False)
+        model, tokenizer = load_causal_lm(start, quantization=quantization, device=config.device)
+        # our PPO loop has no gradient checkpointing; TRL's trainers get the per-device default
+        dev = training_defaults(config.device, sum(p.numel() for p in model.parameters()), config.bf16,
+                                False if config.algo == "ppo" else None)
         if reward_fn is None:
             from reward.score import RewardScorer
 
             reward_fn = RewardScorer.from_row(reward_row, device=dev.device).score
-        loop = PPOLoop(config, model, tokenizer, reward_fn, [r.messages for r in rows], dev.device, dev.bf16)
+        prompts = [r.messages for r in rows]
+        if config.algo != "ppo":
+            from rl.rloo_grpo import train_rloo_grpo
+
+            update_run(ws.db, run_id, metrics={"device": dev.as_dict()})
+            trained, metrics, history = train_rloo_grpo(config, model, tokenizer, reward_fn, prompts, run_dir, dev,
+                                                        resume_from, progress)
+            return _finish(ws, config, trained, tokenizer, start, run_id, run_dir, snapshot, dev, metrics, history)
+        loop = PPOLoop(config, model, tokenizer, reward_fn, prompts, dev.device, dev.bf16)
         return _run(ws, config, loop, start, run_id, run_dir, resume_from, progress, snapshot, dev)
     except BaseException as e:
         fail_run(ws, run_id, e)
@@ -83,7 +109,9 @@ def train_ppo(ws: Any, config: PPOTrainingConfig, *, reward_fn: RewardFn | None 
 
 def _run(ws: Any, config: PPOTrainingConfig, loop: PPOLoop, start: Any, run_id: int, run_dir: Path,
          resume_from: int | None, progress: bool, snapshot: dict[str, Any], dev: Any) -> PolicyTrainingResult:
-    from store.runs import finish_run, update_run
+    import torch
+
+    from store.runs import update_run
 
     if resume_from is not None:
         checkpoint = last_ppo_checkpoint(run_dir)
@@ -117,21 +145,28 @@ def _run(ws: Any, config: PPOTrainingConfig, loop: PPOLoop, start: Any, run_id: 
         "first_score": history[0]["score"] if history else None,
         "score": sum(r["score"] for r in window) / len(window) if window else None,
         "kl": sum(r["kl"] for r in window) / len(window) if window else None,
-        "kl_coef": loop.kl_ctl.value, "reward_model": snapshot["reward_model"],
-        "reward_model_id": snapshot["reward_model_id"],
+        "kl_coef": loop.kl_ctl.value,
     }
+    torch.save(loop.value_head.state_dict(), run_dir / "value_head.pt")
+    return _finish(ws, config, loop.model, loop.tokenizer, start, run_id, run_dir, snapshot, dev, metrics, history)
+
+
+def _finish(ws: Any, config: PPOTrainingConfig, model: Any, tokenizer: Any, start: Any, run_id: int, run_dir: Path,
+            snapshot: dict[str, Any], dev: Any, metrics: dict[str, Any],
+            history: list[dict[str, float]]) -> PolicyTrainingResult:
+    """Save the merged policy and its history, register it (parent, run, reward model, round), close the run."""
+    from store.runs import finish_run
+
+    metrics = {**metrics, "reward_model": snapshot["reward_model"], "reward_model_id": snapshot["reward_model_id"]}
     if dev.device.startswith("cuda"):
         import torch
 
         metrics["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     (run_dir / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history), encoding="utf-8")
-    model_dir, adapter_dir = save_policy(loop.model, loop.tokenizer, run_dir)
-    import torch
-
-    torch.save(loop.value_head.state_dict(), run_dir / "value_head.pt")
+    model_dir, adapter_dir = save_policy(model, tokenizer, run_dir, start)
     metrics["adapter_dir"] = str(adapter_dir) if adapter_dir else None
-    name = config.name or f"ppo-run{run_id}"
+    name = config.name or f"{config.algo}-run{run_id}"
     rounds = [snapshot["reward_round"]] if snapshot.get("reward_round") is not None else []
-    register_policy(ws, name, start, model_dir, run_id, rounds, {**metrics, "trainer": "ppo"})
+    register_policy(ws, name, start, model_dir, run_id, rounds, {**metrics, "trainer": config.algo})
     finish_run(ws.db, run_id, "succeeded", metrics=metrics)
     return PolicyTrainingResult(run_id, name, run_dir, model_dir, metrics)

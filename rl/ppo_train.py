@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from reward.checks import COMPLETE_MARKER, check_checkpoint, check_finite
 from rl.ppo import (
     AdaptiveKLController,
     FixedKLController,
@@ -151,8 +152,10 @@ class PPOLoop:
                 pg_loss, vf_loss, st = ppo_losses(logprobs, r["logprobs"][mb], advantages[mb], values.float(),
                                                   r["values"][mb], returns[mb], mask[mb], c.cliprange,
                                                   c.cliprange_value)
+                loss = pg_loss + c.vf_coef * vf_loss
+                check_finite("the policy + value loss", loss.item(), self.step + 1)  # before it reaches the weights
                 self.optimizer.zero_grad(set_to_none=True)
-                (pg_loss + c.vf_coef * vf_loss).backward()
+                loss.backward()
                 torch.nn.utils.clip_grad_norm_([p for group in self.optimizer.param_groups for p in group["params"]],
                                                c.max_grad_norm)
                 self.optimizer.step()
@@ -182,13 +185,16 @@ class PPOLoop:
         """A checkpoint that resumes: trainable weights, value head, optimizer, beta, step, history, config."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        partial = folder / (STATE_FILE + ".partial")  # renamed into place when whole: a kill leaves no half file
         torch.save({"trainable": self.trainable_state(), "value_head": self.value_head.state_dict(),
                     "optimizer": self.optimizer.state_dict(), "kl_coef": self.kl_ctl.value, "step": self.step,
-                    "history": self.history, "config": self.config.to_dict()}, folder / STATE_FILE)
-        (folder / "trainer_state.json").write_text(json.dumps({"step": self.step}), encoding="utf-8")
+                    "history": self.history, "config": self.config.to_dict()}, partial)
+        partial.replace(folder / STATE_FILE)
+        (folder / COMPLETE_MARKER).write_text(json.dumps({"step": self.step}), encoding="utf-8")
         return folder
 
     def load(self, folder: str | Path) -> None:
+        check_checkpoint(Path(folder))  # a damaged file: a one-line error naming it
         state = torch.load(Path(folder) / STATE_FILE, map_location=self.device, weights_only=False)
         missing = set(self.trainable_state()) - set(state["trainable"])
         if missing:
@@ -237,6 +243,7 @@ class _AdaptersOff:
 
 
 def last_ppo_checkpoint(run_dir: Path) -> Path | None:
-    found = sorted((p for p in run_dir.glob("checkpoint-*") if (p / STATE_FILE).is_file()),
+    found = sorted((p for p in run_dir.glob("checkpoint-*") if (p / STATE_FILE).is_file()
+                    and (p / COMPLETE_MARKER).is_file()),
                    key=lambda p: int(p.name.split("-")[1]))
     return found[-1] if found else None

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from reward.checks import finite_loss_callback
 from rl.config import SFTTrainingConfig
 from rl.dpo import PolicyTrainingResult, prompt_messages
 from rl.training import (
@@ -24,6 +25,7 @@ from rl.training import (
     last_checkpoint,
     load_causal_lm,
     lora_config,
+    qlora,
     register_policy,
     resolve_policy,
     save_policy,
@@ -86,16 +88,18 @@ def train_sft(ws: Any, config: SFTTrainingConfig, *, resume_from: int | None = N
     frame, snapshot = sft_rows(ws.db, config)
     if resume_from is not None and snapshot["sha256"] != get_run(ws.db, resume_from).data_snapshot.get("sha256"):
         raise ValueError(f"--resume: the workspace's SFT rows no longer match run {resume_from}'s snapshot")
+    quantization = qlora(config)  # QLoRA errors (no CUDA, no bitsandbytes) before the run row
     run_id, run_dir = start_policy_run(ws, RUN_KIND, config, snapshot, start, resume_from)
     try:
-        return _train(ws, config, frame, start, run_id, run_dir, resume_from, progress, callbacks)
+        return _train(ws, config, frame, start, run_id, run_dir, resume_from, progress, callbacks, quantization)
     except BaseException as e:
         fail_run(ws, run_id, e)
         raise
 
 
 def _train(ws: Any, config: SFTTrainingConfig, frame: Any, start: StartPolicy, run_id: int, run_dir: Path,
-           resume_from: int | None, progress: bool, callbacks: list[Any] | None) -> PolicyTrainingResult:
+           resume_from: int | None, progress: bool, callbacks: list[Any] | None,
+           quantization: Any = None) -> PolicyTrainingResult:
     from transformers import EarlyStoppingCallback
     from trl import SFTConfig, SFTTrainer
 
@@ -105,7 +109,7 @@ def _train(ws: Any, config: SFTTrainingConfig, frame: Any, start: StartPolicy, r
     train, held = frame[frame["part"] == "train"], frame[frame["part"] == "eval"]
     if train.empty:
         raise ValueError("no SFT rows left for training after the split by prompt")
-    model, tokenizer = load_causal_lm(start)
+    model, tokenizer = load_causal_lm(start, quantization=quantization, device=config.device)
     n_params, _ = count_parameters(model)
     dev = device_defaults(config, n_params)
     eval_set = sft_dataset(held) if len(held) else None
@@ -114,7 +118,7 @@ def _train(ws: Any, config: SFTTrainingConfig, frame: Any, start: StartPolicy, r
                      completion_only_loss=True, packing=False, metric_for_best_model="eval_loss" if stop_early
                      else None, greater_is_better=False)
     history = _History.make()
-    extra = [history, *(callbacks or [])]
+    extra = [history, finite_loss_callback(), *(callbacks or [])]
     if stop_early:
         extra.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     with tensorboard_dir(run_dir / "tensorboard"):
@@ -135,7 +139,7 @@ def _train(ws: Any, config: SFTTrainingConfig, frame: Any, start: StartPolicy, r
         "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
         "eval_loss": evals[-1] if evals else None, "eval_rows": len(held),
     }
-    model_dir, adapter_dir = save_policy(trainer.accelerator.unwrap_model(trainer.model), tokenizer, run_dir)
+    model_dir, adapter_dir = save_policy(trainer.accelerator.unwrap_model(trainer.model), tokenizer, run_dir, start)
     metrics["adapter_dir"] = str(adapter_dir) if adapter_dir else None
     name = config.name or f"sft-run{run_id}"
     rounds = sorted({int(r) for r in frame["round"].dropna()})

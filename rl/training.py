@@ -50,19 +50,72 @@ def resolve_policy(db: str | Path, policy: str) -> StartPolicy:
     return StartPolicy(policy, None, None, policy)
 
 
-def load_causal_lm(start: StartPolicy, dtype: Any = None) -> tuple[Any, Any]:
-    """(model, tokenizer) on the CPU, a LoRA policy merged; the tokenizer gets a pad token when it has none."""
+def load_causal_lm(start: StartPolicy, dtype: Any = None, quantization: Any = None,
+                   device: str | None = None) -> tuple[Any, Any]:
+    """(model, tokenizer), a LoRA policy merged; the tokenizer gets a pad token when it has none.
+
+    Without `quantization` the model is on the CPU (the trainer moves it). With a BitsAndBytesConfig (QLoRA, see
+    `quantization_config`) the base is loaded in 4 bits straight onto `device` (default: the current CUDA device)
+    and prepared for k-bit training (peft: frozen, norms and embeddings in float32); the trainer turns gradient
+    checkpointing on per device."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(start.location)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(start.location, dtype=dtype)
+    if quantization is None:
+        model = AutoModelForCausalLM.from_pretrained(start.location, dtype=dtype)
+    else:
+        import torch
+
+        model = AutoModelForCausalLM.from_pretrained(
+            start.location, quantization_config=quantization, dtype=quantization.bnb_4bit_compute_dtype,
+            device_map={"": device or torch.cuda.current_device()})
     if start.adapter_path:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, start.adapter_path).merge_and_unload()
+    if quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return model, tokenizer
+
+
+def quantization_config(quantization: str, device: str) -> Any:
+    """None for 'none'; for '4bit' the QLoRA BitsAndBytesConfig (NF4, double quantization, bf16 compute).
+
+    Checked before a run row is written: 4-bit needs CUDA (bitsandbytes' kernels) and bitsandbytes installed."""
+    from rl.config import PolicyConfigError
+
+    if quantization == "none":
+        return None
+    if not device.startswith("cuda"):
+        raise PolicyConfigError(
+            f"quantization: '4bit' (QLoRA) needs a CUDA GPU, but this run is on {device!r}: bitsandbytes' 4-bit "
+            "kernels are built for CUDA, and on a CPU a small model trains faster in float32 anyway. "
+            "Set quantization = \"none\" (or --set quantization=none)")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as e:
+        raise PolicyConfigError("quantization: '4bit' (QLoRA) needs bitsandbytes, which is not installed: "
+                                "pip install 'rankloop[gpu]'") from e
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def qlora(config: Any) -> Any:
+    """The config's BitsAndBytesConfig or None, with the QLoRA errors raised before anything is written."""
+    from reward.device import resolve_device
+
+    return quantization_config(config.quantization, resolve_device(config.device))
+
+
+def is_quantized(model: Any) -> bool:
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
 
 
 def lora_config(config: Any, task: str = "CAUSAL_LM") -> Any:
@@ -149,23 +202,32 @@ def start_policy_run(ws: Any, kind: str, config: Any, snapshot: dict[str, Any], 
 
 
 def last_checkpoint(run_dir: Path, resume_from: int | None) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete checkpoint of a resumed run, every file read back first (reward/checks.py)."""
+    from reward.checks import resume_checkpoint
 
-    if resume_from is None:
-        return None
-    checkpoint = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
-    if checkpoint is None:
-        raise FileNotFoundError(f"--resume: run {resume_from} left no checkpoint in {run_dir}")
-    return checkpoint
+    return resume_checkpoint(run_dir, resume_from)
 
 
-def save_policy(model: Any, tokenizer: Any, run_dir: Path) -> tuple[Path, Path | None]:
-    """(merged model folder, adapter folder or None): the merged folder loads like any policy."""
+def save_policy(model: Any, tokenizer: Any, run_dir: Path,
+                start: StartPolicy | None = None) -> tuple[Path, Path | None]:
+    """(merged model folder, adapter folder or None): the merged folder loads like any policy.
+
+    A QLoRA model's adapter is merged into a bf16 copy of the starting policy (`start`), not into its 4-bit
+    weights: merging there would round the update away and leave a folder only bitsandbytes can load."""
     adapter_dir = None
     if hasattr(model, "peft_config"):
         adapter_dir = run_dir / "adapter"
         model.save_pretrained(str(adapter_dir))
-        model = model.merge_and_unload()
+        if is_quantized(model):
+            import torch
+            from peft import PeftModel
+
+            if start is None:
+                raise ValueError("save_policy: a 4-bit model needs its starting policy to merge into")
+            base, _ = load_causal_lm(start, dtype=torch.bfloat16)
+            model = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+        else:
+            model = model.merge_and_unload()
     model_dir = run_dir / "model"
     model.save_pretrained(str(model_dir))
     tokenizer.save_pretrained(str(model_dir))

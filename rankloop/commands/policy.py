@@ -117,6 +117,9 @@ def train_sft_command(ws: Workspace, config_file: Path | None, resume: str | Non
 
 @train_group.command("ppo")
 @_common
+@click.option("--algo", type=click.Choice(["ppo", "rloo", "grpo"]), default=None,
+              help="ppo: ours (value head, GAE, adaptive KL); rloo / grpo: TRL's RLOOTrainer / GRPOTrainer, "
+                   "num_generations samples per prompt compared with each other.  [default: [ppo] algo, else ppo]")
 @click.option("--reward", default=None, help="Reward model that scores responses.  [default: the newest]")
 @click.option("--target-kl", type=float, default=None, help="Target KL per response for the adaptive controller.")
 @click.option("--max-prompts", type=int, default=None, help="Use at most N prompts (bounds a run).")
@@ -124,7 +127,8 @@ def train_sft_command(ws: Workspace, config_file: Path | None, resume: str | Non
 def train_ppo_command(ws: Workspace, config_file: Path | None, resume: str | None, assignments: tuple[str, ...],
                       no_progress: bool, as_json: bool, **options: Any) -> None:
     """Steer the policy with PPO against a reward model (InstructGPT style: LoRA policy + value head, per-token
-    KL penalty to the reference with an adaptive coefficient, GAE, clipped losses)."""
+    KL penalty to the reference with an adaptive coefficient, GAE, clipped losses), or with TRL's RLOO or GRPO
+    (--algo) on the same prompts and reward model."""
     from rl.ppo_config import PPOTrainingConfig
     from rl.ppo_run import RUN_KIND, train_ppo
 
@@ -132,14 +136,22 @@ def train_ppo_command(ws: Workspace, config_file: Path | None, resume: str | Non
                   as_json, options)
     if not as_json:
         m = result.metrics
-        click.echo(f"{m['global_step']} iterations in {m['train_seconds']}s; reward score {m['first_score']:.3f} -> "
-                   f"{m['score']:.3f}, KL {m['kl']:.3f}, {m['sampling_share']:.0%} of the time sampling")
+        line = f"{m['global_step']} iterations in {m['train_seconds']}s"
+        if m.get("score") is not None:
+            line += f"; reward score {m['first_score']:.3f} -> {m['score']:.3f}"
+        if m.get("kl") is not None:
+            line += f", KL {m['kl']:.3f}"
+        if m.get("sampling_share") is not None:
+            line += f", {m['sampling_share']:.0%} of the time sampling"
+        click.echo(line)
 
 
 @eval_group.command("policy")
 @click.argument("new")
 @click.option("--against", required=True, help="The policy to compare with (e.g. the previous version).")
 @click.option("--reward", default="", help="Reward model that judges.  [default: the newest]")
+@click.option("--reference", default="", help="Policy the KL to the reference is measured against.  "
+              "[default: the root of NEW's parent chain, adapters disabled]")
 @click.option("--max-prompts", type=int, default=32, show_default=True, help="Held-out prompts to sample on.")
 @click.option("--k", type=int, default=2, show_default=True, help="Samples per prompt from each policy.")
 @click.option("--max-new-tokens", type=int, default=64, show_default=True, help="Longest response.")
@@ -147,20 +159,23 @@ def train_ppo_command(ws: Workspace, config_file: Path | None, resume: str | Non
 @click.option("--device", default=None, help="cpu, cuda, cuda:N or mps.  [default: cuda when present]")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @workspace_option
-def eval_policy_command(ws: Workspace, new: str, against: str, reward: str, max_prompts: int, k: int,
+def eval_policy_command(ws: Workspace, new: str, against: str, reward: str, reference: str, max_prompts: int, k: int,
                         max_new_tokens: int, seed: int, device: str | None, as_json: bool) -> None:
-    """Win rate of NEW over --against by the reward model on held-out prompts (95% interval), KL, lengths and a
-    sample table, as report.md + PNG under the eval run's folder."""
+    """Win rate of NEW over --against by the reward model on held-out prompts (95% interval), KL(NEW || AGAINST),
+    the KL of each to the reference policy, lengths and a sample table, as report.md + PNG under the eval run's
+    folder."""
     from rl.evaluate import evaluate_policy
 
     result = guarded(evaluate_policy, ws, new, against, reward=reward, max_prompts=max_prompts, k=k,
-                     max_new_tokens=max_new_tokens, seed=seed, device=device)
+                     max_new_tokens=max_new_tokens, seed=seed, device=device, reference=reference)
     if as_json:
         echo_json({"run_id": result.run_id, "report": result.report_dir / "report.md", "metrics": result.metrics})
         return
     m = result.metrics
     click.echo(f"{new} vs {against}: win rate {m['win_rate']:.3f} (95% {m['win_rate_low']:.3f}-"
                f"{m['win_rate_high']:.3f}) over {m['comparisons']} samples; KL {m['kl_new_vs_against']:.3f}")
+    click.echo(f"KL to the reference {m['reference']!r}: {new} {m['kl_new_vs_reference']:.3f}, {against} "
+               f"{m['kl_against_vs_reference']:.3f} nats per response")
     click.echo(f"report: {result.report_dir / 'report.md'}")
 
 
