@@ -46,14 +46,29 @@ class EncryptionError(ValueError):
     """An encrypted workspace without its key, with a wrong key, or without a crypto module that can write."""
 
 
+# DuckDB locks the database file with POSIX fcntl locks, which belong to the process: closing *any* descriptor
+# of the file drops them all. Peeking at the header with open()/close() while another thread of this process (the
+# app serves many sessions) holds a connection would release that connection's lock and let a second process write
+# the file at the same time ("No more data remaining in MetadataReader", a WAL that no longer matches). So the
+# header is read once per file (device, inode), when this process first opens it, and remembered.
+_encrypted_files: dict[tuple[int, int], bool] = {}
+
+
 def is_encrypted(path: str | Path) -> bool:
     """Whether the DuckDB file at `path` is encrypted (flag bit 0 of its main header); False for no or other files."""
     try:
+        st = os.stat(path)
+        known = _encrypted_files.get((st.st_dev, st.st_ino))
+        if known is not None:
+            return known
         with open(path, "rb") as f:
             head = f.read(28)
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
+    except (FileNotFoundError, IsADirectoryError, PermissionError, NotADirectoryError):
         return False
-    return len(head) == 28 and head[8:12] == b"DUCK" and bool(head[20] & 1)
+    if len(head) < 28 or head[8:12] != b"DUCK":
+        return False  # not (yet) a DuckDB file: not remembered
+    _encrypted_files[(st.st_dev, st.st_ino)] = encrypted = bool(head[20] & 1)
+    return encrypted
 
 
 def encryption_key(required_for: str | Path | None = None) -> str | None:

@@ -123,3 +123,18 @@ def test_an_invalid_ranking_is_refused_and_nothing_is_written(workspace, ranking
     con = duckdb.connect(str(workspace.db))
     assert con.execute("SELECT count(*) FROM judgments").fetchone()[0] == 0
     assert con.execute("SELECT count(*) FROM reviewers").fetchone()[0] == 0
+
+
+def test_peeking_at_the_header_while_connected_keeps_the_file_locked(workspace):
+    """POSIX fcntl locks belong to the process: closing any descriptor of the file drops them. Another thread
+    asking whether the workspace is encrypted must not open and close the file, or a second process gets in."""
+    from store.db import is_encrypted
+
+    con = open_connection(workspace.db)
+    try:
+        assert is_encrypted(workspace.db) is False  # what a second session's open does while this one is held
+        other = subprocess.run([sys.executable, "-c", f"import duckdb; duckdb.connect({str(workspace.db)!r})"],
+                               capture_output=True, text=True, timeout=60)
+        assert other.returncode != 0 and "Could not set lock" in other.stderr, "the lock was dropped"
+    finally:
+        con.close()

@@ -16,20 +16,17 @@ import argparse
 import asyncio
 import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from rankloop.workspace import init_workspace  # noqa: E402
+from scripts.app_client import start_server, stop_server  # noqa: E402
 from store.batch import Batch, Comparison, Judgment, Prompt, Response, write_batch  # noqa: E402
 from store.db import transaction  # noqa: E402
 from store.queue import Answer, next_item, submit_and_next  # noqa: E402
@@ -59,24 +56,6 @@ def seed(db: Path, judged: int, fresh: int) -> None:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
-
-
-def start_server(ws: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "rankloop", "serve", "--workspace", str(ws), "--port", str(port)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(url + "_stcore/health", timeout=1).read()
-            return proc, url
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("the server did not start (try `rankloop serve` by hand)") from None
-            time.sleep(0.2)
 
 
 async def reviewer(browser, url: str, name: str, items: int, out: list[float], failures: list[str]) -> None:
@@ -174,8 +153,7 @@ def main() -> None:
         wall = time.perf_counter() - t0
     finally:
         if proc is not None:
-            os.kill(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=15)
+            stop_server(proc)
     print(f"{args.reviewers} reviewers x {args.items} items in {wall:.1f}s wall (logins included), "
           f"{os.cpu_count()} CPUs")
     for f in failures:
