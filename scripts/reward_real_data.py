@@ -37,6 +37,21 @@ FILES = {
 }
 
 
+def _one_reviewer_per_row(path: Path, folder: Path) -> Path:
+    """UKP repeats some argument pairs (same texts, same or opposite label: 134+ rows). rankloop refuses a reviewer
+    judging one pair twice, so each row becomes its own reviewer (TRL rows with a `reviewer` field): every row of
+    the file is trained on, as other trainers on this file do."""
+    import gzip
+
+    out = folder / (path.name.removesuffix(".jsonl.gz") + ".per-row.jsonl")
+    with gzip.open(path, "rt", encoding="utf-8") as src, open(out, "w", encoding="utf-8") as dst:
+        for line, raw in enumerate(src, 1):
+            row = json.loads(raw)
+            row["reviewer"] = f"{row.get('source', 'ukp')}#{line}"
+            dst.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return out
+
+
 def _cpu() -> float:
     t = os.times()
     return t.user + t.system
@@ -62,7 +77,10 @@ def main() -> None:
     train_file, eval_file = (DATA / name for name in FILES[args.data])
     ws = init_workspace(args.workspace or Path(f"/tmp/rankloop-reward-{args.data}"))
     if not (ws.root / ".imported").exists():
-        counts = import_pairs(ws.db, train_file, "hh")
+        if args.data == "ukp":
+            counts = import_pairs(ws.db, _one_reviewer_per_row(train_file, ws.root), "trl")
+        else:
+            counts = import_pairs(ws.db, train_file, "hh")
         (ws.root / ".imported").write_text(json.dumps(counts, default=str), encoding="utf-8")
     overrides = dict(parse_assignment(a) for a in args.assignments)
     for key in ("base", "max_steps", "max_pairs"):

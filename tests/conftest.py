@@ -28,6 +28,18 @@ def tiny_lm(tmp_path_factory) -> Path:
     return build_causal_lm(tmp_path_factory.mktemp("tiny_lm"))
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models are dominated by thread hand-offs: one torch thread is far faster on a shared 2-core machine.
+    Modules with tiny-model training use it for every test: `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def table_hash(db) -> str:
     """Content hash of every table: shows that a failed command left the workspace exactly as it was."""
     import hashlib

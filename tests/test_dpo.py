@@ -9,13 +9,7 @@ import torch
 from rl.config import DPOTrainingConfig, PolicyConfigError, load_section
 from tests.reward_data import register_tiny, seed_pairs
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_dpo(**kw) -> DPOTrainingConfig:

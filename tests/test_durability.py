@@ -17,7 +17,6 @@ from pathlib import Path
 
 import duckdb
 import pytest
-import torch
 
 from scripts.app_client import start_server, stop_server
 from scripts.durability import Session, check, review, run, seed
@@ -82,9 +81,4 @@ def test_reviewers_submit_while_a_cli_training_job_reads_and_writes_the_workspac
     print(f"{acked} submits acknowledged in {time.monotonic() - started:.0f} s while the training job ran")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")

@@ -4,17 +4,10 @@ comparisons with lineage, optionally mixing in the previous policy."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from tests.policy_helpers import register_policy, register_reward, tiny_reward_model
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

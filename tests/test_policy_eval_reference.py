@@ -9,13 +9,7 @@ import torch
 from tests.policy_helpers import register_policy, register_reward, tiny_reward_model
 from tests.test_policy_eval import seed_prompts
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

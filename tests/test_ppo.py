@@ -69,13 +69,7 @@ def test_whitening_and_clipped_losses():
 TOKEN = "e"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models are dominated by thread hand-offs: one thread is ~50x faster on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def count_token(prompts, responses):

@@ -6,19 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from rl.ppo_config import PPOTrainingConfig
 from rl.ppo_run import train_ppo
 from tests.reward_data import register_tiny, seed_pairs
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def count_e(prompts, responses):

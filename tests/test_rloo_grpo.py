@@ -11,13 +11,7 @@ from rl.config import PolicyConfigError
 from rl.ppo_config import PPOTrainingConfig
 from tests.reward_data import register_tiny, seed_pairs
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config(**kw) -> PPOTrainingConfig:

@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from tests.policy_helpers import register_policy
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_round_next_queues_the_newest_policy_with_lineage(workspace, tiny_lm):

@@ -4,7 +4,6 @@ answer's tokens, the loss falls, and the policy row carries its lineage."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from rl.config import PolicyConfigError, SFTTrainingConfig
 from tests.preferences import Seed
@@ -13,12 +12,7 @@ from tests.reward_data import BAD, GOOD, MIDDLE, register_tiny
 EDIT = "Paris is the capital of France."
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def seed_sft(db, n: int = 8) -> None:

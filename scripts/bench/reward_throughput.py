@@ -108,9 +108,12 @@ def run_trl(args: argparse.Namespace) -> dict:
     data = Dataset.from_dict({"chosen_ids": data["chosen_ids"], "rejected_ids": data["rejected_ids"]})
     method, _ = resolve_method(ours.method, count_parameters(model)[0])  # as `train reward` resolves it
     peft = lora_config(heads, ours.lora_r, ours.lora_alpha, ours.lora_target_modules) if method == "lora" else None
+    import torch
+
+    # TRL's defaults, plus the one flag a CPU needs to start at all (use_cpu; it leaves bf16 on, emulated).
     trl_args = RewardConfig(output_dir=tempfile.mkdtemp(prefix="bench-trl-"), max_steps=args.trl_steps,
                             per_device_train_batch_size=args.batch_size, save_strategy="no", report_to="none",
-                            disable_tqdm=True)
+                            disable_tqdm=True, use_cpu=not torch.cuda.is_available())
     timer = _step_timer()
     trainer = RewardTrainer(model=model, args=trl_args, train_dataset=data, processing_class=tokenizer,
                             peft_config=peft, callbacks=[timer])
