@@ -24,6 +24,8 @@ COMMANDS = [
     ("rankloop.commands.reward", "eval_group"),
     ("rankloop.commands.reward", "score_command"),
     ("rankloop.commands.policy", "round_group"),
+    ("rankloop.commands.loop", "simulate_command"),
+    ("rankloop.commands.loop", "loop_command"),
 ]
 
 

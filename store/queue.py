@@ -8,8 +8,8 @@
 - Gold comparisons (rows in `gold_answers`) are mixed in at the `gold_rate` setting, each reviewer at most once.
 - Leases are handed out under a process-wide lock: DuckDB lets one process hold the file, so this lock plus the
   file lock serialize every lease decision.
-- The idempotency key of a submit is `app:{reviewer}:{comparison}:{lease}`: a retried submit is stored once, and
-  a new attempt after an undo gets a new lease, hence a new key.
+- The idempotency key of a submit is `app:{reviewer}:{comparison}:{lease}` (`simulated:...` for simulated
+  reviewers): a retried submit is stored once, and a new attempt after an undo gets a new lease, hence a new key.
 """
 
 from __future__ import annotations
@@ -82,16 +82,18 @@ _QUEUE = f"""
         FROM comparisons c
         LEFT JOIN done ON done.comparison_id = c.id LEFT JOIN held ON held.comparison_id = c.id
         LEFT JOIN gold_answers g ON g.comparison_id = c.id
-        WHERE c.id NOT IN (SELECT comparison_id FROM mine) AND NOT list_has_any(c.response_ids, (SELECT ids FROM own)))
+        WHERE c.id NOT IN (SELECT comparison_id FROM mine) AND NOT list_has_any(c.response_ids, (SELECT ids FROM own))
+          AND ($round IS NULL OR c.round = $round))
     SELECT (SELECT count(*) FROM cand WHERE NOT gold AND d < needed),
            (SELECT id FROM cand WHERE NOT gold AND d + h < needed {_ORDER}),
            (SELECT id FROM cand WHERE gold {_ORDER})
 """
 
 
-def _queue_state(con: duckdb.DuckDBPyConnection, reviewer_id: int) -> tuple[int, int | None, int | None]:
-    """(comparisons still open to the reviewer, next regular id, next gold id)."""
-    remaining, regular, gold = con.execute(_QUEUE, {"r": reviewer_id}).fetchone()
+def _queue_state(con: duckdb.DuckDBPyConnection, reviewer_id: int,
+                 round: int | None = None) -> tuple[int, int | None, int | None]:
+    """(comparisons still open to the reviewer, next regular id, next gold id); only `round`'s when given."""
+    remaining, regular, gold = con.execute(_QUEUE, {"r": reviewer_id, "round": round}).fetchone()
     return int(remaining), regular, gold
 
 
@@ -145,8 +147,11 @@ def _wants_gold(con: duckdb.DuckDBPyConnection, reviewer_id: int, rate: float) -
     return math.floor(rate * (total + 1)) > gold
 
 
-def next_item_in(con: duckdb.DuckDBPyConnection, reviewer_id: int) -> Item | None:
-    """The reviewer's open lease if they hold one, else a new lease on the next comparison (inside a transaction)."""
+def next_item_in(con: duckdb.DuckDBPyConnection, reviewer_id: int, round: int | None = None) -> Item | None:
+    """The reviewer's open lease if they hold one, else a new lease on the next comparison (inside a transaction).
+
+    With `round`, only that round's comparisons are handed out (simulated reviewers working one round).
+    """
     con.execute(
         "UPDATE leases SET closed_at = current_localtimestamp(), outcome = 'expired' "
         "WHERE closed_at IS NULL AND expires_at <= current_localtimestamp()"
@@ -154,7 +159,7 @@ def next_item_in(con: duckdb.DuckDBPyConnection, reviewer_id: int) -> Item | Non
     held = con.execute(
         f"SELECT id FROM leases l WHERE reviewer_id = ? AND {_OPEN} ORDER BY id DESC LIMIT 1", [reviewer_id]
     ).fetchone()
-    remaining, regular, gold = _queue_state(con, reviewer_id)
+    remaining, regular, gold = _queue_state(con, reviewer_id, round)
     progress = _progress(con, reviewer_id, remaining)
     if held:
         return _load_item(con, held[0], progress)
@@ -165,14 +170,14 @@ def next_item_in(con: duckdb.DuckDBPyConnection, reviewer_id: int) -> Item | Non
     return _load_item(con, _new_lease(con, reviewer_id, pick, s["lease_minutes"]), progress)
 
 
-def next_item(db: str | Path, reviewer_id: int) -> Item | None:
+def next_item(db: str | Path, reviewer_id: int, round: int | None = None) -> Item | None:
     """What to show this reviewer now (None when their queue is empty); the item stays leased to them."""
     with _lease_lock:
-        return write(db, lambda con: next_item_in(con, reviewer_id))
+        return write(db, lambda con: next_item_in(con, reviewer_id, round))
 
 
 def _record(con: duckdb.DuckDBPyConnection, lease_id: int, reviewer_id: int, reviewer: str, answer: Answer,
-            skipped: bool) -> int:
+            skipped: bool, source: str = "app") -> int:
     lease = con.execute(
         "SELECT l.comparison_id, l.reviewer_id, c.response_ids, l.outcome, r.active FROM leases l "
         "JOIN comparisons c ON c.id = l.comparison_id JOIN reviewers r ON r.id = l.reviewer_id WHERE l.id = ?",
@@ -183,7 +188,7 @@ def _record(con: duckdb.DuckDBPyConnection, lease_id: int, reviewer_id: int, rev
     if not lease[4]:
         raise ValueError("this account is deactivated")
     cid, _, response_ids, outcome, _ = lease
-    key = f"app:{reviewer_id}:{cid}:{lease_id}"
+    key = f"{source}:{reviewer_id}:{cid}:{lease_id}"
     found = con.execute("SELECT id FROM judgments WHERE idempotency_key = ?", [key]).fetchone()
     if found:
         return int(found[0])  # a retried submit: stored once
@@ -199,7 +204,7 @@ def _record(con: duckdb.DuckDBPyConnection, lease_id: int, reviewer_id: int, rev
         ranking=None if skipped else answer.ranking, all_bad=False if skipped else answer.all_bad, skipped=skipped,
         flags=list(answer.flags), edited_text=answer.edited_text or None, rationale=answer.rationale or None,
         display_order=display_order(reviewer_id, cid, list(response_ids)), time_spent_ms=answer.time_spent_ms,
-        source="app",
+        source=source,
     ))
     con.execute(
         "UPDATE leases SET closed_at = current_localtimestamp(), outcome = ?, judgment_id = ? WHERE id = ?",
@@ -215,12 +220,17 @@ def submit(db: str | Path, lease_id: int, reviewer_id: int, reviewer: str, answe
 
 
 def submit_and_next(db: str | Path, lease_id: int, reviewer_id: int, reviewer: str, answer: Answer,
-                    skipped: bool = False) -> tuple[int, Item | None]:
-    """Submit (or skip) and lease the next item in one transaction: the judgment id and what to show next."""
+                    skipped: bool = False, *, source: str = "app",
+                    round: int | None = None) -> tuple[int, Item | None]:
+    """Submit (or skip) and lease the next item in one transaction: the judgment id and what to show next.
+
+    `source` marks where the judgment came from ('app'; 'simulated' for rankloop simulate) and prefixes its
+    idempotency key; `round` limits the next item to one round.
+    """
 
     def work(con: duckdb.DuckDBPyConnection) -> tuple[int, Item | None]:
-        jid = _record(con, lease_id, reviewer_id, reviewer, answer, skipped)
-        return jid, next_item_in(con, reviewer_id)
+        jid = _record(con, lease_id, reviewer_id, reviewer, answer, skipped, source)
+        return jid, next_item_in(con, reviewer_id, round)
 
     with _lease_lock:
         return write(db, work)

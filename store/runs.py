@@ -85,3 +85,9 @@ def list_runs(db: str | Path, kind: str | None = None, run_id: int | None = None
            "FROM runs WHERE (? IS NULL OR kind = ?) AND (? IS NULL OR id = ?) ORDER BY id")
     rows = read(db, lambda con: con.execute(sql, [kind, kind, run_id, run_id]).fetchall())
     return [RunRow(r[0], r[1], json.loads(r[2]), json.loads(r[3]), r[4], json.loads(r[5]), *r[6:]) for r in rows]
+
+
+def reopen_run(db: str | Path, run_id: int) -> None:
+    """Put a failed or cancelled run back to 'running' (a resumed orchestration run keeps its row and children)."""
+    write(db, lambda con: con.execute(
+        "UPDATE runs SET status = 'running', error = NULL, finished_at = NULL WHERE id = ?", [run_id]))

@@ -1,0 +1,113 @@
+"""`rankloop simulate` (simulated reviewers rank the pending comparisons) and `rankloop loop` (the whole loop,
+round after round, resumable)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from rankloop.commands.common import echo_json, guarded, workspace_option
+from rankloop.workspace import Workspace
+
+
+@click.command("simulate")
+@click.option("--oracle", required=True, help="What the reviewers prefer: length-in-range, has-a-numbered-list, "
+              "avoids-words, module:function, model:NAME (a reward model) or a pairs file (pairs:PATH or *.jsonl).")
+@click.option("--reviewers", type=int, default=3, show_default=True, help="Simulated reviewers sim-1..sim-N.")
+@click.option("--noise", type=float, default=0.0, show_default=True,
+              help="gumbel: temperature in oracle-score units (Bradley-Terry); flip: probability of a random ranking.")
+@click.option("--noise-model", type=click.Choice(["gumbel", "flip"]), default="gumbel", show_default=True)
+@click.option("--spread", type=float, default=0.0, show_default=True,
+              help="Per-reviewer disagreement: reviewer i's noise is noise * (1 + spread * u_i), u_i in [-1, 1].")
+@click.option("--round", "round_", type=int, default=None, help="Only this round's comparisons.  [default: all]")
+@click.option("--prefix", default="sim-", show_default=True, help="Reviewer names: PREFIX1..PREFIXN.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the reviewers' noise.")
+@click.option("--max-judgments", type=int, default=0, show_default=True, help="Stop after N judgments (0: all).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@workspace_option
+def simulate_command(ws: Workspace, oracle: str, reviewers: int, noise: float, noise_model: str, spread: float,
+                     round_: int | None, prefix: str, seed: int, max_judgments: int, as_json: bool) -> None:
+    """Rank the pending comparisons as N simulated reviewers would, through the app's queue (required reviewers
+    respected, nobody twice on a comparison); judgments are ordinary rows with source 'simulated'."""
+    from rankloop.oracles import resolve_oracle
+    from rankloop.simulate import SimulationConfig, simulate_reviewers
+
+    config = guarded(SimulationConfig, oracle, reviewers, noise, noise_model, spread, round_, prefix, seed,
+                     max_judgments)
+    resolved = guarded(resolve_oracle, oracle, ws.db)
+
+    def progress(done: int, total: int) -> None:
+        if not as_json and (done % 25 == 0 or done == total):
+            click.echo(f"  {done}/{total} judgments", err=True)
+
+    result = guarded(simulate_reviewers, ws, config, oracle=resolved, progress=progress)
+    if as_json:
+        echo_json(result.__dict__)
+        return
+    click.echo(f"{result.judgments} judgments by {', '.join(result.reviewers)} (oracle {result.oracle!r}, run "
+               f"{result.run_id}) in {result.seconds:.1f}s; {result.comparisons_left} comparisons still incomplete")
+    if result.unknown_responses:
+        click.echo(f"  {result.unknown_responses} responses were not in the pairs file (scored 0)")
+
+
+def _loop_overrides(options: dict[str, Any], assignments: tuple[str, ...]) -> dict[str, Any]:
+    from reward.config import parse_assignment
+
+    out: dict[str, Any] = dict(parse_assignment(a) for a in assignments)
+    out.update({k: v for k, v in options.items() if v is not None})
+    return out
+
+
+def _config(ws: Workspace, overrides: dict[str, Any]) -> Any:
+    from rankloop.loop import loop_config
+
+    path = ws.root / "rankloop.toml"
+    section = ws.config.extra.get("loop", {})
+    if not isinstance(section, dict):
+        raise ValueError(f"{path}: [loop] must be a table")
+    if "policy" not in section:  # the workspace's default policy ([models] policy), as `generate` uses
+        section = {**section, "policy": ws.config.models.policy}
+    base = loop_config(section, where=f"{path}: [loop] ")
+    return loop_config(overrides, base, where="command line: ")
+
+
+@click.command("loop")
+@click.option("--rounds", type=int, default=None, help="Rounds to run.  [default: [loop] rounds, else 2]")
+@click.option("--algo", type=click.Choice(["dpo", "ppo"]), default=None, help="Policy trainer.  [default: dpo]")
+@click.option("--simulate", default=None, help="Oracle for simulated reviewers (as `rankloop simulate --oracle`); "
+              "without it the loop waits for people to rank each round.")
+@click.option("--policy", default=None, help="Base policy.  [default: smollm2-135m-instruct]")
+@click.option("--reviewers", type=int, default=None, help="Simulated reviewers.  [default: 3]")
+@click.option("--noise", type=float, default=None, help="Simulated reviewers' noise.  [default: 0]")
+@click.option("--required-reviewers", type=int, default=None, help="Reviewers per comparison.  [default: 1]")
+@click.option("--prompts", type=int, default=None, help="Train prompts sampled per round.  [default: 32]")
+@click.option("--k", type=int, default=None, help="Candidates per comparison.  [default: 4]")
+@click.option("--max-new-tokens", type=int, default=None, help="Longest sampled response.  [default: 64]")
+@click.option("--max-steps", type=int, default=None, help="Cap on every training run's steps.  [default: none]")
+@click.option("--eval-prompts", type=int, default=None, help="Held-out prompts to evaluate on.  [default: 16]")
+@click.option("--device", default=None, help="cpu, cuda, cuda:N or mps.  [default: cuda when present]")
+@click.option("--set", "assignments", multiple=True, metavar="FIELD=VALUE",
+              help="Any [loop] field, or reward.FIELD / dpo.FIELD / ppo.FIELD for the trainers (repeatable).")
+@click.option("--new", "new", is_flag=True, help="Start a new loop even if an unfinished one could be resumed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@workspace_option
+def loop_command(ws: Workspace, assignments: tuple[str, ...], new: bool, as_json: bool, **options: Any) -> None:
+    """Close the loop N times: sample, wait for reviewers (or simulate them), train a reward model, train the
+    policy (DPO or PPO), evaluate; every step a run row. Run it again after a crash and it continues."""
+    from rankloop.loop import run_loop
+
+    overrides = guarded(_loop_overrides, options, assignments)
+    config = guarded(_config, ws, overrides)
+    result = guarded(run_loop, ws, config, new=new, log=lambda line: click.echo(line, err=True))
+    if as_json:
+        echo_json({"run_id": result.run_id, "report": result.folder / "report.md", "rounds": result.rounds,
+                   "resumed": result.resumed})
+        return
+    last = result.rounds[-1]
+    line = f"loop {result.run_id}: {len(result.rounds)} rounds, final policy {last['policy']!r}"
+    if last.get("oracle_win_rate_vs_base") is not None:
+        line += (f"; oracle win rate vs round 0 {last['oracle_win_rate_vs_base']:.3f} (95% "
+                 f"{last['oracle_win_rate_vs_base_low']:.3f}-{last['oracle_win_rate_vs_base_high']:.3f})")
+    click.echo(line)
+    click.echo(f"report: {result.folder / 'report.md'}")

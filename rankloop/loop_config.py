@@ -1,0 +1,114 @@
+"""The loop's settings: `LoopConfig` (the `[loop]` section of rankloop.toml, then `--set FIELD=VALUE` and flags),
+each field with help text, checked in `__post_init__`; `reward.X` / `dpo.X` / `ppo.X` reach the trainers' sections."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from rankloop.config import DEFAULT_POLICY
+
+ALGOS = ("dpo", "ppo")
+
+
+class ReviewersNotDone(ValueError):
+    """The reviewers did not finish a round within `wait_timeout`; running the loop again keeps waiting."""
+
+
+@dataclass
+class LoopConfig:
+    rounds: int = field(default=2, metadata={"help": "Rounds: sample, judge, train reward, train policy, evaluate."})
+    algo: str = field(default="dpo", metadata={"help": "Policy trainer: 'dpo' (on the pairs) or 'ppo' (on RM_i)."})
+    simulate: str = field(default="", metadata={"help": (
+        "Oracle for simulated reviewers (see rankloop.oracles); empty: wait for human reviewers.")})
+    policy: str = field(default=DEFAULT_POLICY, metadata={"help": "Base policy (round 0 samples from it)."})
+    prompts: int = field(default=32, metadata={"help": "Train prompts sampled per round (one comparison each)."})
+    k: int = field(default=4, metadata={"help": "Candidates per comparison."})
+    max_new_tokens: int = field(default=64, metadata={"help": "Longest sampled response, in tokens."})
+    temperature: float = field(default=0.8, metadata={"help": "Sampling temperature of the candidates."})
+    required_reviewers: int = field(default=1, metadata={"help": "Reviewers each comparison needs."})
+    reviewers: int = field(default=3, metadata={"help": "Simulated reviewers (sim-1..sim-N)."})
+    noise: float = field(default=0.0, metadata={"help": "Simulated reviewers' noise (see rankloop.simulate)."})
+    noise_model: str = field(default="gumbel", metadata={"help": "'gumbel' (Bradley-Terry) or 'flip'."})
+    spread: float = field(default=0.0, metadata={"help": "Per-reviewer disagreement in [0, 1]."})
+    max_steps: int = field(default=0, metadata={"help": "Cap on reward and policy training steps (0: their own)."})
+    eval_prompts: int = field(default=16, metadata={"help": "Held-out prompts (split 'eval') for evaluation."})
+    eval_k: int = field(default=2, metadata={"help": "Samples per held-out prompt and policy."})
+    eval_max_new_tokens: int = field(default=0, metadata={"help": "Longest evaluation sample (0: max_new_tokens)."})
+    poll_seconds: float = field(default=10.0, metadata={"help": "How often to check the reviewers' progress."})
+    wait_timeout: float = field(default=0.0, metadata={"help": "Give up waiting for reviewers after N s (0: never)."})
+    seed: int = field(default=0, metadata={"help": "Base seed (round i samples with seed + i)."})
+    eval_policy_runs: bool = field(default=True, metadata={"help": (
+        "Also run `rankloop eval policy` (new vs previous; its own run row and report). It samples both policies "
+        "again; the loop's own figures come from one cached set of samples per policy.")})
+    device: str | None = field(default=None, metadata={"help": "'cpu', 'cuda', ... (default: best)."})
+    reward: dict[str, Any] = field(default_factory=dict, metadata={"help": "[reward] fields for the loop's runs."})
+    dpo: dict[str, Any] = field(default_factory=dict, metadata={"help": "[dpo] fields for the loop's runs."})
+    ppo: dict[str, Any] = field(default_factory=dict, metadata={"help": "[ppo] fields for the loop's runs."})
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, name: str, message: str) -> None:
+            if not ok:
+                raise ValueError(f"{name}: {message}")
+
+        need(1 <= self.rounds <= 100, "rounds", "must be between 1 and 100")
+        need(self.algo in ALGOS, "algo", f"must be 'dpo' or 'ppo', got {self.algo!r}")
+        need(bool(self.policy.strip()), "policy", "must name a model")
+        need(self.prompts >= 1 and self.eval_prompts >= 1, "prompts", "prompts and eval_prompts must be >= 1")
+        need(2 <= self.k <= 16, "k", "must be between 2 and 16")
+        need(2 <= self.eval_k <= 16, "eval_k", "must be between 2 and 16")
+        need(self.max_new_tokens >= 1 and self.eval_max_new_tokens >= 0, "max_new_tokens", "must be >= 1")
+        need(self.temperature > 0, "temperature", "must be > 0")
+        need(1 <= self.required_reviewers <= 50, "required_reviewers", "must be between 1 and 50")
+        need(self.max_steps >= 0, "max_steps", "must be >= 0 (0: the trainers' own)")
+        need(self.poll_seconds > 0 and self.wait_timeout >= 0, "poll_seconds", "must be > 0 (wait_timeout >= 0)")
+        for name in ("reward", "dpo", "ppo"):
+            need(isinstance(getattr(self, name), dict), name, "must be a table of that section's fields")
+        if self.simulate:
+            from rankloop.simulate import SimulationConfig
+
+            need(self.reviewers >= self.required_reviewers, "reviewers",
+                 f"{self.reviewers} simulated reviewers cannot give the {self.required_reviewers} judgments each "
+                 "comparison needs (required_reviewers)")
+
+            SimulationConfig(self.simulate, self.reviewers, self.noise, self.noise_model, self.spread)
+
+    @property
+    def eval_tokens(self) -> int:
+        return self.eval_max_new_tokens or self.max_new_tokens
+
+
+def loop_config(raw: dict[str, Any], base: LoopConfig | None = None, where: str = "") -> LoopConfig:
+    """`base` (default: the defaults) updated with `raw`; `reward.X` / `dpo.X` / `ppo.X` keys go to those tables."""
+    from rl.config import _coerce
+
+    values = asdict(base or LoopConfig())
+    known = {f.name for f in fields(LoopConfig)}
+    for key, value in raw.items():
+        section, _, sub = key.partition(".")
+        if sub and section in ("reward", "dpo", "ppo"):
+            values[section] = {**values[section], sub: value}
+        elif key not in known:
+            raise ValueError(f"{where}{key}: unknown field (known: {', '.join(sorted(known))})")
+        elif key in ("reward", "dpo", "ppo"):
+            values[key] = {**values[key], **value} if isinstance(value, dict) else value
+        else:
+            values[key] = _coerce(LoopConfig, key, value, where)
+    try:
+        return LoopConfig(**values)
+    except ValueError as e:
+        raise ValueError(f"{where}{e}") from e
+
+
+def check_trainer_settings(ws: Any, config: LoopConfig) -> None:
+    """Build the reward and policy trainers' configs once, so a bad `reward.X` / `dpo.X` / `ppo.X` setting fails
+    before the loop writes anything (not rounds later)."""
+    from reward.config import load_reward_config
+    from rl.config import DPOTrainingConfig, config_from_dict, load_section
+    from rl.ppo_config import PPOTrainingConfig
+
+    path = ws.root / "rankloop.toml"
+    load_reward_config(ws.config.extra, path, None, {**config.reward, "name": "check"})
+    section, cls = ("dpo", DPOTrainingConfig) if config.algo == "dpo" else ("ppo", PPOTrainingConfig)
+    base = load_section(cls, section, ws.config.extra, path)
+    config_from_dict(cls, {**getattr(config, section), "policy": config.policy}, base, where=f"loop: [{section}] ")

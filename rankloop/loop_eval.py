@@ -1,0 +1,161 @@
+"""What the loop measures beyond `rl.evaluate.evaluate_policy`: held-out samples of each policy (cached in the loop
+folder, so each policy is sampled once), the oracle's win rate of one policy over another on them, and drift: how
+far the reward-model scores and lengths of a new policy's samples moved from the responses its reward model was
+trained on.
+
+Win rate: sample j of prompt i from NEW against sample j of prompt i from OLD, scored by the oracle; a tie counts
+one half; Wilson 95% interval. Drift, per quantity (reward score, length in words): the standardised mean shift
+(mean_new - mean_train) / sd_train, the two-sample Kolmogorov-Smirnov statistic (largest gap between the two
+empirical distribution functions, 0 = same, 1 = disjoint), and the share of new values outside the training range.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+
+def eval_prompts(ws: Any, n: int) -> list[Any]:
+    """The held-out prompts (split 'eval'; all prompts when there are none), as evaluate_policy chooses them."""
+    from store.prompts import list_prompts
+
+    return list_prompts(ws.db, ["eval"], n) or list_prompts(ws.db, [], n)
+
+
+class Policies:
+    """Policies loaded once per evaluation (sampling and KL use the same copy): name -> (model, tokenizer)."""
+
+    def __init__(self, ws: Any, device: str | None = None):
+        from rl.device import pick_device
+
+        self.ws, self.choice, self.loaded = ws, pick_device(device), {}
+
+    def get(self, name: str) -> tuple[Any, Any]:
+        if name not in self.loaded:
+            from rl.sampling import load_policy, policy_location
+            from store.models import get_model
+
+            row = get_model(self.ws.db, name)
+            self.loaded[name] = load_policy(policy_location(row), self.choice.device, self.choice.dtype,
+                                            row.adapter_path)
+        return self.loaded[name]
+
+
+def policy_samples(policies: Policies, folder: Path, policy: str, prompts: list[Any], k: int, max_new_tokens: int,
+                   seed: int = 0) -> list[list[str]]:
+    """k samples per prompt from `policy` (temperature 0.7, as evaluate_policy), cached in `folder`."""
+    cache = folder / f"{policy}.json"
+    key = {"prompt_ids": [p.id for p in prompts], "k": k, "max_new_tokens": max_new_tokens, "seed": seed}
+    if cache.is_file():
+        saved = json.loads(cache.read_text(encoding="utf-8"))
+        if saved.get("key") == key:
+            return saved["samples"]
+    from rl.sampling import SamplingParams, sample_completions
+
+    model, tok = policies.get(policy)
+    params = SamplingParams(k=k, max_new_tokens=max_new_tokens, temperature=0.7, seed=seed)
+    samples = [[c.text for c in cs] for cs in sample_completions(model, tok, [p.messages for p in prompts], params,
+                                                                 policies.choice.device)]
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": key, "samples": samples}), encoding="utf-8")
+    tmp.replace(cache)  # a kill never leaves half a cache
+    return samples
+
+
+def oracle_scores(oracle: Any, prompts: list[Any], samples: list[list[str]]) -> list[list[float]]:
+    flat = oracle.score([p.messages for p, ss in zip(prompts, samples, strict=True) for _ in ss],
+                        [s for ss in samples for s in ss])
+    out, i = [], 0
+    for ss in samples:
+        out.append(flat[i:i + len(ss)])
+        i += len(ss)
+    return out
+
+
+def win_rate(new: list[list[float]], old: list[list[float]]) -> dict[str, float]:
+    """NEW's win rate over OLD, sample by sample (ties one half), with its Wilson 95% interval."""
+    from rl.evaluate import wilson
+
+    pairs = [(a, b) for xs, ys in zip(new, old, strict=True) for a, b in zip(xs, ys, strict=True)]
+    wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs)
+    low, high = wilson(wins, len(pairs))
+    return {"win_rate": wins / len(pairs) if pairs else 0.5, "low": low, "high": high, "n": len(pairs)}
+
+
+def ks_statistic(a: list[float], b: list[float]) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the empirical CDFs of a and b."""
+    if not a or not b:
+        return 0.0
+    xs, ys = sorted(a), sorted(b)
+    i = j = 0
+    gap = 0.0
+    while i < len(xs) and j < len(ys):
+        value = min(xs[i], ys[j])
+        while i < len(xs) and xs[i] == value:
+            i += 1
+        while j < len(ys) and ys[j] == value:
+            j += 1
+        gap = max(gap, abs(i / len(xs) - j / len(ys)))
+    return gap
+
+
+def shift(train: list[float], new: list[float]) -> dict[str, float]:
+    """Standardised mean shift, KS statistic and share of `new` outside the range of `train`."""
+    if not train or not new:
+        return {"mean_train": None, "mean_new": None, "shift_sd": None, "ks": None, "outside": None}
+    sd = statistics.pstdev(train) or 1.0
+    low, high = min(train), max(train)
+    return {"mean_train": statistics.fmean(train), "mean_new": statistics.fmean(new),
+            "shift_sd": (statistics.fmean(new) - statistics.fmean(train)) / sd, "ks": ks_statistic(train, new),
+            "outside": sum(not low <= x <= high for x in new) / len(new)}
+
+
+def rm_scores(scorer: Any, prompts: list[Any], samples: list[list[str]]) -> list[list[float]]:
+    """The reward model's score of every sample, shaped like `samples`."""
+    flat = scorer.score([p.messages for p, ss in zip(prompts, samples, strict=True) for _ in ss],
+                        [s for ss in samples for s in ss])
+    out, i = [], 0
+    for ss in samples:
+        out.append(flat[i:i + len(ss)])
+        i += len(ss)
+    return out
+
+
+def kl(policies: Policies, new: str, old: str, prompts: list[Any], samples: list[list[str]]) -> float:
+    """Mean over NEW's samples of log p_new - log p_old summed over the response (rl.evaluate.sequence_kl)."""
+    import statistics
+
+    from rl.evaluate import sequence_kl
+
+    if new == old:
+        return 0.0
+    (new_model, tok), (old_model, _) = policies.get(new), policies.get(old)
+    convs = [p.messages for p, ss in zip(prompts, samples, strict=True) for _ in ss]
+    values = sequence_kl(new_model, old_model, tok, convs, [s for ss in samples for s in ss], policies.choice.device)
+    return statistics.fmean(values) if values else 0.0
+
+
+def drift(ws: Any, scorer: Any, rounds: list[int], new_scores: list[list[float]], new_samples: list[list[str]],
+          max_train: int = 256) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """(metrics, distributions) of the new samples against the responses of the reward model's training rounds."""
+    from store.simulated import round_responses
+
+    train = [r for rnd in rounds for r in round_responses(ws.db, rnd)]
+    step = max(1, len(train) // max_train)
+    train = train[::step][:max_train]
+    train_scores = scorer.score([r["messages"] for r in train], [r["text"] for r in train]) if train else []
+    flat_scores = [x for xs in new_scores for x in xs]
+    train_len = [float(len(r["text"].split())) for r in train]
+    new_len = [float(len(t.split())) for ss in new_samples for t in ss]
+    metrics = {"train_responses": len(train), "new_responses": len(new_len),
+               "score": shift(train_scores, flat_scores), "length": shift(train_len, new_len)}
+    return metrics, {"train_scores": train_scores, "new_scores": flat_scores, "train_lengths": train_len,
+                     "new_lengths": new_len}
+
+
+def mean_words(samples: list[list[str]]) -> float:
+    flat = [len(s.split()) for ss in samples for s in ss]
+    return statistics.fmean(flat) if flat else 0.0

@@ -1,0 +1,78 @@
+"""What simulated reviewers (`rankloop simulate`, `rankloop loop --simulate`) need from the store: their accounts,
+how far a round has come, and what a round's comparisons hold (for oracle metrics).
+
+Simulated reviewers are rows of kind 'simulated': active (so the queue serves them), without a password (they can
+never log in: login only accepts kind 'human'). Their judgments go through the same queue functions as the app's
+(`store.queue.next_item`, `submit_and_next`) with source 'simulated'.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from store.db import read, write
+from store.judgments import counted
+from store.status import COMPLETION_SQL
+
+
+def simulated_reviewers(db: str | Path, names: list[str]) -> dict[str, int]:
+    """Ids of the named simulated reviewers, creating the missing ones; a name held by a human or imported
+    reviewer is refused (a simulation never writes under a person's name)."""
+
+    def work(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+        rows = con.execute("SELECT name, id, kind FROM reviewers WHERE name IN (SELECT unnest(?))",
+                           [list(names)]).fetchall()
+        taken = sorted(name for name, _, kind in rows if kind != "simulated")
+        if taken:
+            raise ValueError(f"reviewers {taken}: taken by accounts that are not simulated; choose another prefix")
+        found = {name: int(rid) for name, rid, _ in rows}
+        for name in names:
+            if name not in found:
+                (rid,) = con.execute("SELECT nextval('reviewers_id')").fetchone()
+                con.execute("INSERT INTO reviewers (id, name, role, kind, active) VALUES (?, ?, 'reviewer', "
+                            "'simulated', true)", [rid, name])
+                found[name] = int(rid)
+        con.execute("UPDATE reviewers SET active = true WHERE kind = 'simulated' AND name IN (SELECT unnest(?))",
+                    [list(names)])
+        return found
+
+    return write(db, work)
+
+
+def round_progress(db: str | Path, round: int | None = None) -> dict[str, int]:
+    """Comparisons of `round` (all when None): how many, how many complete, judgments needed and given."""
+
+    def work(con: duckdb.DuckDBPyConnection) -> tuple:
+        return con.execute(
+            f"SELECT count(*), count(*) FILTER (WHERE done >= required_reviewers), "
+            f"coalesce(sum(required_reviewers), 0), coalesce(sum(least(done, required_reviewers)), 0) "
+            f"FROM ({COMPLETION_SQL}) s WHERE (? IS NULL OR round = ?)", [round, round]).fetchone()
+
+    comparisons, complete, needed, given = read(db, work)
+    return {"comparisons": int(comparisons), "complete": int(complete), "judgments_needed": int(needed),
+            "judgments_given": int(given)}
+
+
+def round_judgments(db: str | Path, round: int) -> list[dict[str, Any]]:
+    """Counted judgments of one round with their reviewer, ranking and source (for the loop's checks)."""
+    rows = read(db, lambda con: con.execute(
+        "SELECT j.id, j.comparison_id, r.name, r.kind, j.ranking, j.source FROM judgments j "
+        "JOIN reviewers r ON r.id = j.reviewer_id JOIN comparisons c ON c.id = j.comparison_id "
+        f"WHERE {counted('j')} AND c.round = ? ORDER BY j.id", [round]).fetchall())
+    return [{"id": int(i), "comparison_id": int(c), "reviewer": n, "kind": k,
+             "ranking": json.loads(rk) if rk else None, "source": s} for i, c, n, k, rk, s in rows]
+
+
+def round_responses(db: str | Path, round: int) -> list[dict[str, Any]]:
+    """Every response queued in `round`'s comparisons, with its prompt (messages) and writer: the samples a
+    round showed the reviewers."""
+    rows = read(db, lambda con: con.execute(
+        "SELECT r.id, c.id, p.messages, r.text, r.model_name FROM comparisons c "
+        "JOIN prompts p ON p.id = c.prompt_id JOIN responses r ON list_contains(c.response_ids, r.id) "
+        "WHERE c.round = ? ORDER BY r.id", [round]).fetchall())
+    return [{"response_id": int(r), "comparison_id": int(c), "messages": json.loads(m), "text": t, "model": n}
+            for r, c, m, t, n in rows]
