@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.policy_helpers import register_policy
 
@@ -22,12 +21,7 @@ TRAINERS = {"reward": {"base": "tiny", "report_to": [], "eval_fraction": 0.3, "p
                     "save_steps": 1, "eval_steps": 2}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def loop_workspace(workspace, tiny_lm, train: int = 16, held_out: int = 2):
