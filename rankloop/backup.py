@@ -9,7 +9,6 @@ knows, every block reads back, the sha256 matches) and swaps it in with renames,
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,16 +24,9 @@ from rankloop.config import load_config
 from rankloop.workspace import CONFIG_NAME, DB_NAME, Workspace, _migrated, open_workspace
 from store.backup import check_database, copy_database
 from store.db import WorkspaceBusy, connection, is_encrypted
+from store.export import file_sha256
 
 MANIFEST_NAME = "backup.json"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fsync_tree(root: Path) -> None:
@@ -71,7 +63,7 @@ def backup_workspace(ws: Workspace, dest: str | Path, with_runs: bool = False, a
         manifest = {
             "created_at": started, "workspace": str(ws.root), "rankloop_version": __version__,
             "schema_version": check_database(tmp / DB_NAME)["schema_version"], "encrypted": is_encrypted(ws.db),
-            "with_runs": with_runs, "tables": counts, "database_sha256": _sha256(tmp / DB_NAME),
+            "with_runs": with_runs, "tables": counts, "database_sha256": file_sha256(tmp / DB_NAME),
         }
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         _fsync_tree(tmp)
@@ -96,7 +88,7 @@ def check_backup(src: str | Path) -> dict[str, Any]:
             want = json.loads(manifest_file.read_text(encoding="utf-8"))["database_sha256"]
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{manifest_file}: not a valid backup manifest ({e})") from e
-        if _sha256(src / DB_NAME) != want:
+        if file_sha256(src / DB_NAME) != want:
             raise ValueError(f"{src / DB_NAME}: its sha256 differs from {MANIFEST_NAME}: the copy was changed or "
                              "damaged")
     return check_database(src / DB_NAME)

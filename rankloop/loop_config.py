@@ -80,7 +80,8 @@ class LoopConfig:
 
 def loop_config(raw: dict[str, Any], base: LoopConfig | None = None, where: str = "") -> LoopConfig:
     """`base` (default: the defaults) updated with `raw`; `reward.X` / `dpo.X` / `ppo.X` keys go to those tables."""
-    from rl.config import _coerce
+    from reward.config import coerce_field
+    from rl.config import PolicyConfigError
 
     values = asdict(base or LoopConfig())
     known = {f.name for f in fields(LoopConfig)}
@@ -93,7 +94,7 @@ def loop_config(raw: dict[str, Any], base: LoopConfig | None = None, where: str 
         elif key in ("reward", "dpo", "ppo"):
             values[key] = {**values[key], **value} if isinstance(value, dict) else value
         else:
-            values[key] = _coerce(LoopConfig, key, value, where)
+            values[key] = coerce_field(LoopConfig, key, value, where, PolicyConfigError)
     try:
         return LoopConfig(**values)
     except ValueError as e:

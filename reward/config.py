@@ -11,9 +11,10 @@ import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 DEFAULT_BACKBONE = "all-minilm-l6-v2"
+T = TypeVar("T")
 
 
 class RewardConfigError(ValueError):
@@ -118,28 +119,8 @@ class RewardTrainingConfig:
 
 
 
-def _field_type(name: str) -> Any:
-    return typing.get_type_hints(RewardTrainingConfig)[name]
-
-
-def _coerce(name: str, value: Any, where: str) -> Any:
-    """Check one raw TOML/CLI value against the field's annotation; ints are accepted for floats."""
-    hint = _field_type(name)
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    if value is None and type(None) in options:  # a stored config (TOML itself has no null)
-        return None
-    for want in options:
-        if want is type(None):
-            continue
-        origin = typing.get_origin(want)
-        if origin is list:
-            (item,) = typing.get_args(want)
-            if isinstance(value, list) and all(_is(v, item) for v in value):
-                return [float(v) if item is float else v for v in value]
-        elif _is(value, want):
-            return float(value) if want is float else value
-    names = " or ".join(_type_name(t) for t in options if t is not type(None))
-    raise RewardConfigError(f"{where}{name}: expected {names}, got {type(value).__name__} {value!r}")
+# Typed TOML sections, shared by every training config ([reward] here; [sft], [dpo], [ppo] in rl.config): each
+# takes the dataclass and the error class its messages are raised as.
 
 
 def _is(value: Any, want: type) -> bool:
@@ -153,50 +134,82 @@ def _is(value: Any, want: type) -> bool:
 def _type_name(t: Any) -> str:
     if typing.get_origin(t) is list:
         return f"a list of {typing.get_args(t)[0].__name__}"
-    return t.__name__
+    return getattr(t, "__name__", str(t))
 
 
-def config_from_dict(raw: dict[str, Any], base: RewardTrainingConfig | None = None,
-                     where: str = "") -> RewardTrainingConfig:
-    """A config from `base` (default: the defaults) updated with `raw`; unknown or ill-typed fields are errors.
+def coerce_field(cls: type, name: str, value: Any, where: str, error: type[Exception]) -> Any:
+    """Check one raw TOML/CLI value against the field's annotation; ints are accepted for floats."""
+    hint = typing.get_type_hints(cls)[name]
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in options:  # a stored config (TOML itself has no null)
+        return None
+    for want in options:
+        if want is type(None):
+            continue
+        if typing.get_origin(want) is list:
+            (item,) = typing.get_args(want)
+            if isinstance(value, list) and all(_is(v, item) for v in value):
+                return [float(v) if item is float else v for v in value]
+        elif _is(value, want):
+            return float(value) if want is float else value
+    names = " or ".join(_type_name(t) for t in options if t is not type(None))
+    raise error(f"{where}{name}: expected {names}, got {type(value).__name__} {value!r}")
+
+
+def dataclass_from_dict(cls: type[T], raw: dict[str, Any], base: T | None, where: str, error: type[Exception]) -> T:
+    """`cls` from `base` (default: the defaults) updated with `raw`; unknown or ill-typed fields are errors.
 
     `where` prefixes messages, e.g. "rankloop.toml: [reward] ".
     """
-    known = {f.name for f in fields(RewardTrainingConfig)}
-    values = (base or RewardTrainingConfig()).to_dict()
+    known = {f.name for f in fields(cls)}
+    values = asdict(base if base is not None else cls())
     for key, value in raw.items():
         if key not in known:
-            raise RewardConfigError(f"{where}{key}: unknown field (known: {', '.join(sorted(known))})")
-        values[key] = _coerce(key, value, where)
+            raise error(f"{where}{key}: unknown field (known: {', '.join(sorted(known))})")
+        values[key] = coerce_field(cls, key, value, where, error)
     try:
-        return RewardTrainingConfig(**values)
-    except RewardConfigError as e:
-        raise RewardConfigError(f"{where}{e}") from e
+        return cls(**values)
+    except error as e:
+        raise error(f"{where}{e}") from e
 
 
-def load_reward_config(workspace_extra: dict[str, Any], config_path: Path, config_file: str | Path | None = None,
-                       overrides: dict[str, Any] | None = None) -> RewardTrainingConfig:
-    """Defaults, then the workspace's `[reward]` section, then `--config FILE`'s `[reward]`, then CLI overrides."""
+def load_toml_section(cls: type[T], section: str, workspace_extra: dict[str, Any], config_path: Path,
+                      config_file: str | Path | None, overrides: dict[str, Any] | None,
+                      error: type[Exception]) -> T:
+    """Defaults, then the workspace's `[section]`, then `--config FILE`'s `[section]`, then CLI overrides."""
     import tomllib
 
-    cfg = _section(workspace_extra, config_path, None)
+    def from_doc(doc: dict[str, Any], path: Path, base: T | None) -> T:
+        raw = doc.get(section, {})
+        if not isinstance(raw, dict):
+            raise error(f"{path}: [{section}] must be a table")
+        return dataclass_from_dict(cls, raw, base, f"{path}: [{section}] ", error)
+
+    cfg = from_doc(workspace_extra, config_path, None)
     if config_file is not None:
         path = Path(config_file)
         try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+            doc = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError as e:
-            raise RewardConfigError(f"{path}: not found") from e
+            raise error(f"{path}: not found") from e
         except tomllib.TOMLDecodeError as e:
-            raise RewardConfigError(f"{path}: not valid TOML: {e}") from e
-        cfg = _section(raw, path, cfg)
-    return config_from_dict(overrides or {}, cfg, where="command line: ") if overrides else cfg
+            raise error(f"{path}: not valid TOML: {e}") from e
+        cfg = from_doc(doc, path, cfg)
+    return dataclass_from_dict(cls, overrides, cfg, "command line: ", error) if overrides else cfg
 
 
-def _section(doc: dict[str, Any], path: Path, base: RewardTrainingConfig | None) -> RewardTrainingConfig:
-    raw = doc.get("reward", {})
-    if not isinstance(raw, dict):
-        raise RewardConfigError(f"{path}: [reward] must be a table")
-    return config_from_dict(raw, base, where=f"{path}: [reward] ")
+def render_toml_section(cfg: Any, section: str) -> str:
+    """A `[section]` TOML block of `cfg` with each field's help as a comment (None fields commented out)."""
+    import json
+
+    lines = [f"[{section}]"]
+    for f in fields(cfg):
+        lines.append(f"# {f.metadata['help']}")
+        value = getattr(cfg, f.name)
+        text = "(chosen per device)" if value is None else str(value).lower() if isinstance(value, bool) \
+            else json.dumps(value)
+        lines.append(f"{'# ' if value is None else ''}{f.name} = {text}")
+    return "\n".join(lines) + "\n"
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
@@ -212,18 +225,22 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         return key, value
 
 
+# The [reward] section.
+
+
+def config_from_dict(raw: dict[str, Any], base: RewardTrainingConfig | None = None,
+                     where: str = "") -> RewardTrainingConfig:
+    """A reward config from `base` (default: the defaults) updated with `raw`."""
+    return dataclass_from_dict(RewardTrainingConfig, raw, base, where, RewardConfigError)
+
+
+def load_reward_config(workspace_extra: dict[str, Any], config_path: Path, config_file: str | Path | None = None,
+                       overrides: dict[str, Any] | None = None) -> RewardTrainingConfig:
+    """Defaults, then the workspace's `[reward]` section, then `--config FILE`'s `[reward]`, then CLI overrides."""
+    return load_toml_section(RewardTrainingConfig, "reward", workspace_extra, config_path, config_file, overrides,
+                             RewardConfigError)
+
+
 def render_reward_section(cfg: RewardTrainingConfig | None = None) -> str:
     """The `[reward]` TOML section with each field's help as a comment (None fields commented out)."""
-    cfg = cfg or RewardTrainingConfig()
-    lines = ["[reward]"]
-    for f in fields(cfg):
-        lines.append(f"# {f.metadata['help']}")
-        value = getattr(cfg, f.name)
-        if value is None:
-            lines.append(f"# {f.name} = (chosen per device)")
-        else:
-            import json
-
-            text = json.dumps(value) if not isinstance(value, bool) else str(value).lower()
-            lines.append(f"{f.name} = {text}")
-    return "\n".join(lines) + "\n"
+    return render_toml_section(cfg or RewardTrainingConfig(), "reward")

@@ -98,7 +98,8 @@ def _share(state: Any, value: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _tensorboard_dir(folder: Path):
+def tensorboard_dir(folder: Path):
+    """TRL/transformers read the TensorBoard folder from this variable when the trainer is built."""
     old = os.environ.get("TENSORBOARD_LOGGING_DIR")
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(folder)
     try:
@@ -229,7 +230,7 @@ def _train(ws: Any, config: RewardTrainingConfig, prepared: dict[str, Any], stat
     extra = [clock, finite_loss_callback(), *(callbacks or [])]
     if eval_set is not None and config.early_stopping_patience > 0:
         extra.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
-    with _tensorboard_dir(run_dir / "tensorboard"):  # read when the trainer builds its TensorBoard callback
+    with tensorboard_dir(run_dir / "tensorboard"):  # read when the trainer builds its TensorBoard callback
         trainer = _RewardTrainer.get()(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                                        processing_class=tokenizer, peft_config=peft_config, callbacks=extra)
     total, trainable = count_parameters(trainer.model)

@@ -7,13 +7,11 @@ The loader is generic (`load_section(cls, "dpo", ...)`) so that the PPO config (
 
 from __future__ import annotations
 
-import json
-import tomllib
-import types
-import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+from reward.config import dataclass_from_dict, load_toml_section, render_toml_section
 
 DEFAULT_POLICY = "smollm2-135m-instruct"
 DPO_LOSSES = ("sigmoid", "ipo", "robust", "hinge", "sigmoid_norm", "exo_pair", "nca_pair", "bco_pair", "sppo_hard",
@@ -169,76 +167,17 @@ class SFTTrainingConfig(PolicyTrainingConfig):
         return self.learning_rate if self.learning_rate is not None else (1e-4 if self.lora else 2e-5)
 
 
-def _is(value: Any, want: type) -> bool:
-    if isinstance(value, bool):
-        return want is bool
-    if want is float:
-        return isinstance(value, int | float)
-    return isinstance(value, want)
-
-
-def _coerce(cls: type, name: str, value: Any, where: str) -> Any:
-    hint = typing.get_type_hints(cls)[name]
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    if value is None and type(None) in options:
-        return None
-    for want in options:
-        if want is type(None):
-            continue
-        if typing.get_origin(want) is list:
-            (item,) = typing.get_args(want)
-            if isinstance(value, list) and all(_is(v, item) for v in value):
-                return [float(v) if item is float else v for v in value]
-        elif _is(value, want):
-            return float(value) if want is float else value
-    names = " or ".join(getattr(t, "__name__", str(t)) for t in options if t is not type(None))
-    raise PolicyConfigError(f"{where}{name}: expected {names}, got {type(value).__name__} {value!r}")
-
-
 def config_from_dict(cls: type[T], raw: dict[str, Any], base: T | None = None, where: str = "") -> T:
     """`cls` from `base` (default: the defaults) updated with `raw`; unknown or ill-typed fields are errors."""
-    known = {f.name for f in fields(cls)}
-    values = asdict(base if base is not None else cls())
-    for key, value in raw.items():
-        if key not in known:
-            raise PolicyConfigError(f"{where}{key}: unknown field (known: {', '.join(sorted(known))})")
-        values[key] = _coerce(cls, key, value, where)
-    try:
-        return cls(**values)
-    except PolicyConfigError as e:
-        raise PolicyConfigError(f"{where}{e}") from e
+    return dataclass_from_dict(cls, raw, base, where, PolicyConfigError)
 
 
 def load_section(cls: type[T], section: str, workspace_extra: dict[str, Any], config_path: Path,
                  config_file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> T:
     """Defaults, then the workspace's `[section]`, then `--config FILE`'s `[section]`, then CLI overrides."""
-
-    def from_doc(doc: dict[str, Any], path: Path, base: T | None) -> T:
-        raw = doc.get(section, {})
-        if not isinstance(raw, dict):
-            raise PolicyConfigError(f"{path}: [{section}] must be a table")
-        return config_from_dict(cls, raw, base, where=f"{path}: [{section}] ")
-
-    cfg = from_doc(workspace_extra, config_path, None)
-    if config_file is not None:
-        path = Path(config_file)
-        try:
-            doc = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as e:
-            raise PolicyConfigError(f"{path}: not found") from e
-        except tomllib.TOMLDecodeError as e:
-            raise PolicyConfigError(f"{path}: not valid TOML: {e}") from e
-        cfg = from_doc(doc, path, cfg)
-    return config_from_dict(cls, overrides, cfg, where="command line: ") if overrides else cfg
+    return load_toml_section(cls, section, workspace_extra, config_path, config_file, overrides, PolicyConfigError)
 
 
 def render_section(cls: type, section: str) -> str:
     """A `[section]` TOML block with each field's help as a comment (None fields commented out)."""
-    cfg, lines = cls(), [f"[{section}]"]
-    for f in fields(cls):
-        lines.append(f"# {f.metadata['help']}")
-        value = getattr(cfg, f.name)
-        text = "(chosen per device)" if value is None else str(value).lower() if isinstance(value, bool) \
-            else json.dumps(value)
-        lines.append(f"{'# ' if value is None else ''}{f.name} = {text}")
-    return "\n".join(lines) + "\n"
+    return render_toml_section(cls(), section)

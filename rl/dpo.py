@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from reward.checks import finite_loss_callback
+from reward.train import tensorboard_dir
 from rl.config import DPOTrainingConfig
 from rl.training import (
     StartPolicy,
@@ -34,7 +35,6 @@ from rl.training import (
     resolve_policy,
     save_policy,
     start_policy_run,
-    tensorboard_dir,
     trainer_kwargs,
 )
 

@@ -105,9 +105,8 @@ def evaluate_policy(ws: Any, new: str, against: str, *, reward: str = "", max_pr
     """Win rate of `new` over `against` by the reward model on held-out prompts (split 'eval', else all)."""
     from reward.score import RewardScorer
     from rl.device import pick_device
-    from rl.ppo_run import newest_reward_model
     from rl.sampling import SamplingParams, load_policy, policy_location, sample_completions
-    from store.models import get_model
+    from store.models import get_model, newest_model
     from store.prompts import list_prompts
     from store.runs import finish_run, start_run, update_run
 
@@ -115,7 +114,7 @@ def evaluate_policy(ws: Any, new: str, against: str, *, reward: str = "", max_pr
     for row in (new_row, old_row):
         if row.kind != "policy":
             raise ValueError(f"model {row.name!r} is a {row.kind} model; eval policy compares two policies")
-    reward_row = newest_reward_model(ws.db, reward)
+    reward_row = newest_model(ws.db, "reward", reward)
     ref_row = reference_policy(ws.db, new_row, reference)
     if ref_row.kind == "reward":
         raise ValueError(f"reference {ref_row.name!r} is a reward model; name a policy")

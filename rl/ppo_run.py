@@ -24,19 +24,9 @@ from rl.training import (
     save_policy,
     start_policy_run,
 )
+from store.models import newest_model
 
 RUN_KIND = "ppo"
-
-
-def newest_reward_model(db: str | Path, name: str = "") -> Any:
-    from store.models import get_model, list_models
-
-    if name:
-        return get_model(db, name)
-    rows = list_models(db, kind="reward")
-    if not rows:
-        raise ValueError("no reward model in this workspace yet: train one with `rankloop train reward`")
-    return rows[-1]
 
 
 def resume_ppo_config(ws: Any, run: int | str, overrides: dict[str, Any] | None = None) -> tuple[int, Any]:
@@ -68,7 +58,7 @@ def train_ppo(ws: Any, config: PPOTrainingConfig, *, reward_fn: RewardFn | None 
     rows = list_prompts(ws.db, config.splits, config.max_prompts)
     if not rows:
         raise ValueError(f"no prompts of splits {config.splits or 'any'} in this workspace: import prompts first")
-    reward_row = newest_reward_model(ws.db, config.reward) if reward_fn is None else None
+    reward_row = newest_model(ws.db, "reward", config.reward) if reward_fn is None else None
     snapshot = {"source": "workspace", "prompts": len(rows), "splits": config.splits,
                 "prompt_ids_sha256": hashlib.sha256(json.dumps([r.id for r in rows]).encode()).hexdigest(),
                 "max_prompt_id": max(r.id for r in rows),

@@ -90,9 +90,10 @@ def train_rloo_grpo(config: PPOTrainingConfig, model: Any, tokenizer: Any, score
     """Train with TRL's RLOOTrainer or GRPOTrainer: (the trained model (peft or full), metrics, logged rows)."""
     from trl import GRPOTrainer, RLOOTrainer
 
+    from reward.train import tensorboard_dir
     from rl.dpo import _History
     from rl.sampling import eos_ids
-    from rl.training import last_checkpoint, lora_config, tensorboard_dir
+    from rl.training import last_checkpoint, lora_config
 
     dataset, too_long = prompts_dataset(tokenizer, prompts, config)
     reward = RewardModelReward(score_fn, config.missing_eos_penalty, eos_ids(model, tokenizer))

@@ -23,17 +23,6 @@ class RoundResult:
     lineage: dict[str, Any]
 
 
-def newest_policy(db: Any, name: str | None = None) -> Any:
-    from store.models import get_model, list_models
-
-    if name:
-        return get_model(db, name)
-    rows = list_models(db, kind="policy")
-    if not rows:
-        raise ValueError("no policy in this workspace: run `rankloop models prepare` or train one")
-    return rows[-1]
-
-
 def lineage_of(db: Any, policy: Any) -> dict[str, Any]:
     """What made `policy`: its parent, training run (kind, data snapshot) and, for PPO, the reward model."""
     from store.runs import get_run
@@ -53,11 +42,11 @@ def next_round(ws: Any, *, policy: str | None = None, k: int = 4, n_prompts: int
                max_new_tokens: int = 128, temperature: float = 0.8, seed: int = 0, split: str | None = None,
                required_reviewers: int = 1, device: str | None = None) -> RoundResult:
     from rl.sampling import SamplingParams, generate_candidates
-    from store.models import ModelRow
+    from store.models import ModelRow, newest_model
     from store.prompts import newest_round
     from store.runs import finish_run, start_run, update_run
 
-    row: ModelRow = newest_policy(ws.db, policy)
+    row: ModelRow = newest_model(ws.db, "policy", policy)
     previous = None
     if mix_previous:
         if row.parent_id is None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from reward.checks import finite_loss_callback
+from reward.train import tensorboard_dir
 from rl.config import SFTTrainingConfig
 from rl.dpo import PolicyTrainingResult, prompt_messages
 from rl.training import (
@@ -30,7 +31,6 @@ from rl.training import (
     resolve_policy,
     save_policy,
     start_policy_run,
-    tensorboard_dir,
     trainer_kwargs,
 )
 

@@ -7,8 +7,6 @@ evaluation and the next round's training load it like any other policy; the adap
 
 from __future__ import annotations
 
-import contextlib
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -150,19 +148,6 @@ def trainer_kwargs(config: Any, run_dir: Path, dev: Any, has_eval: bool, progres
         logging_steps=config.logging_steps, report_to=list(config.report_to) or "none",
         disable_tqdm=not progress, dataloader_num_workers=0, max_length=config.max_length,
     )
-
-
-@contextlib.contextmanager
-def tensorboard_dir(folder: Path):
-    old = os.environ.get("TENSORBOARD_LOGGING_DIR")
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(folder)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
-        else:
-            os.environ["TENSORBOARD_LOGGING_DIR"] = old
 
 
 def resume_config(ws: Any, kind: str, cls: type, run: int | str,

@@ -142,7 +142,8 @@ def _write_data(rows: list[dict[str, Any]], path: Path, suffix: str) -> None:
         pq.write_table(pa.Table.from_pylist(rows) if rows else pa.table({}), path)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -222,7 +223,7 @@ def export(db: str | Path, kind: str, out: str | Path, *, filters: PairFilter | 
     manifest_tmp = _temp_beside(out, ".manifest.json")
     try:
         _write_data(rows, data_tmp, out.suffix)
-        manifest["sha256"] = _sha256(data_tmp)
+        manifest["sha256"] = file_sha256(data_tmp)
         manifest["created_at"] = datetime.now(UTC).isoformat(timespec="seconds")
         manifest_tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         os.replace(data_tmp, out)

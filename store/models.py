@@ -68,6 +68,22 @@ def get_model(db: str | Path, name: str) -> ModelRow:
     return _row(rows[0])
 
 
+_NONE_YET = {
+    "reward": "no reward model in this workspace yet: train one with `rankloop train reward`",
+    "policy": "no policy in this workspace: run `rankloop models prepare` or train one",
+}
+
+
+def newest_model(db: str | Path, kind: str, name: str | None = None) -> ModelRow:
+    """The model called `name`, or else the newest model of `kind` (an error saying how to make one if none)."""
+    if name:
+        return get_model(db, name)
+    rows = list_models(db, kind=kind)
+    if not rows:
+        raise ValueError(_NONE_YET.get(kind, f"no {kind} model in this workspace yet"))
+    return rows[-1]
+
+
 def list_models(db: str | Path, kind: str | None = None) -> list[ModelRow]:
     def work(con):
         if kind is None:

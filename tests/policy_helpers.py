@@ -30,3 +30,21 @@ def register_reward(db, folder: Path, name: str = "rm") -> int:
 
 def register_policy(db, folder: Path, name: str, parent_id: int | None = None) -> int:
     return add_model(db, name, "policy", base=str(folder), path=str(folder), parent_id=parent_id)
+
+
+def count_e(prompts, responses):
+    """Toy reward: how often 'e' appears in the response (a quarter point each)."""
+    return [r.count("e") / 4 for r in responses]
+
+
+class Interrupt:
+    """A toy reward that raises KeyboardInterrupt on its `at`-th call (one call per iteration): Ctrl-C mid-run."""
+
+    def __init__(self, at: int) -> None:
+        self.calls, self.at = 0, at
+
+    def __call__(self, prompts, responses):
+        self.calls += 1
+        if self.calls == self.at:
+            raise KeyboardInterrupt
+        return count_e(prompts, responses)

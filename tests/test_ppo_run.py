@@ -9,26 +9,11 @@ import pytest
 
 from rl.ppo_config import PPOTrainingConfig
 from rl.ppo_run import train_ppo
+from tests.policy_helpers import Interrupt, count_e
 from tests.reward_data import register_tiny, seed_pairs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def count_e(prompts, responses):
-    return [r.count("e") / 4 for r in responses]
-
-
-class Interrupt:
-    """A toy reward that raises KeyboardInterrupt on its `at`-th call (a user pressing Ctrl-C mid-run)."""
-
-    def __init__(self, at: int) -> None:
-        self.calls, self.at = 0, at
-
-    def __call__(self, prompts, responses):
-        self.calls += 1
-        if self.calls == self.at:
-            raise KeyboardInterrupt
-        return count_e(prompts, responses)
 
 
 def config(**kw) -> PPOTrainingConfig:

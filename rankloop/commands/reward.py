@@ -27,14 +27,9 @@ def eval_group() -> None:
 
 
 def _newest_reward_model(ws: Workspace, name: str | None) -> str:
-    from store.models import list_models
+    from store.models import newest_model
 
-    if name:
-        return name
-    rows = list_models(ws.db, kind="reward")
-    if not rows:
-        raise ValueError("no reward model in this workspace yet: train one with `rankloop train reward`")
-    return rows[-1].name
+    return newest_model(ws.db, "reward", name).name
 
 
 def _prepare_base(ws: Workspace, base: str) -> None:
