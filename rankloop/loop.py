@@ -18,6 +18,7 @@ evaluation the report (report.md + PNG charts) is rewritten in runs/loop-<L>/, t
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -233,7 +234,7 @@ class _Loop:
                 overrides["max_steps"] = self.config.max_steps
             cfg = load_reward_config(self.ws.config.extra, self.ws.root / "rankloop.toml", None, overrides)
             _prepare_base(self.ws, cfg.base)
-            train_reward_model(self.ws, cfg, progress=sys.stderr.isatty())
+            train_reward_model(self.ws, cfg, progress=_show_progress())
             existing = _model(self.ws, name)
         return {"model": name, "rounds": rounds, "run_id": existing.run_id,
                 "eval_accuracy": existing.metrics.get("eval_accuracy"),
@@ -264,11 +265,11 @@ class _Loop:
             if c.algo == "dpo":
                 from rl.dpo import train_dpo
 
-                train_dpo(self.ws, cfg, progress=sys.stderr.isatty())
+                train_dpo(self.ws, cfg, progress=_show_progress())
             else:
                 from rl.ppo_run import train_ppo
 
-                train_ppo(self.ws, cfg, progress=sys.stderr.isatty())
+                train_ppo(self.ws, cfg, progress=_show_progress())
             existing = _model(self.ws, name)
         return {"model": name, "parent": start, "algo": self.config.algo, "run_id": existing.run_id,
                 **{k: existing.metrics.get(k) for k in ("global_step", "train_loss", "eval_accuracy", "kl", "score")
@@ -329,6 +330,11 @@ class _Loop:
         state[(i, "evaluate")] = metrics
         write_loop_report(self.ws, self.run_id, extra={(i, "evaluate"): metrics})
         return metrics
+
+
+def _show_progress() -> bool:
+    """Trainers' progress bars on a terminal, and in a background job's log (the runner sets RANKLOOP_PROGRESS)."""
+    return sys.stderr.isatty() or os.environ.get("RANKLOOP_PROGRESS") == "1"
 
 
 def _mean(rows: list[list[float]]) -> float:

@@ -212,7 +212,33 @@ def m003_annotation_app(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [m001_initial_schema, m002_lookup_indexes_and_scores, m003_annotation_app]
+def m004_jobs(con: duckdb.DuckDBPyConnection) -> None:
+    """Background jobs launched from the admin pages: a CLI command run by a detached runner process."""
+    con.execute("CREATE SEQUENCE IF NOT EXISTS jobs_id START 1")
+    con.execute(
+        """
+        CREATE TABLE jobs (
+            id BIGINT PRIMARY KEY,
+            command VARCHAR NOT NULL,   -- what the admin picked, e.g. 'train reward'
+            argv JSON NOT NULL,         -- the `rankloop` arguments, as a list (never through a shell)
+            status VARCHAR NOT NULL CHECK (status IN ('queued', 'starting', 'running', 'succeeded', 'failed',
+                                                      'cancelled', 'lost')),
+            created_by VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+            started_at TIMESTAMP,
+            finished_at TIMESTAMP,
+            runner_pid INTEGER,         -- the detached runner (leader of its own process group)
+            child_pid INTEGER,          -- the `rankloop` command it runs
+            exit_code INTEGER,
+            cancel_requested_at TIMESTAMP,
+            cancel_requested_by VARCHAR,
+            log_path VARCHAR NOT NULL,
+            error VARCHAR
+        )"""
+    )
+
+
+MIGRATIONS: list[Migration] = [m001_initial_schema, m002_lookup_indexes_and_scores, m003_annotation_app, m004_jobs]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -1,25 +1,23 @@
 """Admin: fill the queue (import prompts, generate candidates) and steer it (reviewers per item, priority, gold).
 
-Generating candidates needs the policy model, so it runs as a separate `rankloop generate` process: this app
-never imports torch. Its output goes to a log file under runs/app-jobs/, shown here while it runs.
+Generating candidates needs the policy model, so it runs as a background job (rankloop.jobs: `rankloop generate`
+in its own process; this app never imports torch), shown here and on the Runs page.
 """
 
 from __future__ import annotations
 
 import importlib
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import streamlit as st
 
-from annotate.session import db_path, require_admin, workspace_dir
+from annotate.jobs_panel import launch_form, show_job
+from annotate.session import db_path, require_admin
 from store.agreement import list_gold, remove_gold, set_gold
 from store.audit import log_event
 from store.db import write
-from store.models import list_models
+from store.jobs import list_jobs
 from store.queue import set_priority, set_required_reviewers
 from store.settings import set_setting
 from store.status import queue_overview
@@ -28,12 +26,6 @@ db = db_path()
 admin = require_admin()
 ss = st.session_state
 st.title("Queue")
-
-
-@st.cache_resource(show_spinner=False)
-def _jobs(workspace: str) -> list[dict]:
-    """Background jobs this server started, per workspace (kept across reruns and sessions)."""
-    return []
 
 
 def _say(kind: str, text: str) -> None:
@@ -69,34 +61,13 @@ with imp:
                                                                    for k, v in counts.items()))
 
 with gen:
-    policies = [m.name for m in list_models(db, kind="policy")]
-    with st.form("generate", width=520):
-        st.selectbox("Policy", policies or ["(default policy from rankloop.toml)"], key="gen_policy")
-        st.number_input("Prompts", 1, 100000, 16, key="gen_prompts")
-        st.number_input("Candidates per prompt (k)", 2, 16, 4, key="gen_k")
-        st.number_input("Round", 0, 10000, max(rounds, default=0), key="gen_round")
-        start = st.form_submit_button("Start", type="primary")
-    if start:
-        ws = workspace_dir()
-        log_dir = ws / "runs" / "app-jobs"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        log = log_dir / f"generate-{time.strftime('%Y%m%d-%H%M%S')}.log"
-        cmd = [sys.executable, "-m", "rankloop", "generate", "--workspace", str(ws), "--prompts",
-               str(ss["gen_prompts"]), "--k", str(ss["gen_k"]), "--round", str(ss["gen_round"])]
-        if policies:
-            cmd += ["--policy", ss["gen_policy"]]
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
-        _jobs(str(ws)).append({"pid": proc.pid, "proc": proc, "log": str(log), "cmd": cmd[3:]})
-        write(db, lambda con: log_event(con, admin.name, "generate.start", {"pid": proc.pid, "args": cmd[3:]}))
-        st.success(f"Started `rankloop generate` (pid {proc.pid}); log: {log}")
-    for job in reversed(_jobs(str(workspace_dir()))):
-        code = job["proc"].poll()
-        state = "running" if code is None else ("finished" if code == 0 else f"failed (exit {code})")
-        with st.expander(f"pid {job['pid']}: {state}", expanded=code is None):
-            st.code(Path(job["log"]).read_text(errors="replace")[-4000:] or "(no output yet)", language=None)
-    st.button("Refresh", key="gen_refresh")
+    st.caption("Sampling needs the policy model, so it runs as a background job (this app never imports torch); "
+               "the Runs page lists every job with its log.")
+    job = launch_form("generate", admin.name, settings=False)
+    newest = next((j for j in list_jobs(db, limit=20) if j.command == "generate"), None)
+    if newest is not None:
+        show_job(newest, admin.name, lines=40, height=240)
+        st.button("Refresh", key="gen_refresh")
 
 with steer:
     scope = st.selectbox("Apply to", ["all rounds", *rounds], key="steer_round")

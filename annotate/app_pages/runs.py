@@ -32,7 +32,7 @@ def _reports(runs: list[RunRow]) -> dict[str, Path]:
 
 db = db_path()
 require_admin()
-st.title("Models and runs")
+st.title("Models and reports")
 models = list_models(db)
 st.subheader("Models")
 if not models:
@@ -50,7 +50,7 @@ else:
         metric = st.selectbox("Metric", metric_cols, key="model_metric")
         st.bar_chart(frame.dropna(subset=[metric]), x="name", y=metric, color="kind")
 
-st.subheader("Runs")
+st.subheader("Run history")
 runs = list_runs(db)
 if not runs:
     st.info("No runs yet.")
