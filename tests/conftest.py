@@ -14,10 +14,33 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 @pytest.fixture
 def workspace(tmp_path):
-    """A fresh workspace per test."""
+    """A fresh workspace per test; background jobs a test left running (it failed mid-way) are killed after it."""
     from rankloop.workspace import init_workspace
 
-    return init_workspace(tmp_path / "ws")
+    ws = init_workspace(tmp_path / "ws")
+    yield ws
+    _kill_jobs(ws.db)
+
+
+def _kill_jobs(db) -> None:
+    import os
+    import signal
+
+    from rankloop.jobs import command_alive, runner_alive
+    from store.jobs import list_jobs
+
+    try:
+        jobs = [j for j in list_jobs(db) if j.active]
+    except Exception:  # the test broke the database on purpose, or never migrated it
+        return
+    for job in jobs:
+        try:
+            if runner_alive(job):
+                os.killpg(job.runner_pid, signal.SIGKILL)  # the runner leads the group the command runs in
+            if command_alive(job):
+                os.kill(job.child_pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 @pytest.fixture(scope="session")

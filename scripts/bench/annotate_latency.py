@@ -8,12 +8,18 @@ timed straight through the store (no server) for comparison.
 
     .venv/bin/python scripts/bench/annotate_latency.py --reviewers 4 --items 15
     .venv/bin/python scripts/bench/annotate_latency.py --url http://127.0.0.1:8501/ --workspace WS  # a running server
+    .venv/bin/python scripts/bench/annotate_latency.py --reviewers 2 --items 10 --with-job
+
+`--with-job` measures three phases in one run: no background job (the baseline), then while a reward-training job
+launched as from the Runs page (MiniLM, full fine-tuning) fills the cores at nice 0, then at nice 10 (the
+default, RANKLOOP_JOB_NICE), and prints each phase's p50/p95 as a ratio to the baseline's.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import statistics
@@ -118,12 +124,33 @@ def store_only(db: Path, name: str, items: int) -> list[float]:
     return out
 
 
+@contextlib.contextmanager
+def background_job(ws, nice: int):
+    """A reward-training job (as the Runs page launches it) running at `nice` while the block runs."""
+    from rankloop.jobs import cancel, launch, read_log, refresh
+
+    os.environ["RANKLOOP_JOB_NICE"] = str(nice)
+    job = launch(ws.root, ws.db, "train reward", {"max-steps": 100_000, "max-pairs": 4000},
+                 "report_to=[]\neval_steps=100000", "bench")
+    deadline = time.monotonic() + 600
+    while (read_log(job.log_path).done or 0) < 2:  # wait until it trains (the snapshot and loading come first)
+        if time.monotonic() > deadline or not next(j for j in refresh(ws.db) if j.id == job.id).active:
+            raise RuntimeError("the background job did not start training:\n" + read_log(job.log_path).text)
+        time.sleep(1)
+    try:
+        yield job
+    finally:
+        cancel(ws.db, job.id, "bench")
+        while next(j for j in refresh(ws.db) if j.id == job.id).active:
+            time.sleep(0.5)
+
+
 def report(label: str, values: list[float]) -> None:
     ms = [v * 1000 for v in values]
     if not ms:
-        print(f"{label:<34} n=0")
+        print(f"{label:<60} n=0")
         return
-    print(f"{label:<34} n={len(ms):<4} p50 {percentile(ms, 50):7.1f} ms   p95 {percentile(ms, 95):7.1f} ms   "
+    print(f"{label:<60} n={len(ms):<4} p50 {percentile(ms, 50):7.1f} ms   p95 {percentile(ms, 95):7.1f} ms   "
           f"mean {statistics.mean(ms):7.1f} ms")
 
 
@@ -134,6 +161,7 @@ def main() -> None:
     ap.add_argument("--judgments", type=int, default=100_000, help="Judgments stored before the run.")
     ap.add_argument("--url", help="A running `rankloop serve` to use (needs --workspace, seeded by this script).")
     ap.add_argument("--workspace", type=Path, help="Workspace to seed (default: a temporary one).")
+    ap.add_argument("--with-job", action="store_true", help="Also measure while a training job runs (nice 0, 10).")
     args = ap.parse_args()
     if args.url and not args.workspace:
         ap.error("--url needs the --workspace that server serves")
@@ -141,24 +169,35 @@ def main() -> None:
     ws = init_workspace(args.workspace or tmp / "ws")
     names = [f"bench{i}" for i in range(args.reviewers)]
     t0 = time.perf_counter()
-    seed(ws.db, args.judgments, args.reviewers * args.items + args.items + 10)
+    phases = 3 if args.with_job else 1
+    seed(ws.db, args.judgments, phases * args.reviewers * args.items + args.items + 10)
     for n in [*names, "bench_store"]:
         add_user(ws.db, n, "reviewer", "bench password", actor="bench")
     print(f"seeded {args.judgments} judgments in {time.perf_counter() - t0:.1f}s ({ws.db}, "
           f"{ws.db.stat().st_size / 1e6:.0f} MB)")
     proc, url = (None, args.url) if args.url else start_server(ws.root)
+    results = {}
     try:
-        t0 = time.perf_counter()
-        latencies, failures = asyncio.run(run_browsers(url, names, args.items))
-        wall = time.perf_counter() - t0
+        for label, nice in [("no job (baseline)", None), *([("job at nice 0", 0), ("job at nice 10", 10)]
+                                                             if args.with_job else [])]:
+            with background_job(ws, nice) if nice is not None else contextlib.nullcontext():
+                t0 = time.perf_counter()
+                latencies, failures = asyncio.run(run_browsers(url, names, args.items))
+                wall = time.perf_counter() - t0
+            print(f"{label}: {args.reviewers} reviewers x {args.items} items in {wall:.1f}s wall (logins included), "
+                  f"{os.cpu_count()} CPUs")
+            for f in failures:
+                print("FAILED", f)
+            report(f"browser: Enter -> next item shown, {label}", latencies)
+            results[label] = latencies
     finally:
         if proc is not None:
             stop_server(proc)
-    print(f"{args.reviewers} reviewers x {args.items} items in {wall:.1f}s wall (logins included), "
-          f"{os.cpu_count()} CPUs")
-    for f in failures:
-        print("FAILED", f)
-    report("browser: Enter -> next item shown", latencies)
+    base = results["no job (baseline)"]
+    for label, values in list(results.items())[1:]:
+        if base and values:
+            print(f"{label} / no job: p50 {percentile(values, 50) / percentile(base, 50):.2f}x, "
+                  f"p95 {percentile(values, 95) / percentile(base, 95):.2f}x")
     report("store: submit_and_next (no server)", store_only(ws.db, "bench_store", args.items))
     if tmp is not None:
         shutil.rmtree(tmp, ignore_errors=True)
