@@ -103,21 +103,31 @@ def _set_pad(tokenizer: Any) -> None:
     tokenizer.pad_token = tokenizer.eos_token
 
 
-def load_backbone(location: str) -> tuple[Any, Any, list[str]]:
+def _model_class(pooling: str) -> Any:
+    from transformers import AutoModelForSequenceClassification
+
+    from reward.pooling import response_mean_class
+
+    return response_mean_class() if pooling == "response_mean" else AutoModelForSequenceClassification
+
+
+def load_backbone(location: str, pooling: str = "own") -> tuple[Any, Any, list[str]]:
     """(model with a 1-output head in float32, tokenizer with a pad token, names of the newly initialised head
-    modules). The head names are what LoRA's `modules_to_save` must train in full."""
+    modules). The head names are what LoRA's `modules_to_save` must train in full. `pooling` is resolved already
+    ("own" or "response_mean", see reward.pooling)."""
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(location)
         with _quiet_loading():
-            model, info = AutoModelForSequenceClassification.from_pretrained(
+            model, info = _model_class(pooling).from_pretrained(
                 location, num_labels=1, dtype=torch.float32, output_loading_info=True)
     except OSError as e:  # a hub id that is not cached (offline) or a folder without weights
         raise FileNotFoundError(f"base: cannot load {location!r}: {str(e).splitlines()[0]}") from e
     _set_pad(tokenizer)
     model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.sep_token_id = tokenizer.sep_token_id
     heads = sorted({key.split(".")[0] for key in info["missing_keys"]})
     known = [name for name in ("score", "classifier") if hasattr(model, name)]
     return model, tokenizer, sorted(set(heads) | set(known))
@@ -160,23 +170,24 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
 def load_reward_model(folder: str | Path, device: str = "cpu", dtype: Any = None) -> tuple[Any, Any, dict]:
     """(model in eval mode on `device`, tokenizer, meta) from a reward-model folder; LoRA adapters are merged."""
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
     folder = Path(folder)
     meta = read_meta(folder)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    model_class = _model_class(meta.get("pooling", "own"))
     with _quiet_loading():
         if meta["method"] == "lora":
             from peft import PeftModel
 
-            base = AutoModelForSequenceClassification.from_pretrained(meta["base"], num_labels=1,
-                                                                      dtype=torch.float32)
+            base = model_class.from_pretrained(meta["base"], num_labels=1, dtype=torch.float32)
             base.config.pad_token_id = tokenizer.pad_token_id
+            base.config.sep_token_id = tokenizer.sep_token_id
             model = PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
         else:
-            model = AutoModelForSequenceClassification.from_pretrained(str(folder), num_labels=1,
-                                                                       dtype=torch.float32)
+            model = model_class.from_pretrained(str(folder), num_labels=1, dtype=torch.float32)
     model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.sep_token_id = tokenizer.sep_token_id
     model.to(device=device, dtype=dtype or torch.float32)
     model.eval()
     return model, tokenizer, meta

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from reward.pooling import POOLINGS
+
 DEFAULT_BACKBONE = "all-minilm-l6-v2"
 T = TypeVar("T")
 
@@ -50,6 +52,10 @@ class RewardTrainingConfig:
     method: str = field(default="auto", metadata={"help": (
         "'lora' (adapters on the backbone, the head trained in full via peft modules_to_save), 'full', or 'auto': "
         "full below 100M parameters (LoRA saves little there and learns slower), LoRA above.")})
+    pooling: str = field(default="own", metadata={"help": (
+        "How a text becomes one score: 'own' (the architecture's: [CLS] pooler for encoders, last token for "
+        "decoders) or 'response_mean' (BERT-style encoders only: the mean of the response tokens, prompt and "
+        "response encoded as a pair; not better on HH here, see reward/pooling.py).")})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
     lora_target_modules: list[str] = field(default_factory=list, metadata={"help": (
@@ -90,6 +96,8 @@ class RewardTrainingConfig:
         need(bool(self.base.strip()), "base", "must name a model")
         need(self.method in ("auto", "lora", "full"), "method",
              f"must be 'auto', 'lora' or 'full', got {self.method!r}")
+        need(self.pooling in POOLINGS, "pooling",
+             f"must be 'own' or 'response_mean', got {self.pooling!r}")
         need(0 < self.eval_fraction < 1, "eval_fraction", "must be in (0, 1)")
         need(self.max_pairs >= 0, "max_pairs", "must be >= 0 (0: all)")
         need(self.max_length >= 16, "max_length", "must be >= 16")

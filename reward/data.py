@@ -5,7 +5,8 @@ the pair identities. `reproduce_snapshot` reads the same pairs again (for `--res
 refuses when they changed (a judgment retracted since).
 
 Every text the reward model sees, in training and in scoring, goes through `encode`: prompt + response (+ EOS for
-decoders), truncated from the left so the response's end (where a decoder reads its score) always survives.
+decoders), truncated from the left so the response's end (where a decoder reads its score) always survives; or,
+for response-mean pooling (reward.pooling), the pair `[CLS] prompt [SEP] response [SEP]`.
 """
 
 from __future__ import annotations
@@ -39,13 +40,17 @@ def prompt_string(text: str | None, messages: Any, tokenizer: Any = None) -> str
 
 
 def encode(tokenizer: Any, prompts: list[str], responses: list[str], max_length: int,
-           append_eos: bool) -> list[list[int]]:
-    """Token ids of prompt + response (+ EOS), cut from the left to `max_length`, special tokens kept."""
+           append_eos: bool, pair: bool = False) -> list[list[int]]:
+    """Token ids of prompt + response (+ EOS), cut from the left to `max_length`, special tokens kept. `pair`
+    (response-mean pooling): `[CLS] prompt [SEP] response [SEP]`, the longer part cut from its beginning."""
     eos = tokenizer.eos_token if append_eos and tokenizer.eos_token else ""
-    texts = [p + r + eos for p, r in zip(prompts, responses, strict=True)]
     side = tokenizer.truncation_side
     tokenizer.truncation_side = "left"
     try:
+        if pair:
+            return tokenizer(list(prompts), list(responses), truncation="longest_first",
+                             max_length=max_length)["input_ids"]
+        texts = [p + r + eos for p, r in zip(prompts, responses, strict=True)]
         return tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     finally:
         tokenizer.truncation_side = side
@@ -191,14 +196,14 @@ def read_pairs_file(path: str | Path) -> pd.DataFrame:
 
 
 def to_dataset(pairs: pd.DataFrame, tokenizer: Any, max_length: int, append_eos: bool,
-               margin_scale: float | None = None) -> Any:
+               margin_scale: float | None = None, pair: bool = False) -> Any:
     """A `datasets.Dataset` of chosen_ids / rejected_ids (+ margin) / length, what TRL's collator takes."""
     from datasets import Dataset
 
     prompts = [prompt_string(t, m, tokenizer) for t, m in zip(pairs["prompt_text"], pairs["prompt_messages"],
                                                               strict=True)]
-    chosen = encode(tokenizer, prompts, list(pairs["chosen"]), max_length, append_eos)
-    rejected = encode(tokenizer, prompts, list(pairs["rejected"]), max_length, append_eos)
+    chosen = encode(tokenizer, prompts, list(pairs["chosen"]), max_length, append_eos, pair)
+    rejected = encode(tokenizer, prompts, list(pairs["rejected"]), max_length, append_eos, pair)
     columns: dict[str, Any] = {"chosen_ids": chosen, "rejected_ids": rejected,
                                "length": [max(len(c), len(r)) for c, r in zip(chosen, rejected, strict=True)]}
     if margin_scale is not None:

@@ -96,15 +96,16 @@ def group_metrics(groups: list[Any], chosen: list[float], rejected: list[float])
 
 
 def score_pairs(model: Any, tokenizer: Any, pairs: Any, max_length: int, append_eos: bool,
-                batch_size: int = 16) -> tuple[list[float], list[float]]:
+                batch_size: int = 16, pair: bool = False) -> tuple[list[float], list[float]]:
     """(chosen scores, rejected scores) of a pairs frame (prompt_text / prompt_messages, chosen, rejected)."""
     from reward.data import prompt_string
     from reward.score import score_texts
 
     prompts = [prompt_string(t, m, tokenizer) for t, m in zip(pairs["prompt_text"], pairs["prompt_messages"],
                                                               strict=True)]
-    chosen = score_texts(model, tokenizer, prompts, list(pairs["chosen"]), max_length, append_eos, batch_size)
-    rejected = score_texts(model, tokenizer, prompts, list(pairs["rejected"]), max_length, append_eos, batch_size)
+    chosen = score_texts(model, tokenizer, prompts, list(pairs["chosen"]), max_length, append_eos, batch_size, pair)
+    rejected = score_texts(model, tokenizer, prompts, list(pairs["rejected"]), max_length, append_eos, batch_size,
+                           pair)
     return chosen, rejected
 
 
@@ -164,7 +165,7 @@ def evaluate_reward_model(ws: Any, model: str, pairs_file: str | Path | None = N
         started = time.monotonic()
         scorer = RewardScorer.from_row(row, device=device, batch_size=batch_size)
         chosen, rejected = score_pairs(scorer.model, scorer.tokenizer, pairs, int(scorer.meta["max_length"]),
-                                       bool(scorer.meta["append_eos"]), batch_size)
+                                       bool(scorer.meta["append_eos"]), batch_size, scorer.pair)
         metrics = pair_metrics(chosen, rejected, list(pairs["chosen"]), list(pairs["rejected"]))
         metrics["seconds"] = round(time.monotonic() - started, 1)
         by_round = group_metrics(list(pairs["round"]), chosen, rejected) if "round" in pairs else []

@@ -20,11 +20,11 @@ from reward.data import encode, prompt_string
 
 
 def score_texts(model: Any, tokenizer: Any, prompts: list[str], responses: list[str], max_length: int,
-                append_eos: bool, batch_size: int = 16) -> list[float]:
+                append_eos: bool, batch_size: int = 16, pair: bool = False) -> list[float]:
     """One scalar per (prompt, response), batched by length (least padding), in the input order."""
     import torch
 
-    ids = encode(tokenizer, prompts, responses, max_length, append_eos)
+    ids = encode(tokenizer, prompts, responses, max_length, append_eos, pair)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     device = next(model.parameters()).device
     scores = [0.0] * len(ids)
@@ -74,8 +74,17 @@ class RewardScorer:
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         texts = [prompt_string(p, None, self.tokenizer) if isinstance(p, str) else
                  prompt_string(None, p, self.tokenizer) for p in prompts]
-        return score_texts(self.model, self.tokenizer, texts, list(responses), int(self.meta["max_length"]),
-                           bool(self.meta["append_eos"]), self.batch_size)
+        return self.score_strings(texts, list(responses))
+
+    @property
+    def pair(self) -> bool:
+        """Whether prompt and response are encoded as a pair (response-mean pooling, reward.pooling)."""
+        return self.meta.get("pooling", "own") == "response_mean"
+
+    def score_strings(self, prompts: list[str], responses: list[str]) -> list[float]:
+        """Scores of (prompt, response) with the prompts already rendered as text."""
+        return score_texts(self.model, self.tokenizer, prompts, responses, int(self.meta["max_length"]),
+                           bool(self.meta["append_eos"]), self.batch_size, self.pair)
 
 
 def uncertainty_priority(scores: list[float]) -> float:
@@ -110,8 +119,7 @@ def score_responses(ws: Any, model: str, round: int | None = None, batch_size: i
     scorer = RewardScorer.from_row(row, device=device, batch_size=batch_size)
     prompts = [prompt_string(t, m, scorer.tokenizer) for t, m in zip(frame["prompt_text"], frame["prompt_messages"],
                                                                      strict=True)]
-    values = score_texts(scorer.model, scorer.tokenizer, prompts, list(frame["text"]), int(scorer.meta["max_length"]),
-                         bool(scorer.meta["append_eos"]), batch_size)
+    values = scorer.score_strings(prompts, list(frame["text"]))
     by_response = dict(zip(frame["response_id"].astype(int), values, strict=True))
     priorities = {cid: uncertainty_priority([by_response[r] for r in rids if r in by_response])
                   for cid, rids in comparisons}

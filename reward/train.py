@@ -32,6 +32,7 @@ from reward.backbone import (
 from reward.config import RewardTrainingConfig, config_from_dict
 from reward.data import describe_snapshot, reproduce_snapshot, take_snapshot, to_dataset
 from reward.device import training_defaults
+from reward.pooling import check_pooling
 
 RUN_KIND = "reward"
 
@@ -211,7 +212,10 @@ def _train(ws: Any, config: RewardTrainingConfig, prepared: dict[str, Any], stat
 
     pairs, run_id, run_dir, base = prepared["pairs"], prepared["run_id"], Path(prepared["run_dir"]), prepared["base"]
     checkpoint = resume_checkpoint(run_dir, resume_from)  # the newest complete one, read back before loading
-    model, tokenizer, heads = load_backbone(base.location)
+    check_pooling(config.pooling, base.location)
+    pooling = config.pooling
+    model, tokenizer, heads = load_backbone(base.location, pooling)
+    pair = pooling == "response_mean"
     n_params, _ = count_parameters(model)
     dev = training_defaults(config.device, n_params, config.bf16, config.gradient_checkpointing)
     method, method_reason = resolve_method(config.method, n_params)
@@ -222,8 +226,8 @@ def _train(ws: Any, config: RewardTrainingConfig, prepared: dict[str, Any], stat
     train_pairs, eval_pairs = pairs[pairs["part"] == "train"], pairs[pairs["part"] == "eval"]
     if train_pairs.empty:
         raise ValueError("no training pairs after the split by prompt: collect pairs on more prompts")
-    train_set = to_dataset(train_pairs, tokenizer, config.max_length, append_eos, margin_scale)
-    eval_set = to_dataset(eval_pairs, tokenizer, config.max_length, append_eos, margin_scale) \
+    train_set = to_dataset(train_pairs, tokenizer, config.max_length, append_eos, margin_scale, pair)
+    eval_set = to_dataset(eval_pairs, tokenizer, config.max_length, append_eos, margin_scale, pair) \
         if len(eval_pairs) else None
     args = _reward_args(config, run_dir, dev, eval_set is not None, progress)
     clock = _StepClock.make()
@@ -237,7 +241,7 @@ def _train(ws: Any, config: RewardTrainingConfig, prepared: dict[str, Any], stat
     if state.is_main_process:
         update_run(ws.db, run_id, metrics={"device": dev.as_dict(), "method": method, "method_reason": method_reason,
                                            "parameters": total, "trainable": trainable, "heads": heads,
-                                           "append_eos": append_eos})
+                                           "append_eos": append_eos, "pooling": pooling})
     started = time.monotonic()
     output = trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.monotonic() - started
@@ -246,11 +250,11 @@ def _train(ws: Any, config: RewardTrainingConfig, prepared: dict[str, Any], stat
     if not state.is_main_process:
         return None
     meta = {"format": 1, "method": method, "base": base.location, "max_length": config.max_length,
-            "append_eos": append_eos, "run_id": run_id, "heads": heads}
+            "append_eos": append_eos, "pooling": pooling, "run_id": run_id, "heads": heads}
     write_meta(model_dir, meta)
     tokenizer.save_pretrained(str(model_dir))
     metrics = _final_metrics(trainer, output, clock, seconds, eval_pairs, tokenizer, config, append_eos,
-                             len(train_pairs))
+                             len(train_pairs), pair)
     name = config.name or f"reward-run{run_id}"
     _register(ws, name, method, base, model_dir, pairs, run_id, metrics)
     finish_run(ws.db, run_id, "succeeded", metrics=metrics)
@@ -258,7 +262,7 @@ def _train(ws: Any, config: RewardTrainingConfig, prepared: dict[str, Any], stat
 
 
 def _final_metrics(trainer: Any, output: Any, clock: Any, seconds: float, eval_pairs: Any, tokenizer: Any,
-                   config: RewardTrainingConfig, append_eos: bool, n_train: int) -> dict[str, Any]:
+                   config: RewardTrainingConfig, append_eos: bool, n_train: int, pair: bool) -> dict[str, Any]:
     from reward.evaluate import pair_metrics, score_pairs
 
     st = trainer.state
@@ -274,7 +278,7 @@ def _final_metrics(trainer: Any, output: Any, clock: Any, seconds: float, eval_p
         model = trainer.accelerator.unwrap_model(trainer.model)
         model.eval()
         chosen, rejected = score_pairs(model, tokenizer, eval_pairs, config.max_length, append_eos,
-                                       config.per_device_eval_batch_size)
+                                       config.per_device_eval_batch_size, pair)
         held = pair_metrics(chosen, rejected, list(eval_pairs["chosen"]), list(eval_pairs["rejected"]))
         metrics.update({f"eval_{k}": v for k, v in held.items()})
     return metrics
