@@ -27,7 +27,7 @@ from store.users import User, add_user, deactivate_user, get_user, login
 from tests.conftest import table_hash
 from tests.test_app_login import APP, PAGES, app, button, log_in, texts
 
-ADMIN_PAGES = ("overview", "agreement", "reviewers", "queue", "runs", "export", "audit", "settings")
+ADMIN_PAGES = ("overview", "agreement", "reviewers", "queue", "jobs", "runs", "export", "audit", "settings")
 REVIEWER_PAGES = ("rank", "mine", "guidelines")
 XSS = [
     "<script>alert('xss')</script>",
