@@ -3,8 +3,8 @@
 It runs `python -m rankloop <argv> --workspace WORKSPACE` with stdout and stderr appended to the job's log, niced
 (RANKLOOP_JOB_NICE, default 10) so the reviewers' pages keep the CPU they need, records how the command ended, and
 starts the next queued job. SIGTERM (the admin's cancel) becomes SIGINT for the command, which the trainers treat as
-an interruption (run row closed as cancelled); after RANKLOOP_CANCEL_GRACE_S seconds (default 30) the command is
-killed.
+an interruption (run row closed as cancelled); after RANKLOOP_CANCEL_GRACE_S seconds (default 30), or at a second
+SIGTERM (the admin's "Kill"), the command is killed.
 """
 
 from __future__ import annotations
@@ -40,9 +40,10 @@ def run(root: Path, job_id: int) -> int:
     db = open_workspace(root).db
     set_pids(db, job_id, runner_pid=os.getpid())
     job = get_job(db, job_id)
-    cancelled = {"at": None}
+    cancelled = {"at": None, "again": False}
 
     def on_term(signum, frame) -> None:  # noqa: ARG001 - the signal handler's signature
+        cancelled["again"] = cancelled["at"] is not None  # a second cancel: kill now
         cancelled["at"] = cancelled["at"] or time.monotonic()
 
     signal.signal(signal.SIGTERM, on_term)
@@ -65,7 +66,7 @@ def run(root: Path, job_id: int) -> int:
                 interrupted = True
                 log.write(f"\n[job {job_id}] cancel requested: interrupting the command (killed after {grace:g} s)\n"
                           .encode())
-            if interrupted and not killed and time.monotonic() - cancelled["at"] > grace:
+            if interrupted and not killed and (cancelled["again"] or time.monotonic() - cancelled["at"] > grace):
                 child.kill()
                 killed = True
             time.sleep(0.2)

@@ -10,6 +10,7 @@ is bounded by --trl-steps (default 3: two timed steps). Say so when quoting the 
 
     python scripts/bench/reward_throughput.py                       # default backbone, CPU or GPU
     python scripts/bench/reward_throughput.py --base smollm2-135m-instruct --steps 6 --trl-steps 3
+    python scripts/bench/reward_throughput.py --trl-steps 6 --set bf16=true   # ours with bf16 on the CPU
 """
 
 from __future__ import annotations
@@ -80,15 +81,19 @@ def run_rankloop(args: argparse.Namespace) -> dict:
         batch.comparisons.append(Comparison(i, i, [(i, "c"), (i, "r")]))
         batch.judgments.append(Judgment(i, "hh", f"bench-{i}", ranking=[[(i, "c")], [(i, "r")]]))
     write(ws.db, lambda con: write_batch(con, batch))
+    from reward.config import parse_assignment
+
+    overrides = dict(parse_assignment(a) for a in args.assignments)
     config = RewardTrainingConfig(base=args.base, max_steps=args.steps, eval_steps=10**6, eval_fraction=0.01,
                                   max_length=args.max_length, report_to=[], early_stopping_patience=0,
                                   per_device_train_batch_size=args.batch_size, **({"method": args.method}
-                                                                                  if args.method else {}))
+                                                                                  if args.method else {}),
+                                  **overrides)
     timer = _step_timer()
     result = train_reward_model(ws, config, progress=False, callbacks=[timer])
     chosen = get_run(ws.db, result.run_id).metrics  # what the per-device defaults picked
     settings = {"bf16": chosen["device"]["bf16"], "gradient_checkpointing": chosen["device"]["gradient_checkpointing"],
-                "method": chosen["method"], "group_by_length": True}
+                "method": chosen["method"], "group_by_length": config.group_by_length}
     return {"durations": timer.durations, "settings": settings}
 
 
@@ -156,6 +161,8 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--steps", type=int, default=6, help="Optimizer steps of the rankloop run.")
     parser.add_argument("--trl-steps", type=int, default=3, help="Optimizer steps of the TRL-defaults run.")
+    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="FIELD=VALUE",
+                        help="A [reward] field for the rankloop run, e.g. --set bf16=true (repeatable).")
     parser.add_argument("--variant", choices=["rankloop", "trl"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.base is None:
