@@ -72,8 +72,10 @@ def run(root: Path, job_id: int) -> int:
             time.sleep(0.2)
         code = child.returncode
         status = "cancelled" if cancelled["at"] is not None else "succeeded" if code == 0 else "failed"
+        error = None if status == "succeeded" else _last_error(job.log_path) if status == "failed" else \
+            f"cancelled by {get_job(db, job_id).cancel_requested_by or 'a signal'}"
         log.write(f"\n[job {job_id}] {status} (exit code {code}) after {time.monotonic() - started:.0f} s\n".encode())
-    finish_job(db, job_id, status, exit_code=code, error=None if status == "succeeded" else _last_error(job.log_path))
+    finish_job(db, job_id, status, exit_code=code, error=error)
     start_next(root, db)
     return 0
 
