@@ -303,7 +303,7 @@ class _Loop:
         samples = {name: loop_eval.policy_samples(policies, cache, name, prompts, c.eval_k, c.eval_tokens, c.seed)
                    for name in dict.fromkeys((new, prev, base))}
         scorer = RewardScorer.from_row(get_model(self.ws.db, rm), device=c.device)
-        rm_scores = {name: loop_eval.rm_scores(scorer, prompts, s) for name, s in samples.items()}
+        rm_scores = {name: loop_eval.scores_of(scorer, prompts, s) for name, s in samples.items()}
         for label, other in (("previous", prev), ("base", base)):
             w = loop_eval.win_rate(rm_scores[new], rm_scores[other])
             metrics.update({f"rm_win_rate_vs_{label}": w["win_rate"], f"rm_win_rate_vs_{label}_low": w["low"],
@@ -315,7 +315,7 @@ class _Loop:
         metrics["eval_words_base"] = loop_eval.mean_words(samples[base])
         oracle = self.get_oracle()
         if oracle is not None:
-            scores = {name: loop_eval.oracle_scores(oracle, prompts, s) for name, s in samples.items()}
+            scores = {name: loop_eval.scores_of(oracle, prompts, s) for name, s in samples.items()}
             for label, other in (("previous", prev), ("base", base)):
                 w = loop_eval.win_rate(scores[new], scores[other])
                 metrics.update({f"oracle_win_rate_vs_{label}": w["win_rate"], f"oracle_win_rate_vs_{label}_low":

@@ -65,8 +65,10 @@ def policy_samples(policies: Policies, folder: Path, policy: str, prompts: list[
     return samples
 
 
-def oracle_scores(oracle: Any, prompts: list[Any], samples: list[list[str]]) -> list[list[float]]:
-    flat = oracle.score([p.messages for p, ss in zip(prompts, samples, strict=True) for _ in ss],
+def scores_of(scorer: Any, prompts: list[Any], samples: list[list[str]]) -> list[list[float]]:
+    """Every sample's score by `scorer` (an oracle or a reward model: `.score(prompts, responses)`), shaped like
+    `samples`."""
+    flat = scorer.score([p.messages for p, ss in zip(prompts, samples, strict=True) for _ in ss],
                         [s for ss in samples for s in ss])
     out, i = [], 0
     for ss in samples:
@@ -111,17 +113,6 @@ def shift(train: list[float], new: list[float]) -> dict[str, float]:
     return {"mean_train": statistics.fmean(train), "mean_new": statistics.fmean(new),
             "shift_sd": (statistics.fmean(new) - statistics.fmean(train)) / sd, "ks": ks_statistic(train, new),
             "outside": sum(not low <= x <= high for x in new) / len(new)}
-
-
-def rm_scores(scorer: Any, prompts: list[Any], samples: list[list[str]]) -> list[list[float]]:
-    """The reward model's score of every sample, shaped like `samples`."""
-    flat = scorer.score([p.messages for p, ss in zip(prompts, samples, strict=True) for _ in ss],
-                        [s for ss in samples for s in ss])
-    out, i = [], 0
-    for ss in samples:
-        out.append(flat[i:i + len(ss)])
-        i += len(ss)
-    return out
 
 
 def kl(policies: Policies, new: str, old: str, prompts: list[Any], samples: list[list[str]]) -> float:
