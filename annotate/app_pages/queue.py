@@ -63,7 +63,7 @@ with imp:
 with gen:
     st.caption("Sampling needs the policy model, so it runs as a background job (this app never imports torch); "
                "the Runs page lists every job with its log.")
-    job = launch_form("generate", admin.name, settings=False)
+    launch_form("generate", admin.name, settings=False)
     newest = next((j for j in list_jobs(db, limit=20) if j.command == "generate"), None)
     if newest is not None:
         show_job(newest, admin.name, lines=40, height=240)
