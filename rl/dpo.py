@@ -15,41 +15,30 @@ chat template formats them exactly as sampling does.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reward.checks import finite_loss_callback
 from reward.train import tensorboard_dir
 from rl.config import DPOTrainingConfig
 from rl.training import (
+    PolicyTrainingResult,
     StartPolicy,
     count_parameters,
     device_defaults,
-    fail_run,
+    finish_policy,
+    history_callback,
     last_checkpoint,
     load_causal_lm,
     lora_config,
-    qlora,
-    register_policy,
+    policy_run,
     resolve_policy,
-    save_policy,
-    start_policy_run,
+    trainer_callbacks,
     trainer_kwargs,
 )
 
 RUN_KIND = "dpo"
 LOGGED = ("loss", "rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected", "logps/chosen",
           "logps/rejected")
-
-
-@dataclass
-class PolicyTrainingResult:
-    run_id: int
-    model_name: str
-    run_dir: Path
-    model_dir: Path
-    metrics: dict[str, Any]
 
 
 def prompt_messages(text: str | None, messages: Any) -> list[dict[str, str]]:
@@ -85,29 +74,6 @@ def dpo_args(config: DPOTrainingConfig, run_dir: Path, dev: Any, has_eval: bool,
     )
 
 
-class _History:
-    @staticmethod
-    def make() -> Any:
-        from transformers import TrainerCallback
-
-        class History(TrainerCallback):
-            """Keeps the logged DPO metrics (loss, margins, accuracies) and the step training (re)started from."""
-
-            def __init__(self) -> None:
-                self.logs: list[dict[str, float]] = []
-                self.first_step = 0
-
-            def on_train_begin(self, args, state, control, **kwargs):
-                self.first_step = state.global_step
-
-            def on_log(self, args, state, control, logs=None, **kwargs):
-                if logs:
-                    self.logs.append({"step": state.global_step, **{k: v for k, v in logs.items()
-                                                                    if isinstance(v, int | float)}})
-
-        return History()
-
-
 def train_dpo(ws: Any, config: DPOTrainingConfig, *, resume_from: int | None = None, progress: bool = True,
               callbacks: list[Any] | None = None) -> PolicyTrainingResult:
     """Train, save and register a DPO policy; the run row records config, snapshot, metrics and status."""
@@ -120,22 +86,16 @@ def train_dpo(ws: Any, config: DPOTrainingConfig, *, resume_from: int | None = N
         snapshot = get_run(ws.db, resume_from).data_snapshot
     else:
         pairs, snapshot = take_snapshot(ws.db, config)
-    quantization = qlora(config)  # QLoRA errors (no CUDA, no bitsandbytes) before the run row
-    run_id, run_dir = start_policy_run(ws, RUN_KIND, config, snapshot, start, resume_from)
-    try:
+    with policy_run(ws, RUN_KIND, config, snapshot, start, resume_from) as (run_id, run_dir, quantization):
         return _train(ws, config, pairs, start, run_id, run_dir, resume_from, progress, callbacks, quantization)
-    except BaseException as e:
-        fail_run(ws, run_id, e)
-        raise
 
 
 def _train(ws: Any, config: DPOTrainingConfig, pairs: Any, start: StartPolicy, run_id: int, run_dir: Path,
            resume_from: int | None, progress: bool, callbacks: list[Any] | None,
            quantization: Any = None) -> PolicyTrainingResult:
-    from transformers import EarlyStoppingCallback
     from trl import DPOTrainer
 
-    from store.runs import finish_run, update_run
+    from store.runs import update_run
 
     train_pairs, eval_pairs = pairs[pairs["part"] == "train"], pairs[pairs["part"] == "eval"]
     if train_pairs.empty:
@@ -145,10 +105,8 @@ def _train(ws: Any, config: DPOTrainingConfig, pairs: Any, start: StartPolicy, r
     dev = device_defaults(config, n_params)
     eval_set = pairs_dataset(eval_pairs) if len(eval_pairs) else None
     args = dpo_args(config, run_dir, dev, eval_set is not None, progress)
-    history = _History.make()
-    extra = [history, finite_loss_callback(), *(callbacks or [])]
-    if eval_set is not None and config.early_stopping_patience > 0:
-        extra.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+    history = history_callback()
+    extra = trainer_callbacks(history, config, eval_set is not None, callbacks)
     with tensorboard_dir(run_dir / "tensorboard"):
         trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=pairs_dataset(train_pairs),
                              eval_dataset=eval_set, processing_class=tokenizer,
@@ -176,11 +134,7 @@ def _train(ws: Any, config: DPOTrainingConfig, pairs: Any, start: StartPolicy, r
         metrics["eval_accuracy"] = eval_logs[-1]["eval_rewards/accuracies"]
         metrics["eval_margin"] = eval_logs[-1].get("eval_rewards/margins")
         metrics["eval_pairs"] = len(eval_pairs)
-    model_dir, adapter_dir = save_policy(trainer.accelerator.unwrap_model(trainer.model), tokenizer, run_dir, start)
-    metrics["adapter_dir"] = str(adapter_dir) if adapter_dir else None
-    name = config.name or f"dpo-run{run_id}"
     rounds = sorted({int(r) for r in pairs["round"].dropna()}) if "round" in pairs else []
     keep = {k: v for k, v in metrics.items() if k not in ("first", "last", "device")}
-    register_policy(ws, name, start, model_dir, run_id, rounds, {**keep, "trainer": "dpo"})
-    finish_run(ws.db, run_id, "succeeded", metrics=metrics)
-    return PolicyTrainingResult(run_id, name, run_dir, model_dir, metrics)
+    return finish_policy(ws, trainer.accelerator.unwrap_model(trainer.model), tokenizer, start, run_id, run_dir,
+                         config.name or f"dpo-run{run_id}", rounds, metrics, {**keep, "trainer": "dpo"})

@@ -12,17 +12,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rl.dpo import PolicyTrainingResult
 from rl.ppo_config import PPOTrainingConfig
 from rl.ppo_train import PPOLoop, RewardFn, last_ppo_checkpoint
 from rl.training import (
-    fail_run,
+    PolicyTrainingResult,
+    finish_policy,
     load_causal_lm,
-    qlora,
-    register_policy,
+    policy_run,
     resolve_policy,
-    save_policy,
-    start_policy_run,
 )
 from store.models import newest_model
 
@@ -71,9 +68,7 @@ def train_ppo(ws: Any, config: PPOTrainingConfig, *, reward_fn: RewardFn | None 
         old_algo = old.config.get("config", {}).get("algo", "ppo")
         if old_algo != config.algo:
             raise ValueError(f"--resume: run {resume_from} trained with algo {old_algo!r}, not {config.algo!r}")
-    quantization = qlora(config)  # QLoRA errors (no CUDA, no bitsandbytes) before the run row
-    run_id, run_dir = start_policy_run(ws, RUN_KIND, config, snapshot, start, resume_from)
-    try:
+    with policy_run(ws, RUN_KIND, config, snapshot, start, resume_from) as (run_id, run_dir, quantization):
         model, tokenizer = load_causal_lm(start, quantization=quantization, device=config.device)
         # our PPO loop has no gradient checkpointing; TRL's trainers get the per-device default
         dev = training_defaults(config.device, sum(p.numel() for p in model.parameters()), config.bf16,
@@ -92,9 +87,6 @@ def train_ppo(ws: Any, config: PPOTrainingConfig, *, reward_fn: RewardFn | None 
             return _finish(ws, config, trained, tokenizer, start, run_id, run_dir, snapshot, dev, metrics, history)
         loop = PPOLoop(config, model, tokenizer, reward_fn, prompts, dev.device, dev.bf16)
         return _run(ws, config, loop, start, run_id, run_dir, resume_from, progress, snapshot, dev)
-    except BaseException as e:
-        fail_run(ws, run_id, e)
-        raise
 
 
 def _run(ws: Any, config: PPOTrainingConfig, loop: PPOLoop, start: Any, run_id: int, run_dir: Path,
@@ -145,18 +137,12 @@ def _finish(ws: Any, config: PPOTrainingConfig, model: Any, tokenizer: Any, star
             snapshot: dict[str, Any], dev: Any, metrics: dict[str, Any],
             history: list[dict[str, float]]) -> PolicyTrainingResult:
     """Save the merged policy and its history, register it (parent, run, reward model, round), close the run."""
-    from store.runs import finish_run
-
     metrics = {**metrics, "reward_model": snapshot["reward_model"], "reward_model_id": snapshot["reward_model_id"]}
     if dev.device.startswith("cuda"):
         import torch
 
         metrics["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     (run_dir / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history), encoding="utf-8")
-    model_dir, adapter_dir = save_policy(model, tokenizer, run_dir, start)
-    metrics["adapter_dir"] = str(adapter_dir) if adapter_dir else None
-    name = config.name or f"{config.algo}-run{run_id}"
     rounds = [snapshot["reward_round"]] if snapshot.get("reward_round") is not None else []
-    register_policy(ws, name, start, model_dir, run_id, rounds, {**metrics, "trainer": config.algo})
-    finish_run(ws.db, run_id, "succeeded", metrics=metrics)
-    return PolicyTrainingResult(run_id, name, run_dir, model_dir, metrics)
+    return finish_policy(ws, model, tokenizer, start, run_id, run_dir, config.name or f"{config.algo}-run{run_id}",
+                         rounds, metrics, {**metrics, "trainer": config.algo})

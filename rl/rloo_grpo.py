@@ -91,13 +91,12 @@ def train_rloo_grpo(config: PPOTrainingConfig, model: Any, tokenizer: Any, score
     from trl import GRPOTrainer, RLOOTrainer
 
     from reward.train import tensorboard_dir
-    from rl.dpo import _History
     from rl.sampling import eos_ids
-    from rl.training import last_checkpoint, lora_config
+    from rl.training import history_callback, last_checkpoint, lora_config
 
     dataset, too_long = prompts_dataset(tokenizer, prompts, config)
     reward = RewardModelReward(score_fn, config.missing_eos_penalty, eos_ids(model, tokenizer))
-    history = _History.make()
+    history = history_callback()
     cls = RLOOTrainer if config.algo == "rloo" else GRPOTrainer
     with tensorboard_dir(run_dir / "tensorboard"):
         trainer = cls(model=model, reward_funcs=reward, args=trl_args(config, run_dir, dev, progress),

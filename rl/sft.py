@@ -14,23 +14,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from reward.checks import finite_loss_callback
 from reward.train import tensorboard_dir
 from rl.config import SFTTrainingConfig
-from rl.dpo import PolicyTrainingResult, prompt_messages
+from rl.dpo import prompt_messages
 from rl.training import (
+    PolicyTrainingResult,
     StartPolicy,
     count_parameters,
     device_defaults,
-    fail_run,
+    finish_policy,
+    history_callback,
     last_checkpoint,
     load_causal_lm,
     lora_config,
-    qlora,
-    register_policy,
+    policy_run,
     resolve_policy,
-    save_policy,
-    start_policy_run,
+    trainer_callbacks,
     trainer_kwargs,
 )
 
@@ -88,23 +87,16 @@ def train_sft(ws: Any, config: SFTTrainingConfig, *, resume_from: int | None = N
     frame, snapshot = sft_rows(ws.db, config)
     if resume_from is not None and snapshot["sha256"] != get_run(ws.db, resume_from).data_snapshot.get("sha256"):
         raise ValueError(f"--resume: the workspace's SFT rows no longer match run {resume_from}'s snapshot")
-    quantization = qlora(config)  # QLoRA errors (no CUDA, no bitsandbytes) before the run row
-    run_id, run_dir = start_policy_run(ws, RUN_KIND, config, snapshot, start, resume_from)
-    try:
+    with policy_run(ws, RUN_KIND, config, snapshot, start, resume_from) as (run_id, run_dir, quantization):
         return _train(ws, config, frame, start, run_id, run_dir, resume_from, progress, callbacks, quantization)
-    except BaseException as e:
-        fail_run(ws, run_id, e)
-        raise
 
 
 def _train(ws: Any, config: SFTTrainingConfig, frame: Any, start: StartPolicy, run_id: int, run_dir: Path,
            resume_from: int | None, progress: bool, callbacks: list[Any] | None,
            quantization: Any = None) -> PolicyTrainingResult:
-    from transformers import EarlyStoppingCallback
     from trl import SFTConfig, SFTTrainer
 
-    from rl.dpo import _History
-    from store.runs import finish_run, update_run
+    from store.runs import update_run
 
     train, held = frame[frame["part"] == "train"], frame[frame["part"] == "eval"]
     if train.empty:
@@ -117,10 +109,8 @@ def _train(ws: Any, config: SFTTrainingConfig, frame: Any, start: StartPolicy, r
     args = SFTConfig(**trainer_kwargs(config, run_dir, dev, eval_set is not None, progress),
                      completion_only_loss=True, packing=False, metric_for_best_model="eval_loss" if stop_early
                      else None, greater_is_better=False)
-    history = _History.make()
-    extra = [history, finite_loss_callback(), *(callbacks or [])]
-    if stop_early:
-        extra.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+    history = history_callback()
+    extra = trainer_callbacks(history, config, stop_early, callbacks)
     with tensorboard_dir(run_dir / "tensorboard"):
         trainer = SFTTrainer(model=model, args=args, train_dataset=sft_dataset(train), eval_dataset=eval_set,
                              processing_class=tokenizer, peft_config=lora_config(config) if config.lora else None,
@@ -139,10 +129,6 @@ def _train(ws: Any, config: SFTTrainingConfig, frame: Any, start: StartPolicy, r
         "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
         "eval_loss": evals[-1] if evals else None, "eval_rows": len(held),
     }
-    model_dir, adapter_dir = save_policy(trainer.accelerator.unwrap_model(trainer.model), tokenizer, run_dir, start)
-    metrics["adapter_dir"] = str(adapter_dir) if adapter_dir else None
-    name = config.name or f"sft-run{run_id}"
     rounds = sorted({int(r) for r in frame["round"].dropna()})
-    register_policy(ws, name, start, model_dir, run_id, rounds, {**metrics, "trainer": "sft"})
-    finish_run(ws.db, run_id, "succeeded", metrics=metrics)
-    return PolicyTrainingResult(run_id, name, run_dir, model_dir, metrics)
+    return finish_policy(ws, trainer.accelerator.unwrap_model(trainer.model), tokenizer, start, run_id, run_dir,
+                         config.name or f"sft-run{run_id}", rounds, metrics, {**metrics, "trainer": "sft"})

@@ -7,9 +7,20 @@ evaluation and the next round's training load it like any other policy; the adap
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+
+@dataclass
+class PolicyTrainingResult:
+    run_id: int
+    model_name: str
+    run_dir: Path
+    model_dir: Path
+    metrics: dict[str, Any]
 
 
 @dataclass
@@ -184,6 +195,67 @@ def start_policy_run(ws: Any, kind: str, config: Any, snapshot: dict[str, Any], 
     if resume_from is not None and get_run(ws.db, resume_from).status == "running":
         finish_run(ws.db, resume_from, "cancelled", error=f"interrupted; resumed by run {run_id}")
     return run_id, run_dir
+
+
+@contextlib.contextmanager
+def policy_run(ws: Any, kind: str, config: Any, snapshot: dict[str, Any], start: StartPolicy,
+               resume_from: int | None) -> Iterator[tuple[int, Path, Any]]:
+    """(run id, run folder, QLoRA quantization config or None) for the body that trains; the run row is closed as
+    failed (cancelled on Ctrl-C) when the body raises. QLoRA's errors (no CUDA, no bitsandbytes) come before the row
+    exists."""
+    quantization = qlora(config)
+    run_id, run_dir = start_policy_run(ws, kind, config, snapshot, start, resume_from)
+    try:
+        yield run_id, run_dir, quantization
+    except BaseException as e:
+        fail_run(ws, run_id, e)
+        raise
+
+
+def history_callback() -> Any:
+    """A TrainerCallback keeping every logged number (loss, margins, scores...) and the step training (re)started
+    from, for the run row's metrics."""
+    from transformers import TrainerCallback
+
+    class History(TrainerCallback):
+        def __init__(self) -> None:
+            self.logs: list[dict[str, float]] = []
+            self.first_step = 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.first_step = state.global_step
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs:
+                self.logs.append({"step": state.global_step, **{k: v for k, v in logs.items()
+                                                                if isinstance(v, int | float)}})
+
+    return History()
+
+
+def trainer_callbacks(history: Any, config: Any, has_eval: bool, callbacks: list[Any] | None) -> list[Any]:
+    """History, the non-finite-loss stop, the caller's callbacks and early stopping when there is a held-out set."""
+    from transformers import EarlyStoppingCallback
+
+    from reward.checks import finite_loss_callback
+
+    extra = [history, finite_loss_callback(), *(callbacks or [])]
+    if has_eval and config.early_stopping_patience > 0:
+        extra.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+    return extra
+
+
+def finish_policy(ws: Any, model: Any, tokenizer: Any, start: StartPolicy, run_id: int, run_dir: Path, name: str,
+                  rounds: list[int], metrics: dict[str, Any], registered: dict[str, Any]) -> PolicyTrainingResult:
+    """Save the merged policy (and adapter), register it with `registered` as its metrics, close the run row with
+    `metrics`."""
+    from store.runs import finish_run
+
+    model_dir, adapter_dir = save_policy(model, tokenizer, run_dir, start)
+    metrics["adapter_dir"] = registered["adapter_dir"] = str(adapter_dir) if adapter_dir else None
+    register_policy(ws, name, start, model_dir, run_id, rounds, registered)
+    finish_run(ws.db, run_id, "succeeded", metrics=metrics)
+    return PolicyTrainingResult(run_id, name, run_dir, model_dir, metrics)
 
 
 def last_checkpoint(run_dir: Path, resume_from: int | None) -> str | None:
