@@ -12,7 +12,8 @@ Each round i (0-based) runs five steps, each a `loop_step` run row under one `lo
 A step whose row succeeded is skipped on a rerun. A step cut short (the process killed) is redone: its row and the
 child runs it left 'running' are closed as cancelled; models and rounds it may already have written are found
 by name (`loop<L>-reward<i>`, `loop<L>-policy<i+1>`) or round number and adopted, never made twice. Running
-`rankloop loop` again resumes the newest loop that did not finish (`new=True` starts another). After every
+`rankloop loop` again resumes the newest loop that did not finish with its recorded settings (`new=True` starts
+another; options that differ from the recorded ones are refused, not ignored). After every
 evaluation the report (report.md + PNG charts) is rewritten in runs/loop-<L>/, the loop row's output_path.
 """
 
@@ -370,9 +371,27 @@ def _summary(step: str, m: dict[str, Any]) -> str:
     return text
 
 
-def run_loop(ws: Any, config: LoopConfig, *, new: bool = False,
+def _shown(table: dict[str, Any], key: str) -> str:
+    return repr(table[key]) if key in table else "the trainer's default"
+
+
+def _differences(recorded: LoopConfig, asked: dict[str, Any]) -> list[str]:
+    """`FIELD=recorded (asked: VALUE)` for each setting in `asked` that the recorded loop config does not have."""
+    have, want = asdict(recorded), asdict(loop_config(asked, recorded, where="command line: "))
+    out = []
+    for key, value in have.items():
+        if isinstance(value, dict):
+            out += [f"{key}.{sub}={_shown(value, sub)} (asked: {_shown(want[key], sub)})"
+                    for sub in sorted({*value, *want[key]}) if value.get(sub) != want[key].get(sub)]
+        elif value != want[key]:
+            out.append(f"{key}={value!r} (asked: {want[key]!r})")
+    return out
+
+
+def run_loop(ws: Any, config: LoopConfig, *, new: bool = False, asked: dict[str, Any] | None = None,
              log: Callable[[str], None] | None = None) -> LoopResult:
-    """Run the loop, or resume the newest unfinished one (its recorded config) unless `new`."""
+    """Run the loop, or resume the newest unfinished one (its recorded config) unless `new`. `asked`: the settings
+    given on the command line; resuming a loop recorded with other values is refused (they would be ignored)."""
     from rankloop.loop_report import write_loop_report
     from store.runs import finish_run, list_runs, reopen_run, start_run, update_run
 
@@ -382,6 +401,11 @@ def run_loop(ws: Any, config: LoopConfig, *, new: bool = False,
     if resumed:
         row = unfinished[-1]
         config = loop_config(row.config, where=f"loop run {row.id} config: ")
+        differ = _differences(config, asked or {})
+        if differ:
+            raise ValueError(f"loop run {row.id} is unfinished ({row.status}) and was started with "
+                             f"{', '.join(differ)}: run `rankloop loop` without those options to resume it, or "
+                             "add --new to start another loop")
         if row.status != "running":
             reopen_run(ws.db, row.id)
         run_id = row.id

@@ -178,3 +178,27 @@ def test_without_an_oracle_the_loop_waits_for_reviewers_then_resumes(workspace, 
     assert any("round 1/1 sample: done before" in line for line in lines)
     assert result.rounds[0]["policy"] == f"loop{result.run_id}-policy1" and "oracle_win_rate_vs_base" not in \
         result.rounds[0]
+
+
+def test_resuming_with_other_options_is_refused_naming_them(workspace, tiny_lm):
+    """An unfinished loop resumes with its recorded settings; asking for others must not be silently ignored."""
+    from dataclasses import asdict
+
+    from click.testing import CliRunner
+
+    from rankloop.cli import main
+    from rankloop.loop import LoopConfig
+    from store.runs import finish_run, start_run
+    from tests.conftest import table_hash
+
+    ws = loop_workspace(workspace, tiny_lm, train=2, held_out=1)
+    run_id = start_run(ws.db, "loop", asdict(LoopConfig(rounds=1, policy="tiny", simulate="length-in-range")))
+    finish_run(ws.db, run_id, "failed", error="killed")
+    before = table_hash(ws.db)
+    out = CliRunner().invoke(main, ["loop", "-w", str(ws.root), "--policy", "tiny", "--rounds", "3",
+                                    "--set", "dpo.beta=0.5"])
+    assert out.exit_code == 1, out.output
+    assert f"loop run {run_id} is unfinished (failed)" in out.output and "rounds=1 (asked: 3)" in out.output
+    assert "dpo.beta=the trainer's default (asked: 0.5)" in out.output and "--new" in out.output
+    assert "Traceback" not in out.output
+    assert table_hash(ws.db) == before

@@ -99,7 +99,7 @@ def loop_command(ws: Workspace, assignments: tuple[str, ...], new: bool, as_json
 
     overrides = guarded(_loop_overrides, options, assignments)
     config = guarded(_config, ws, overrides)
-    result = guarded(run_loop, ws, config, new=new, log=lambda line: click.echo(line, err=True))
+    result = guarded(run_loop, ws, config, new=new, asked=overrides, log=lambda line: click.echo(line, err=True))
     if as_json:
         echo_json({"run_id": result.run_id, "report": result.folder / "report.md", "rounds": result.rounds,
                    "resumed": result.resumed})
