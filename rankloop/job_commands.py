@@ -105,6 +105,8 @@ COMMANDS: dict[str, JobCommand] = {
         Option("--reviewers", "int", "Simulated reviewers.", minimum=1),
         Option("--noise", "float", "Simulated reviewers' noise.", minimum=0),
         Option("--required-reviewers", "int", "Reviewers per comparison.", minimum=1), _DEVICE,
+        Option("--new", "flag", "Start a new loop even if an unfinished one could be resumed (an unfinished loop "
+                                "resumes only with the settings it was started with)."),
     ), ("loop", "reward", "dpo", "ppo")),
 }
 

@@ -56,6 +56,7 @@ def test_argv_is_built_from_the_form_only():
         "--set", "report_to=[]"]
     assert build_argv("loop", {"rounds": 1, "simulate": "length-in-range"}, "reward.learning_rate=5e-5\nrounds=1")[
         -4:] == ["--set", "reward.learning_rate=5e-5", "--set", "rounds=1"]
+    assert build_argv("loop", {"rounds": 2, "new": True}) == ["loop", "--rounds", "2", "--new"]
 
 
 @pytest.mark.parametrize(("command", "values", "settings", "message"), [
