@@ -16,80 +16,28 @@ is bounded by --trl-steps (default 3: two timed steps). Say so when quoting the 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import resource
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-DATA = ROOT / "scripts" / "data" / "hh_rlhf_harmless_base.derived_from_test.train.jsonl.gz"
-
-
-def _step_timer():
-    from transformers import TrainerCallback
-
-    class StepTimer(TrainerCallback):
-        def __init__(self):
-            self.durations: list[float] = []
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.started = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.durations.append(time.perf_counter() - self.started)
-
-    return StepTimer()
-
-
-def _pairs(n: int):
-    import pandas as pd
-
-    from reward.data import read_pairs_file
-
-    frame = read_pairs_file(DATA).head(n).copy()
-    frame["part"] = "train"
-    return pd.DataFrame(frame)
-
-
-def _peak_memory_mb() -> float:
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from trainer_harness import child, compare, hh_pairs, hh_workspace, step_timer  # noqa: E402 (this folder)
 
 
 def run_rankloop(args: argparse.Namespace) -> dict:
     """`rankloop train reward` as the CLI runs it: a workspace, its pairs, train_reward_model, our defaults."""
-    from rankloop.workspace import init_workspace
-    from reward.config import RewardTrainingConfig
+    from reward.config import RewardTrainingConfig, parse_assignment
     from reward.train import train_reward_model
-    from store.batch import Batch, Comparison, Judgment, Prompt, Response, write_batch
-    from store.db import write
     from store.runs import get_run
 
-    ws = init_workspace(Path(tempfile.mkdtemp(prefix="bench-reward-")) / "ws")
-    batch = Batch()
-    for i, row in _pairs(args.pairs).iterrows():
-        batch.prompts.append(Prompt(i, [{"role": "user", "content": row.prompt_text}], text=row.prompt_text))
-        batch.responses += [Response((i, "c"), i, row.chosen), Response((i, "r"), i, row.rejected)]
-        batch.comparisons.append(Comparison(i, i, [(i, "c"), (i, "r")]))
-        batch.judgments.append(Judgment(i, "hh", f"bench-{i}", ranking=[[(i, "c")], [(i, "r")]]))
-    write(ws.db, lambda con: write_batch(con, batch))
-    from reward.config import parse_assignment
-
+    ws = hh_workspace(args.pairs, "bench-reward-")
     overrides = dict(parse_assignment(a) for a in args.assignments)
     config = RewardTrainingConfig(base=args.base, max_steps=args.steps, eval_steps=10**6, eval_fraction=0.01,
                                   max_length=args.max_length, report_to=[], early_stopping_patience=0,
                                   per_device_train_batch_size=args.batch_size, **({"method": args.method}
                                                                                   if args.method else {}),
                                   **overrides)
-    timer = _step_timer()
+    timer = step_timer()
     result = train_reward_model(ws, config, progress=False, callbacks=[timer])
     chosen = get_run(ws.db, result.run_id).metrics  # what the per-device defaults picked
     settings = {"bf16": chosen["device"]["bf16"], "gradient_checkpointing": chosen["device"]["gradient_checkpointing"],
@@ -109,7 +57,7 @@ def run_trl(args: argparse.Namespace) -> dict:
 
     ours = RewardTrainingConfig(base=args.base, **({"method": args.method} if args.method else {}))
     model, tokenizer, heads = load_backbone(args.base)
-    data = to_dataset(_pairs(args.pairs), tokenizer, args.max_length, uses_eos(tokenizer))
+    data = to_dataset(hh_pairs(args.pairs), tokenizer, args.max_length, uses_eos(tokenizer))
     data = Dataset.from_dict({"chosen_ids": data["chosen_ids"], "rejected_ids": data["rejected_ids"]})
     method, _ = resolve_method(ours.method, count_parameters(model)[0])  # as `train reward` resolves it
     peft = lora_config(heads, ours.lora_r, ours.lora_alpha, ours.lora_target_modules) if method == "lora" else None
@@ -119,7 +67,7 @@ def run_trl(args: argparse.Namespace) -> dict:
     trl_args = RewardConfig(output_dir=tempfile.mkdtemp(prefix="bench-trl-"), max_steps=args.trl_steps,
                             per_device_train_batch_size=args.batch_size, save_strategy="no", report_to="none",
                             disable_tqdm=True, use_cpu=not torch.cuda.is_available())
-    timer = _step_timer()
+    timer = step_timer()
     trainer = RewardTrainer(model=model, args=trl_args, train_dataset=data, processing_class=tokenizer,
                             peft_config=peft, callbacks=[timer])
     trainer.train()
@@ -141,17 +89,6 @@ def resolve_base_offline(base: str) -> str:
     return base
 
 
-def child(args: argparse.Namespace) -> None:
-    args.base = resolve_base_offline(args.base)  # a folder, the same for both variants
-    started = time.perf_counter()
-    out = run_rankloop(args) if args.variant == "rankloop" else run_trl(args)
-    timed = out["durations"][1:]  # the first step is a warm-up
-    out.update({"variant": args.variant, "steps_timed": len(timed), "seconds_timed": sum(timed),
-                "pairs_per_s": len(timed) * args.batch_size / sum(timed) if timed else None,
-                "peak_memory_mb": round(_peak_memory_mb(), 1), "wall_s": round(time.perf_counter() - started, 1)})
-    print("RESULT " + json.dumps(out))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", default=None, help="Backbone (default: the reward config's default).")
@@ -170,25 +107,11 @@ def main() -> None:
 
         args.base = DEFAULT_BACKBONE
     if args.variant:
-        child(args)
+        args.base = resolve_base_offline(args.base)  # a folder, the same for both variants
+        child(args, run_rankloop if args.variant == "rankloop" else run_trl)
         return
-    results = {}
-    for variant in ("rankloop", "trl"):
-        cmd = [sys.executable, __file__, "--variant", variant, *sys.argv[1:]]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONPATH": str(ROOT)}
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-        if done.returncode != 0 or not lines:
-            sys.exit(f"{variant} failed:\n{done.stderr[-3000:]}")
-        results[variant] = json.loads(lines[-1][len("RESULT "):])
-    ours, trl = results["rankloop"], results["trl"]
-    print(f"backbone {args.base}, {args.pairs} HH pairs, batch {args.batch_size}, max_length {args.max_length}")
-    for name, r in (("rankloop train reward", ours), ("TRL defaults", trl)):
-        print(f"{name:22s} {r['pairs_per_s']:.3f} pairs/s over {r['steps_timed']} timed steps, "
-              f"peak memory {r['peak_memory_mb']:.0f} MiB, settings {r['settings']}")
-    print(f"ratio (rankloop / TRL defaults): {ours['pairs_per_s'] / trl['pairs_per_s']:.1f}x pairs/s, "
-          f"{ours['peak_memory_mb'] / trl['peak_memory_mb']:.2f}x peak memory")
-    print(json.dumps({"args": vars(args), "results": results}, default=str))
+    compare(__file__, args, {"rankloop": "rankloop train reward", "trl": "TRL defaults"},
+            f"backbone {args.base}, {args.pairs} HH pairs, batch {args.batch_size}, max_length {args.max_length}")
 
 
 if __name__ == "__main__":
