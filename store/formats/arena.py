@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from store.errors import InputError
-from store.formats.common import ImportedBatch, PairsBuilder, chat_messages, optional_str
+from store.formats.common import ImportedBatch, PairsBuilder, chat_messages, optional_str, read_rows
 from store.reading import require
 
 FORMAT = "arena"
@@ -27,13 +27,7 @@ def looks_like(rec: dict[str, Any]) -> bool:
 
 
 def read(path: str | Path, source: str | None = None) -> ImportedBatch:
-    path = Path(path)
-    b = PairsBuilder(path, FORMAT)
-    src = source or FORMAT
-    for line, rec in b.records():
-        with b.row():
-            _battle(b, path, line, rec, src)
-    return b.finish()
+    return read_rows(path, FORMAT, lambda b, line, rec: _battle(b, b.path, line, rec, source or FORMAT))
 
 
 def _battle(b: PairsBuilder, path: Path, line: int, rec: dict[str, Any], src: str) -> None:

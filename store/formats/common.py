@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -283,3 +283,14 @@ def judgment_key(fmt: str, reviewer: str, prompt_key: str, texts: list[str], ran
 
 def _skipped(skipped: Counter) -> str:
     return ", ".join(f"{n} skipped: {reason}" for reason, n in skipped.items())
+
+
+def read_rows(path: str | Path, fmt: str,
+              handle: Callable[[PairsBuilder, int, dict[str, Any]], None]) -> ImportedBatch:
+    """Each record of the file through `handle(builder, line, record)`; a record's located errors are collected and
+    reading goes on, so one InputError at the end lists every bad row."""
+    b = PairsBuilder(Path(path), fmt)
+    for line, rec in b.records():
+        with b.row():
+            handle(b, line, rec)
+    return b.finish()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from store.errors import InputError
-from store.formats.common import ImportedBatch, PairsBuilder, optional_str
+from store.formats.common import ImportedBatch, PairsBuilder, optional_str, read_rows
 from store.reading import require
 
 FORMAT = "hh"
@@ -66,12 +66,7 @@ def split_dialogue(chosen: str, rejected: str, path: Path, line: int) -> tuple[s
 
 
 def read(path: str | Path, source: str | None = None) -> ImportedBatch:
-    path = Path(path)
-    b = PairsBuilder(path, FORMAT)
-    for line, rec in b.records():
-        with b.row():
-            _row(b, path, line, rec, source)
-    return b.finish()
+    return read_rows(path, FORMAT, lambda b, line, rec: _row(b, b.path, line, rec, source))
 
 
 def _row(b: PairsBuilder, path: Path, line: int, rec: dict[str, Any], source: str | None) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from store.errors import InputError
-from store.formats.common import ImportedBatch, PairsBuilder
+from store.formats.common import ImportedBatch, PairsBuilder, read_rows
 from store.reading import require
 
 FORMAT = "labelstudio"
@@ -25,13 +25,7 @@ def looks_like(rec: dict[str, Any]) -> bool:
 
 
 def read(path: str | Path, source: str | None = None) -> ImportedBatch:
-    path = Path(path)
-    b = PairsBuilder(path, FORMAT)
-    src = source or FORMAT
-    for line, task in b.records():
-        with b.row():
-            _task(b, path, line, task, src)
-    return b.finish()
+    return read_rows(path, FORMAT, lambda b, line, task: _task(b, b.path, line, task, source or FORMAT))
 
 
 def _user(value: Any, path: Path, line: int, where: str) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from store.errors import InputError
-from store.formats.common import ImportedBatch, PairsBuilder, chat_messages, optional_str
+from store.formats.common import ImportedBatch, PairsBuilder, chat_messages, optional_str, read_rows
 from store.reading import require
 
 FORMAT = "trl"
@@ -30,12 +30,7 @@ def looks_like(rec: dict[str, Any]) -> bool:
 
 
 def read(path: str | Path, source: str | None = None) -> ImportedBatch:
-    path = Path(path)
-    b = PairsBuilder(path, FORMAT)
-    for line, rec in b.records():
-        with b.row():
-            _row(b, path, line, rec, source)
-    return b.finish()
+    return read_rows(path, FORMAT, lambda b, line, rec: _row(b, b.path, line, rec, source))
 
 
 def _assistant_text(messages: list[dict[str, str]], path: Path, line: int, name: str) -> str:
