@@ -50,8 +50,15 @@ class RewardTrainingConfig:
         "Longest prompt + response in tokens; longer prompts lose their beginning (TRL drops such pairs instead).")})
     # model
     method: str = field(default="auto", metadata={"help": (
-        "'lora' (adapters on the backbone, the head trained in full via peft modules_to_save), 'full', or 'auto': "
-        "full below 100M parameters (LoRA saves little there and learns slower), LoRA above.")})
+        "'lora' (adapters on the backbone, the head trained in full via peft modules_to_save), 'full', 'auto' "
+        "(full below 100M parameters, where LoRA saves little and learns slower; LoRA above), or 'probe' (the "
+        "backbone frozen; a linear reward on one layer's states averaged over the response, fitted in closed form: "
+        "forward passes only, see reward/probe.py).")})
+    probe_layer: int = field(default=0, metadata={"help": (
+        "method 'probe': the layer read (0: the middle one, k: layer k, -1: the last).")})
+    probe_penalties: list[float] = field(default_factory=lambda: [0.1, 0.3, 1.0, 3.0, 10.0], metadata={"help": (
+        "method 'probe': L2 penalties tried; the best by cross-validation on the train pairs is kept.")})
+    probe_folds: int = field(default=5, metadata={"help": "method 'probe': cross-validation folds."})
     pooling: str = field(default="own", metadata={"help": (
         "How a text becomes one score: 'own' (the architecture's: [CLS] pooler for encoders, last token for "
         "decoders) or 'response_mean' (BERT-style encoders only: the mean of the response tokens, prompt and "
@@ -94,8 +101,12 @@ class RewardTrainingConfig:
                 raise RewardConfigError(f"{name}: {message}")
 
         need(bool(self.base.strip()), "base", "must name a model")
-        need(self.method in ("auto", "lora", "full"), "method",
-             f"must be 'auto', 'lora' or 'full', got {self.method!r}")
+        need(self.method in ("auto", "lora", "full", "probe"), "method",
+             f"must be 'auto', 'lora', 'full' or 'probe', got {self.method!r}")
+        need(self.probe_folds >= 2, "probe_folds", "must be >= 2")
+        need(bool(self.probe_penalties) and all(x > 0 for x in self.probe_penalties), "probe_penalties",
+             "must be one or more numbers > 0")
+        need(not (self.method == "probe" and self.margin), "margin", "method 'probe' has no margin term")
         need(self.pooling in POOLINGS, "pooling",
              f"must be 'own' or 'response_mean', got {self.pooling!r}")
         need(0 < self.eval_fraction < 1, "eval_fraction", "must be in (0, 1)")

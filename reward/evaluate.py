@@ -164,8 +164,7 @@ def evaluate_reward_model(ws: Any, model: str, pairs_file: str | Path | None = N
         update_run(ws.db, run_id, output_path=str(report_dir))
         started = time.monotonic()
         scorer = RewardScorer.from_row(row, device=device, batch_size=batch_size)
-        chosen, rejected = score_pairs(scorer.model, scorer.tokenizer, pairs, int(scorer.meta["max_length"]),
-                                       bool(scorer.meta["append_eos"]), batch_size, scorer.pair)
+        chosen, rejected = scorer.score_pairs(pairs)
         metrics = pair_metrics(chosen, rejected, list(pairs["chosen"]), list(pairs["rejected"]))
         metrics["seconds"] = round(time.monotonic() - started, 1)
         by_round = group_metrics(list(pairs["round"]), chosen, rejected) if "round" in pairs else []

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reward.backbone import load_reward_model
+from reward.backbone import load_reward_model, read_meta
 from reward.data import encode, prompt_string
 
 
@@ -57,9 +57,17 @@ class RewardScorer:
 
         self.path = Path(path)
         self.device = resolve_device(device)
+        self.batch_size = batch_size
+        self.probe = None
+        meta = read_meta(self.path)
+        if meta["method"] == "probe":
+            from reward.probe import ProbeScorer
+
+            self.probe = ProbeScorer(self.path, meta, self.device)
+            self.model, self.tokenizer, self.meta = self.probe.model, self.probe.tokenizer, meta
+            return
         dtype = torch.bfloat16 if self.device.startswith("cuda") and torch.cuda.is_bf16_supported() else None
         self.model, self.tokenizer, self.meta = load_reward_model(self.path, self.device, dtype)
-        self.batch_size = batch_size
 
     @classmethod
     def from_row(cls, row: Any, device: str | None = None, batch_size: int = 16) -> RewardScorer:
@@ -81,8 +89,17 @@ class RewardScorer:
         """Whether prompt and response are encoded as a pair (response-mean pooling, reward.pooling)."""
         return self.meta.get("pooling", "own") == "response_mean"
 
+    def score_pairs(self, pairs: Any) -> tuple[list[float], list[float]]:
+        """(chosen scores, rejected scores) of a pairs frame (prompt_text / prompt_messages, chosen, rejected)."""
+        prompts = [prompt_string(t, m, self.tokenizer) for t, m in zip(pairs["prompt_text"], pairs["prompt_messages"],
+                                                                       strict=True)]
+        return (self.score_strings(prompts, [str(x) for x in pairs["chosen"]]),
+                self.score_strings(prompts, [str(x) for x in pairs["rejected"]]))
+
     def score_strings(self, prompts: list[str], responses: list[str]) -> list[float]:
         """Scores of (prompt, response) with the prompts already rendered as text."""
+        if self.probe is not None:
+            return self.probe.score_strings(prompts, responses)
         return score_texts(self.model, self.tokenizer, prompts, responses, int(self.meta["max_length"]),
                            bool(self.meta["append_eos"]), self.batch_size, self.pair)
 

@@ -211,6 +211,11 @@ def _train(ws: Any, config: RewardTrainingConfig, prepared: dict[str, Any], stat
     from store.runs import finish_run, update_run
 
     pairs, run_id, run_dir, base = prepared["pairs"], prepared["run_id"], Path(prepared["run_dir"]), prepared["base"]
+    if config.method == "probe":
+        if state.num_processes > 1:
+            raise ValueError("method: 'probe' runs in one process (forward passes only); start it without "
+                             "`accelerate launch`")
+        return _train_probe(ws, config, pairs, run_id, run_dir, base, progress)
     checkpoint = resume_checkpoint(run_dir, resume_from)  # the newest complete one, read back before loading
     check_pooling(config.pooling, base.location)
     pooling = config.pooling
@@ -257,6 +262,64 @@ def _train(ws: Any, config: RewardTrainingConfig, prepared: dict[str, Any], stat
                              len(train_pairs), pair)
     name = config.name or f"reward-run{run_id}"
     _register(ws, name, method, base, model_dir, pairs, run_id, metrics)
+    finish_run(ws.db, run_id, "succeeded", metrics=metrics)
+    return RewardTrainingResult(run_id, name, run_dir, model_dir, metrics)
+
+
+def _train_probe(ws: Any, config: RewardTrainingConfig, pairs: Any, run_id: int, run_dir: Path, base: Any,
+                 progress: bool) -> RewardTrainingResult:
+    """method 'probe' (reward/probe.py): embed every pair once with the backbone frozen, fit the linear reward."""
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import AutoModel, AutoTokenizer
+
+    from reward.backbone import _quiet_loading
+    from reward.data import prompt_string
+    from reward.device import resolve_device
+    from reward.evaluate import pair_metrics
+    from reward.probe import fit_probe, response_features, save_probe
+    from store.runs import finish_run, update_run
+
+    train_pairs, eval_pairs = pairs[pairs["part"] == "train"], pairs[pairs["part"] == "eval"]
+    if train_pairs.empty:
+        raise ValueError("no training pairs after the split by prompt: collect pairs on more prompts")
+    device = resolve_device(config.device)
+    tokenizer = AutoTokenizer.from_pretrained(base.location)
+    with _quiet_loading():
+        model = AutoModel.from_pretrained(base.location, dtype=torch.float32).to(device).eval()
+    n_params, _ = count_parameters(model)
+    update_run(ws.db, run_id, metrics={"device": {"device": device}, "method": "probe", "parameters": n_params,
+                                       "trainable": model.config.hidden_size, "pooling": "response_mean",
+                                       "probe_layer": config.probe_layer})
+    started = time.monotonic()
+    features = {}
+    with tqdm(total=2 * len(pairs), disable=not progress, desc="probe: embedding responses") as bar:
+        for part, frame in (("train", train_pairs), ("eval", eval_pairs)):
+            prompts = [prompt_string(t, m, tokenizer) for t, m in zip(frame["prompt_text"], frame["prompt_messages"],
+                                                                      strict=True)]
+            for side in ("chosen", "rejected"):
+                features[part, side] = response_features(model, tokenizer, prompts, [str(x) for x in frame[side]],
+                                                         config.max_length, config.probe_layer, lambda: bar.update())
+    probe = fit_probe(features["train", "chosen"], features["train", "rejected"], config.probe_penalties,
+                      config.probe_folds, config.seed, config.probe_layer, config.max_length)
+    seconds = time.monotonic() - started
+    model_dir = run_dir / "model"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    save_probe(model_dir, probe)
+    tokenizer.save_pretrained(str(model_dir))
+    write_meta(model_dir, {"format": 1, "method": "probe", "base": base.location, "max_length": config.max_length,
+                           "append_eos": False, "pooling": "response_mean", "run_id": run_id, "heads": []})
+    metrics: dict[str, Any] = {
+        "global_step": 0, "train_pairs": len(train_pairs), "train_seconds": round(seconds, 1),
+        "pairs_per_s": round(len(pairs) / max(seconds, 1e-9), 3), "penalty": probe.penalty,
+        "cv_accuracy": probe.cv_accuracy, "probe_layer": probe.layer,
+    }
+    if len(eval_pairs):
+        held = pair_metrics(probe.rewards(features["eval", "chosen"]), probe.rewards(features["eval", "rejected"]),
+                            list(eval_pairs["chosen"]), list(eval_pairs["rejected"]))
+        metrics.update({f"eval_{k}": v for k, v in held.items()})
+    name = config.name or f"reward-run{run_id}"
+    _register(ws, name, "probe", base, model_dir, pairs, run_id, metrics)
     finish_run(ws.db, run_id, "succeeded", metrics=metrics)
     return RewardTrainingResult(run_id, name, run_dir, model_dir, metrics)
 

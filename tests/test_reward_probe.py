@@ -1,0 +1,85 @@
+"""method 'probe' (reward/probe.py): the backbone frozen, a linear Bradley-Terry reward fitted on one layer's
+response-averaged states. With a tiny LM and a preference that the texts alone decide."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from reward.config import RewardConfigError
+from reward.evaluate import evaluate_reward_model
+from reward.score import RewardScorer
+from reward.train import train_reward_model
+from store.models import get_model
+from store.runs import get_run, list_runs
+from tests.reward_data import BAD, GOOD, MIDDLE, register_tiny, seed_pairs, tiny_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def ws(workspace, tiny_lm):
+    register_tiny(workspace.db, tiny_lm)
+    seed_pairs(workspace.db)
+    return workspace
+
+
+def _digest(folder) -> str:
+    return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file())).hexdigest()
+
+
+def test_probe_learns_the_preference_leaves_the_backbone_alone_and_scores_the_same_after_loading(ws, tiny_lm):
+    before = _digest(tiny_lm)
+    result = train_reward_model(ws, tiny_config(method="probe", probe_penalties=[0.01, 1.0], probe_folds=3,
+                                                reviewers=["alice"]),  # bob swaps the bottom two: no clean 1.0
+                                progress=False)
+    m = result.metrics
+    assert m["eval_accuracy"] == 1.0 and m["eval_pairs"] > 0 and m["penalty"] in (0.01, 1.0)
+    assert set(m["cv_accuracy"]) == {"0.01", "1"} and max(m["cv_accuracy"].values()) == 1.0
+    assert _digest(tiny_lm) == before, "the backbone's files changed"
+    run = get_run(ws.db, result.run_id)
+    assert run.status == "succeeded" and run.metrics["method"] == "probe"
+    row = get_model(ws.db, result.model_name)
+    assert row.kind == "reward" and row.path == str(result.model_dir) and row.parent_id is not None
+
+    scorer = RewardScorer(result.model_dir)
+    good, middle, bad = scorer.score(["\n\nHuman: Question 99: say something useful.\n\nAssistant:"] * 3,
+                                     [GOOD, MIDDLE, BAD])
+    assert good > middle > bad
+    evaluation = evaluate_reward_model(ws, result.model_name)  # the held-out pairs, scored from the saved folder
+    assert evaluation.metrics["accuracy"] == m["eval_accuracy"]
+    assert evaluation.metrics["pairs"] == m["eval_pairs"]
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"probe_folds": 1}, "probe_folds: must be >= 2"),
+    ({"probe_penalties": []}, "probe_penalties: must be one or more numbers > 0"),
+    ({"probe_penalties": [1.0, -1.0]}, "probe_penalties: must be one or more numbers > 0"),
+    ({"margin": True}, "margin: method 'probe' has no margin term"),
+])
+def test_bad_probe_settings_fail_before_a_run(ws, overrides, message):
+    with pytest.raises(RewardConfigError, match=message):
+        tiny_config(method="probe", **overrides)
+    assert list_runs(ws.db, kind="reward") == []
+
+
+def test_a_layer_the_backbone_lacks_fails_the_run_naming_the_field(ws):
+    with pytest.raises(ValueError, match=r"probe_layer: the backbone has \d+ layers, got 99"):
+        train_reward_model(ws, tiny_config(method="probe", probe_layer=99), progress=False)
+    (run,) = list_runs(ws.db, kind="reward")
+    assert run.status == "failed" and "probe_layer" in run.error
+
+
+def test_train_reward_cli_takes_method_probe(ws):
+    import json
+
+    from click.testing import CliRunner
+
+    from tests.reward_data import reward_cli
+
+    out = CliRunner().invoke(reward_cli(), ["train", "reward", "-w", str(ws.root), "--base", "tiny", "--set",
+                                            "method=probe", "--set", "report_to=[]", "--no-progress", "--json"])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.output[out.output.index("{"):])
+    assert result["metrics"]["penalty"] > 0 and 0 <= result["metrics"]["eval_accuracy"] <= 1
