@@ -62,7 +62,7 @@ def test_bad_settings_fail_with_the_field_and_leave_the_workspace_alone(ws):
         (ws.root / "rankloop.toml").read_text(encoding="utf-8") + '\n[reward]\nmethod = "qlora"\n', encoding="utf-8")
     result = run("train", "reward", *w)
     assert result.exit_code == 1
-    assert f"{ws.root / 'rankloop.toml'}: [reward] method: must be 'auto', 'lora' or 'full'" in result.output
+    assert f"{ws.root / 'rankloop.toml'}: [reward] method: must be 'auto', 'lora', 'full' or 'probe'" in result.output
     result = run("train", "reward", *w, "--resume")
     assert result.exit_code == 1 and "no unfinished reward run" in result.output
     result = run("eval", "reward", *w)

@@ -24,7 +24,7 @@ def test_defaults_are_valid_and_every_field_has_help():
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [
-    ("method", "qlora", "method: must be 'auto', 'lora' or 'full'"),
+    ("method", "qlora", "method: must be 'auto', 'lora', 'full' or 'probe'"),
     ("eval_fraction", 1.5, "eval_fraction: must be in (0, 1)"),
     ("lora_r", 0, "lora_r: must be >= 1"),
     ("max_steps", 0, "max_steps: must be >= 1"),
