@@ -57,7 +57,7 @@ def response_features(model: Any, tokenizer: Any, prompts: list[str], responses:
     return out
 
 
-def _fit(diff: Any, penalty: float, seed: int) -> Any:
+def fit_weights(diff: Any, penalty: float, seed: int) -> Any:
     """w minimizing mean BT loss on (chosen - rejected) + penalty * |w|^2 (L-BFGS, float64). Random sign flips give
     the logistic fit both labels."""
     import numpy as np
@@ -106,11 +106,11 @@ def fit_probe(chosen: Any, rejected: Any, penalties: list[float], folds: int, se
     fold = np.random.default_rng(seed).permutation(len(diff)) % folds
     cv: dict[str, float] = {}
     for penalty in sorted(penalties):
-        right = [float(((diff[fold == k] @ _fit(diff[fold != k], penalty, seed)) > 0).mean())
+        right = [float(((diff[fold == k] @ fit_weights(diff[fold != k], penalty, seed)) > 0).mean())
                  for k in range(folds) if (fold == k).any() and (fold != k).any()]
         cv[f"{penalty:g}"] = round(sum(right) / len(right), 4) if right else 0.0
     best = max(sorted(penalties), key=lambda p: (cv[f"{p:g}"], p))
-    return Probe(layer, max_length, mean.tolist(), sd.tolist(), _fit(diff, best, seed).tolist(), best, cv)
+    return Probe(layer, max_length, mean.tolist(), sd.tolist(), fit_weights(diff, best, seed).tolist(), best, cv)
 
 
 def save_probe(folder: Path, probe: Probe) -> None:

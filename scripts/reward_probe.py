@@ -84,25 +84,10 @@ def smol_features(prompts: list[str], responses: list[str], max_length: int = 38
 
 
 def fit_probe(diff, penalty: float, seed: int = 0):
-    """w minimizing mean BT loss on feature differences (chosen - rejected) + penalty * |w|^2. Random sign flips
-    give the logistic fit both labels."""
-    import numpy as np
-    import torch
+    """The same L-BFGS Bradley-Terry fit as `rankloop train reward --set method=probe`."""
+    from reward.probe import fit_weights
 
-    signs = np.random.default_rng(seed).choice([-1.0, 1.0], len(diff))
-    x = torch.tensor(diff * signs[:, None], dtype=torch.float64)
-    y = torch.tensor(signs > 0, dtype=torch.float64)
-    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w], max_iter=300, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w, y) + penalty * (w * w).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return w.detach().numpy()
+    return fit_weights(diff, penalty, seed)
 
 
 def probe(train_c, train_r, test_c, test_r, folds: int = 5) -> dict:
