@@ -113,6 +113,17 @@ def fit_probe(chosen: Any, rejected: Any, penalties: list[float], folds: int, se
     return Probe(layer, max_length, mean.tolist(), sd.tolist(), fit_weights(diff, best, seed).tolist(), best, cv)
 
 
+def load_frozen_backbone(location: str, device: str) -> Any:
+    """The backbone without any head, float32, in eval mode on `device`: what a probe reads its features from."""
+    import torch
+    from transformers import AutoModel
+
+    from reward.backbone import _quiet_loading
+
+    with _quiet_loading():
+        return AutoModel.from_pretrained(location, dtype=torch.float32).to(device).eval()
+
+
 def save_probe(folder: Path, probe: Probe) -> None:
     Path(folder, PROBE_FILE).write_text(json.dumps(asdict(probe)), encoding="utf-8")
 
@@ -121,16 +132,12 @@ class ProbeScorer:
     """A saved probe: its backbone (frozen, from the base location) and the linear reward on its features."""
 
     def __init__(self, folder: str | Path, meta: dict[str, Any], device: str = "cpu"):
-        import torch
-        from transformers import AutoModel, AutoTokenizer
-
-        from reward.backbone import _quiet_loading
+        from transformers import AutoTokenizer
 
         raw = json.loads(Path(folder, PROBE_FILE).read_text(encoding="utf-8"))
         self.probe = Probe(**raw)
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        with _quiet_loading():
-            self.model = AutoModel.from_pretrained(meta["base"], dtype=torch.float32).to(device).eval()
+        self.model = load_frozen_backbone(meta["base"], device)
 
     def score_strings(self, prompts: list[str], responses: list[str]) -> list[float]:
         features = response_features(self.model, self.tokenizer, prompts, responses, self.probe.max_length,

@@ -269,15 +269,13 @@ def _train(ws: Any, config: RewardTrainingConfig, prepared: dict[str, Any], stat
 def _train_probe(ws: Any, config: RewardTrainingConfig, pairs: Any, run_id: int, run_dir: Path, base: Any,
                  progress: bool) -> RewardTrainingResult:
     """method 'probe' (reward/probe.py): embed every pair once with the backbone frozen, fit the linear reward."""
-    import torch
     from tqdm.auto import tqdm
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    from reward.backbone import _quiet_loading
     from reward.data import prompt_string
     from reward.device import resolve_device
     from reward.evaluate import pair_metrics
-    from reward.probe import fit_probe, response_features, save_probe
+    from reward.probe import fit_probe, load_frozen_backbone, response_features, save_probe
     from store.runs import finish_run, update_run
 
     train_pairs, eval_pairs = pairs[pairs["part"] == "train"], pairs[pairs["part"] == "eval"]
@@ -285,8 +283,7 @@ def _train_probe(ws: Any, config: RewardTrainingConfig, pairs: Any, run_id: int,
         raise ValueError("no training pairs after the split by prompt: collect pairs on more prompts")
     device = resolve_device(config.device)
     tokenizer = AutoTokenizer.from_pretrained(base.location)
-    with _quiet_loading():
-        model = AutoModel.from_pretrained(base.location, dtype=torch.float32).to(device).eval()
+    model = load_frozen_backbone(base.location, device)
     n_params, _ = count_parameters(model)
     update_run(ws.db, run_id, metrics={"device": {"device": device}, "method": "probe", "parameters": n_params,
                                        "trainable": model.config.hidden_size, "pooling": "response_mean",

@@ -31,15 +31,12 @@ def main() -> None:
     import numpy as np
 
     from reward.data import read_pairs_file
-    from reward.evaluate import score_pairs
     from reward.score import RewardScorer
 
     pairs = read_pairs_file(args.pairs)
     scores = []
     for folder in args.models:
-        scorer = RewardScorer(folder)
-        chosen, rejected = score_pairs(scorer.model, scorer.tokenizer, pairs, int(scorer.meta["max_length"]),
-                                       bool(scorer.meta["append_eos"]), 16, scorer.pair)
+        chosen, rejected = RewardScorer(folder).score_pairs(pairs)
         scores.append((np.array(chosen), np.array(rejected)))
         print(f"{folder}: {np.mean(scores[-1][0] > scores[-1][1]):.3f}")
 
