@@ -33,27 +33,128 @@ def _layer_index(n_states: int, layer: int) -> int:
     return layer if layer > 0 else n_states + layer
 
 
-def response_features(model: Any, tokenizer: Any, prompts: list[str], responses: list[str], max_length: int,
-                      layer: int, tick: Callable[[], None] | None = None) -> Any:
-    """(N, hidden) float64: mean of `layer`'s states over each response's tokens, read after the prompt. The
-    sequence is the prompt's tokens then the response's, cut from the left to `max_length`; the response keeps at
-    most half of it. One sequence at a time: no padding to get wrong, and a CPU gains little from batching here."""
-    import numpy as np
+class _Reached(Exception):
+    """Raised by the hook on the probed layer, carrying its output: the layers above it never run."""
+
+    def __init__(self, states: Any):
+        super().__init__("probe layer reached")
+        self.states = states
+
+
+def _decoder_layers(model: Any) -> Any:
+    """The model's list of transformer blocks (Llama `layers`, BERT `encoder.layer`, ...), or None."""
     import torch
 
-    device = next(model.parameters()).device
-    out = np.zeros((len(prompts), model.config.hidden_size), dtype=np.float64)
-    for i, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
+    n = model.config.num_hidden_layers
+    return next((m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n), None)
+
+
+def _is_causal(model: Any) -> bool:
+    """Whether a token's states depend only on the tokens before it (then a shared prompt is computed once)."""
+    config = model.config
+    return bool(getattr(config, "is_decoder", False)) or any(
+        str(a).endswith("ForCausalLM") for a in (getattr(config, "architectures", None) or []))
+
+
+def _layer_states(model: Any, input_ids: Any, attention_mask: Any, index: int, cache: Any = None) -> Any:
+    """hidden_states[index] of the batch (after `cache`'s tokens when given; the cache grows). Below the last layer
+    it stops there (a forward hook on the block that outputs it): the middle layer costs half a forward pass. The
+    last layer's states come from the full pass, since some models normalize the last hidden state."""
+    import inspect
+
+    layers = _decoder_layers(model)
+    early = layers is not None and 1 <= index < model.config.num_hidden_layers
+
+    def reached(_module: Any, _args: Any, output: Any) -> None:
+        raise _Reached(output[0] if isinstance(output, tuple) else output)
+
+    extra: dict[str, Any] = {}
+    if cache is not None:  # transformers 5 renames past_key_values to cache
+        name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        extra = {name: cache, "use_cache": True}
+    handle = layers[index - 1].register_forward_hook(reached) if early else None
+    try:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=not early, **extra)
+    except _Reached as stop:
+        return stop.states
+    finally:
+        if handle is not None:
+            handle.remove()
+    return out.hidden_states[index]
+
+
+def _sequences(tokenizer: Any, prompts: list[str], responses: list[str],
+               max_length: int) -> list[tuple[list[int], int]]:
+    """(ids, response length) per pair side: the prompt's tokens then the response's, cut from the left to
+    `max_length`; the response keeps at most half of it."""
+    out = []
+    for prompt, response in zip(prompts, responses, strict=True):
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         response_ids = tokenizer(" " + response.strip(), add_special_tokens=False)["input_ids"][:max_length // 2]
         if not response_ids:
             response_ids = [tokenizer.eos_token_id or tokenizer.pad_token_id or 0]
-        ids = (prompt_ids + response_ids)[-max_length:]
-        with torch.no_grad():
-            states = model(input_ids=torch.tensor([ids], device=device), output_hidden_states=True).hidden_states
-        out[i] = states[_layer_index(len(states), layer)][0, -len(response_ids):].float().mean(0).cpu().numpy()
-        if tick is not None:
-            tick()
+        out.append(((prompt_ids + response_ids)[-max_length:], len(response_ids)))
+    return out
+
+
+def _tail_states(model: Any, prefix: tuple[int, ...], tails: list[tuple[int, ...]], pad: int, index: int) -> Any:
+    """The probed layer's states of each tail read after `prefix` (B, longest tail, hidden): the prefix goes
+    through once and its KV cache is repeated for the batch; tails are padded on the right with an attention mask,
+    so no real token sees a pad (causal) or attends to one (encoders)."""
+    import torch
+
+    device = next(model.parameters()).device
+    cache = None
+    if prefix:
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=model.config)
+        _layer_states(model, torch.tensor([prefix], device=device), None, index, cache)
+        cache.batch_repeat_interleave(len(tails))
+    width = max(len(t) for t in tails)
+    ids = torch.full((len(tails), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(tails), len(prefix) + width), dtype=torch.long)
+    mask[:, :len(prefix)] = 1
+    for row, tail in enumerate(tails):
+        ids[row, :len(tail)] = torch.tensor(tail)
+        mask[row, len(prefix):len(prefix) + len(tail)] = 1
+    return _layer_states(model, ids.to(device), mask.to(device), index, cache).float().cpu()
+
+
+def response_features(model: Any, tokenizer: Any, prompts: list[str], responses: list[str], max_length: int,
+                      layer: int, tick: Callable[[], None] | None = None, batch_size: int = 8) -> Any:
+    """(N, hidden) float64: mean of `layer`'s states over each response's tokens, read after the prompt
+    (`_sequences`). Exact for any grouping, so the work is cut three ways: identical sequences are computed once;
+    in a causal LM, responses to the same (cut) prompt share one pass over it (chosen and rejected, a ranking's
+    candidates); and what is left goes through in batches of similar length."""
+    import numpy as np
+    import torch
+
+    index = _layer_index(model.config.num_hidden_layers + 1, layer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    causal = _is_causal(model)
+    unique: dict[tuple[int, ...], list[int]] = {}
+    response_length: dict[tuple[int, ...], int] = {}
+    for i, (ids, n_response) in enumerate(_sequences(tokenizer, prompts, responses, max_length)):
+        unique.setdefault(tuple(ids), []).append(i)
+        response_length[tuple(ids)] = n_response
+    groups: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
+    for ids, n_response in response_length.items():
+        groups.setdefault(ids[:len(ids) - n_response] if causal else (), []).append(ids)
+    out = np.zeros((len(prompts), model.config.hidden_size), dtype=np.float64)
+    for prefix, members in groups.items():
+        members.sort(key=len)
+        for start in range(0, len(members), batch_size):
+            chunk = members[start:start + batch_size]
+            tails = [ids[len(prefix):] for ids in chunk]
+            with torch.no_grad():
+                states = _tail_states(model, prefix, tails, pad, index)
+            for row, ids in enumerate(chunk):
+                feature = states[row, len(tails[row]) - response_length[ids]:len(tails[row])].mean(0).numpy()
+                for i in unique[ids]:
+                    out[i] = feature
+                    if tick is not None:
+                        tick()
     return out
 
 

@@ -83,3 +83,31 @@ def test_train_reward_cli_takes_method_probe(ws):
     assert out.exit_code == 0, out.output
     result = json.loads(out.output[out.output.index("{"):])
     assert result["metrics"]["penalty"] > 0 and 0 <= result["metrics"]["eval_accuracy"] <= 1
+
+
+@pytest.mark.parametrize("layer", [0, 1, -1])
+@pytest.mark.parametrize("backbone", ["causal", "encoder"])
+def test_batched_features_equal_one_full_pass_per_sequence(tiny_lm, tmp_path, backbone, layer):
+    """Batching pads sequences of other lengths, stops below the last layer, computes a prompt shared by several
+    responses once (causal) and a repeated sequence once; none of it may change a feature."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from reward.probe import load_frozen_backbone, response_features
+    from tests.tiny import build_encoder
+
+    folder = tiny_lm if backbone == "causal" else build_encoder(tmp_path / "enc")
+    model, tokenizer = load_frozen_backbone(str(folder), "cpu"), AutoTokenizer.from_pretrained(str(folder))
+    long = "Question 3 is a longer prompt than the others, " * 4  # cut from the left, by each response's length
+    prompts = ["Question 1: say something.", "Q2", long] * 2 + ["Question 1: say something.", "Q4"]
+    responses = [GOOD, BAD, MIDDLE, "", MIDDLE + " " + GOOD, "ok", GOOD, BAD]  # one sequence twice, one prompt 3x
+    batched = response_features(model, tokenizer, prompts, responses, max_length=24, layer=layer, batch_size=4)
+
+    index = {0: 1, 1: 1, -1: 2}[layer]  # two layers: hidden_states[1] is the middle (and first) layer's output
+    for i, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        r = tokenizer(" " + response.strip(), add_special_tokens=False)["input_ids"][:12] or [
+            tokenizer.eos_token_id or tokenizer.pad_token_id]
+        with torch.no_grad():
+            states = model(input_ids=torch.tensor([(p + r)[-24:]]), output_hidden_states=True).hidden_states
+        assert batched[i] == pytest.approx(states[index][0, -len(r):].mean(0).double().numpy(), abs=1e-5)
