@@ -189,6 +189,7 @@ class Probe:
     w: list[float]
     penalty: float
     cv_accuracy: dict[str, float]
+    precision: str = "float32"  # the backbone's arithmetic for the features ('int8': quantize_int8, on the CPU)
 
     def rewards(self, features: Any) -> list[float]:
         import numpy as np
@@ -197,7 +198,7 @@ class Probe:
 
 
 def fit_probe(chosen: Any, rejected: Any, penalties: list[float], folds: int, seed: int, layer: int,
-              max_length: int) -> Probe:
+              max_length: int, precision: str = "float32") -> Probe:
     """Standardize, pick the penalty by `folds`-fold CV (accuracy; ties go to the larger penalty), refit on all."""
     import numpy as np
 
@@ -211,7 +212,8 @@ def fit_probe(chosen: Any, rejected: Any, penalties: list[float], folds: int, se
                  for k in range(folds) if (fold == k).any() and (fold != k).any()]
         cv[f"{penalty:g}"] = round(sum(right) / len(right), 4) if right else 0.0
     best = max(sorted(penalties), key=lambda p: (cv[f"{p:g}"], p))
-    return Probe(layer, max_length, mean.tolist(), sd.tolist(), fit_weights(diff, best, seed).tolist(), best, cv)
+    return Probe(layer, max_length, mean.tolist(), sd.tolist(), fit_weights(diff, best, seed).tolist(), best, cv,
+                 precision)
 
 
 def load_frozen_backbone(location: str, device: str) -> Any:
@@ -221,8 +223,33 @@ def load_frozen_backbone(location: str, device: str) -> Any:
 
     from reward.backbone import _quiet_loading
 
-    with _quiet_loading():
-        return AutoModel.from_pretrained(location, dtype=torch.float32).to(device).eval()
+    try:
+        with _quiet_loading():
+            return AutoModel.from_pretrained(location, dtype=torch.float32).to(device).eval()
+    except OSError as e:  # a hub id that is not cached (offline) or a folder without weights
+        raise FileNotFoundError(f"base: cannot load {location!r}: {str(e).splitlines()[0]}") from e
+
+
+def probe_precision(asked: str, device: str) -> str:
+    """`asked`, after checking that int8 (torch's dynamic quantization, CPU only) runs on the CPU."""
+    if asked == "int8" and device != "cpu":
+        raise ValueError(f"probe_precision: 'int8' runs on the CPU only, but the device is {device}: "
+                         "set probe_precision = 'float32' or device = 'cpu'")
+    return asked
+
+
+def quantize_int8(model: Any) -> Any:
+    """The model with its linear layers dynamically quantized to int8 (weights int8, activations quantized per
+    batch; CPU only). Measured on SmolLM2's middle layer: features 3.3x faster on 2 cores, correlation 0.989 with
+    float32 (`scripts/bench/probe_features.py`). torch.ao's eager API is deprecated in favour of torchao but still
+    ships with the pinned torch; its warning is silenced here."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def save_probe(folder: Path, probe: Probe) -> None:
@@ -238,7 +265,8 @@ class ProbeScorer:
         raw = json.loads(Path(folder, PROBE_FILE).read_text(encoding="utf-8"))
         self.probe = Probe(**raw)
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        self.model = load_frozen_backbone(meta["base"], device)
+        model = load_frozen_backbone(meta["base"], "cpu" if self.probe.precision == "int8" else device)
+        self.model = quantize_int8(model) if self.probe.precision == "int8" else model
 
     def score_strings(self, prompts: list[str], responses: list[str]) -> list[float]:
         features = response_features(self.model, self.tokenizer, prompts, responses, self.probe.max_length,

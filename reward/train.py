@@ -269,25 +269,36 @@ def _train(ws: Any, config: RewardTrainingConfig, prepared: dict[str, Any], stat
 def _train_probe(ws: Any, config: RewardTrainingConfig, pairs: Any, run_id: int, run_dir: Path, base: Any,
                  progress: bool) -> RewardTrainingResult:
     """method 'probe' (reward/probe.py): embed every pair once with the backbone frozen, fit the linear reward."""
+    import numpy as np
     from tqdm.auto import tqdm
     from transformers import AutoTokenizer
 
     from reward.data import prompt_string
     from reward.device import resolve_device
     from reward.evaluate import pair_metrics
-    from reward.probe import fit_probe, load_frozen_backbone, response_features, save_probe
+    from reward.probe import (
+        fit_probe,
+        load_frozen_backbone,
+        probe_precision,
+        quantize_int8,
+        response_features,
+        save_probe,
+    )
     from store.runs import finish_run, update_run
 
     train_pairs, eval_pairs = pairs[pairs["part"] == "train"], pairs[pairs["part"] == "eval"]
     if train_pairs.empty:
         raise ValueError("no training pairs after the split by prompt: collect pairs on more prompts")
     device = resolve_device(config.device)
-    tokenizer = AutoTokenizer.from_pretrained(base.location)
+    precision = probe_precision(config.probe_precision, device)
     model = load_frozen_backbone(base.location, device)
+    tokenizer = AutoTokenizer.from_pretrained(base.location)
     n_params, _ = count_parameters(model)
+    if precision == "int8":
+        model = quantize_int8(model)
     update_run(ws.db, run_id, metrics={"device": {"device": device}, "method": "probe", "parameters": n_params,
                                        "trainable": model.config.hidden_size, "pooling": "response_mean",
-                                       "probe_layer": config.probe_layer})
+                                       "probe_layer": config.probe_layer, "probe_precision": precision})
     started = time.monotonic()
     features = {}
     with tqdm(total=2 * len(pairs), disable=not progress, desc="probe: embedding responses") as bar:
@@ -297,8 +308,15 @@ def _train_probe(ws: Any, config: RewardTrainingConfig, pairs: Any, run_id: int,
             for side in ("chosen", "rejected"):
                 features[part, side] = response_features(model, tokenizer, prompts, [str(x) for x in frame[side]],
                                                          config.max_length, config.probe_layer, lambda: bar.update())
+    for (part, side), values in features.items():
+        bad = ~np.isfinite(values).all(axis=1)
+        if bad.any():
+            row = (train_pairs if part == "train" else eval_pairs).iloc[int(bad.argmax())]
+            raise ValueError(f"probe: the backbone's layer states are not finite for {int(bad.sum())} {side} "
+                             f"responses (first: comparison {row['comparison_id']}, response {row[f'{side}_id']}); "
+                             "is the base model damaged?")
     probe = fit_probe(features["train", "chosen"], features["train", "rejected"], config.probe_penalties,
-                      config.probe_folds, config.seed, config.probe_layer, config.max_length)
+                      config.probe_folds, config.seed, config.probe_layer, config.max_length, precision)
     seconds = time.monotonic() - started
     model_dir = run_dir / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -309,7 +327,7 @@ def _train_probe(ws: Any, config: RewardTrainingConfig, pairs: Any, run_id: int,
     metrics: dict[str, Any] = {
         "global_step": 0, "train_pairs": len(train_pairs), "train_seconds": round(seconds, 1),
         "pairs_per_s": round(len(pairs) / max(seconds, 1e-9), 3), "penalty": probe.penalty,
-        "cv_accuracy": probe.cv_accuracy, "probe_layer": probe.layer,
+        "cv_accuracy": probe.cv_accuracy, "probe_layer": probe.layer, "probe_precision": precision,
     }
     if len(eval_pairs):
         held = pair_metrics(probe.rewards(features["eval", "chosen"]), probe.rewards(features["eval", "rejected"]),

@@ -11,9 +11,10 @@ It prints the held-out accuracy (95% interval), both length baselines, and the w
 evaluation, as a markdown table row and as JSON. The CPU time counts every thread of this process, so it is a
 fairer cost than wall time on a shared machine.
 
-    python scripts/reward_real_data.py --data hh
-    python scripts/reward_real_data.py --data ukp --max-steps 150
-    python scripts/reward_real_data.py --data hh --base smollm2-135m-instruct --max-steps 60
+    python scripts/reward_real_data.py --data hh                    # the defaults: the SmolLM2 probe
+    python scripts/reward_real_data.py --data hh --set probe_precision=int8
+    python scripts/reward_real_data.py --data hh --base all-minilm-l6-v2 --set method=auto   # MiniLM fine-tuned
+    python scripts/reward_real_data.py --data ukp --base all-minilm-l6-v2 --set method=auto --max-steps 150
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from store.runs import list_runs
 from tests.conftest import table_hash
 from tests.reward_data import register_tiny, reward_cli, seed_pairs
 
-FAST = ["--base", "tiny", "--max-steps", "2", "--set", "eval_steps=1", "--set", "report_to=[]",
+FAST = ["--base", "tiny", "--set", "method=lora", "--max-steps", "2", "--set", "eval_steps=1", "--set", "report_to=[]",
         "--set", "eval_fraction=0.25", "--no-progress"]
 
 

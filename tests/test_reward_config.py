@@ -19,7 +19,8 @@ def test_defaults_are_valid_and_every_field_has_help():
     from dataclasses import fields
 
     cfg = RewardTrainingConfig()
-    assert cfg.method == "auto" and cfg.report_to == ["tensorboard"] and cfg.center_rewards_coefficient == 0.01
+    assert cfg.method == "probe" and cfg.base == "smollm2-135m-instruct" and cfg.probe_precision == "float32"
+    assert cfg.report_to == ["tensorboard"] and cfg.center_rewards_coefficient == 0.01
     assert all(f.metadata.get("help") for f in fields(cfg))
 
 
@@ -76,7 +77,7 @@ def test_set_assignments_read_values_as_toml():
 def test_rendered_section_parses_back_to_the_same_config():
     import tomllib
 
-    cfg = RewardTrainingConfig(rounds=[0, 3], margin=True, name='my "rm"')
+    cfg = RewardTrainingConfig(rounds=[0, 3], method="lora", margin=True, name='my "rm"')
     parsed = config_from_dict(tomllib.loads(render_reward_section(cfg))["reward"])
     assert parsed == cfg
 

@@ -45,8 +45,9 @@ def test_accelerate_launch_two_cpu_processes(ws):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines",
            "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "tests" / "reward_launch.py"),
-           "train", "reward", "--workspace", str(ws.root), "--base", "tiny", "--max-steps", "3",
-           "--set", "eval_steps=2", "--set", "report_to=[]", "--set", "eval_fraction=0.25", "--no-progress"]
+           "train", "reward", "--workspace", str(ws.root), "--base", "tiny", "--set", "method=lora",
+           "--max-steps", "3", "--set", "eval_steps=2", "--set", "report_to=[]", "--set", "eval_fraction=0.25",
+           "--no-progress"]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("reward model 'reward-run1'") == 1

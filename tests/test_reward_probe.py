@@ -56,7 +56,7 @@ def test_probe_learns_the_preference_leaves_the_backbone_alone_and_scores_the_sa
     ({"probe_folds": 1}, "probe_folds: must be >= 2"),
     ({"probe_penalties": []}, "probe_penalties: must be one or more numbers > 0"),
     ({"probe_penalties": [1.0, -1.0]}, "probe_penalties: must be one or more numbers > 0"),
-    ({"margin": True}, "margin: method 'probe' has no margin term"),
+    ({"margin": True}, "margin: method 'probe' \\(the default\\) has no margin term"),
 ])
 def test_bad_probe_settings_fail_before_a_run(ws, overrides, message):
     with pytest.raises(RewardConfigError, match=message):
@@ -111,3 +111,48 @@ def test_batched_features_equal_one_full_pass_per_sequence(tiny_lm, tmp_path, ba
         with torch.no_grad():
             states = model(input_ids=torch.tensor([(p + r)[-24:]]), output_hidden_states=True).hidden_states
         assert batched[i] == pytest.approx(states[index][0, -len(r):].mean(0).double().numpy(), abs=1e-5)
+
+
+def test_int8_probe_records_its_precision_and_scores_the_same_after_loading(ws):
+    import json
+
+    result = train_reward_model(ws, tiny_config(method="probe", probe_precision="int8", reviewers=["alice"]),
+                                progress=False)
+    assert result.metrics["probe_precision"] == "int8"
+    assert json.loads((result.model_dir / "probe.json").read_text())["precision"] == "int8"
+    evaluation = evaluate_reward_model(ws, result.model_name)  # features recomputed in int8 from the saved folder
+    assert evaluation.metrics["accuracy"] == result.metrics["eval_accuracy"]
+
+
+def test_bad_probe_precision_names_the_field_and_int8_is_refused_off_the_cpu():
+    from reward.probe import probe_precision
+
+    with pytest.raises(RewardConfigError, match="probe_precision: must be 'float32' or 'int8', got 'fp8'"):
+        tiny_config(method="probe", probe_precision="fp8")
+    with pytest.raises(ValueError, match="probe_precision: 'int8' runs on the CPU only, but the device is cuda:0"):
+        probe_precision("int8", "cuda:0")
+    assert probe_precision("int8", "cpu") == "int8" and probe_precision("float32", "cuda:0") == "float32"
+
+
+def test_non_finite_states_fail_the_run_naming_a_response_and_save_no_model(ws, tiny_lm, tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from store.models import add_model, list_models
+
+    damaged = tmp_path / "lm-nan"
+    shutil.copytree(tiny_lm, damaged)
+    weights = load_file(str(damaged / "model.safetensors"))
+    name = "model.layers.0.mlp.down_proj.weight"
+    weights[name] = torch.full_like(weights[name], float("nan"))
+    save_file(weights, str(damaged / "model.safetensors"), metadata={"format": "pt"})
+    add_model(ws.db, "nan", "policy", base=str(damaged), path=str(damaged))
+
+    with pytest.raises(ValueError, match=r"probe: the backbone's layer states are not finite for \d+ chosen "
+                                         r"responses \(first: comparison \d+, response \d+\)"):
+        train_reward_model(ws, tiny_config(method="probe", base="nan"), progress=False)
+    (run,) = list_runs(ws.db, kind="reward")
+    assert run.status == "failed" and "not finite" in run.error
+    assert list_models(ws.db, kind="reward") == []

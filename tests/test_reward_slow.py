@@ -29,20 +29,24 @@ def _load_hh(db, n: int) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("base", [DEFAULT_BACKBONE, "smollm2-135m-instruct"])
-def test_real_backbone_trains_evaluates_and_scores(workspace, base):
+@pytest.mark.parametrize(("base", "method"), [(DEFAULT_BACKBONE, None),  # the defaults: the SmolLM2 probe
+                                              ("all-minilm-l6-v2", "auto"),  # full fine-tuning (22M)
+                                              ("smollm2-135m-instruct", "auto")])  # LoRA (135M)
+def test_real_backbone_trains_evaluates_and_scores(workspace, base, method):
     if base == "smollm2-135m-instruct":
         from rankloop.models import prepare_models
 
         prepare_models(workspace)  # converts the GGUF once (~20 s), then cached
     _load_hh(workspace.db, 24)
     config = RewardTrainingConfig(base=base, max_steps=2, eval_steps=2, max_length=256, report_to=[],
-                                  eval_fraction=0.25, per_device_train_batch_size=4)
+                                  eval_fraction=0.25, per_device_train_batch_size=4,
+                                  **({"method": method} if method else {}))
     result = train_reward_model(workspace, config, progress=False)
     row = get_model(workspace.db, result.model_name)
     assert row.parent_id == get_model(workspace.db, base).id, "lineage reaches the backbone's row"
-    assert result.metrics["global_step"] == 2 and result.metrics["eval_pairs"] > 0
+    assert result.metrics["global_step"] == (0 if config.method == "probe" else 2) and result.metrics["eval_pairs"] > 0
     ev = evaluate_reward_model(workspace, result.model_name)
     assert (ev.report_dir / "report.md").is_file() and ev.metrics["pairs"] == result.metrics["eval_pairs"]
+    assert ev.metrics["accuracy"] == result.metrics["eval_accuracy"]
     scores = RewardScorer(result.model_dir).score(["\n\nHuman: Hi!\n\nAssistant:"] * 2, [" Hello!", " Go away."])
     assert len(scores) == 2 and all(isinstance(s, float) for s in scores)

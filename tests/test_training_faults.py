@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STEPS = 6
 COMMON = ["--max-steps", str(STEPS), "--set", "logging_steps=1", "--set", "report_to=[]", "--no-progress"]
 ARGS = {
-    "reward": ["--base", "tiny", "--set", "eval_steps=2", "--set", "eval_fraction=0.25",
+    "reward": ["--base", "tiny", "--set", "method=lora", "--set", "eval_steps=2", "--set", "eval_fraction=0.25",
                "--set", "early_stopping_patience=0", *COMMON],
     "dpo": ["--policy", "tiny", "--set", "save_steps=2", "--set", "eval_steps=4", "--set", "eval_fraction=0.25",
             "--set", "early_stopping_patience=0", "--set", "per_device_train_batch_size=4", *COMMON],

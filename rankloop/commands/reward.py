@@ -55,7 +55,7 @@ def _overrides(options: dict[str, Any], assignments: tuple[str, ...]) -> dict[st
 
 @train_group.command("reward")
 @click.option("--base", default=None, help="Backbone: workspace model, folder, hub id or built-in "
-              "(all-minilm-l6-v2, smollm2-135m-instruct).  [default: [reward] base, else all-minilm-l6-v2]")
+              "(all-minilm-l6-v2, smollm2-135m-instruct).  [default: [reward] base, else smollm2-135m-instruct]")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="TOML file whose [reward] section overrides the workspace's.")
 @click.option("--resume", default=None, is_flag=False, flag_value="latest", metavar="[RUN]",
@@ -63,7 +63,8 @@ def _overrides(options: dict[str, Any], assignments: tuple[str, ...]) -> dict[st
 @click.option("--max-steps", type=int, default=None, help="Stop after N optimizer steps (bounds a run).")
 @click.option("--max-pairs", type=int, default=None, help="Train on at most N pairs (bounds a run).")
 @click.option("--name", default=None, help="Name of the new reward model.  [default: reward-run<ID>]")
-@click.option("--full", "full", is_flag=True, default=None, help="Full fine-tuning instead of LoRA.")
+@click.option("--full", "full", is_flag=True, default=None,
+              help="Fine-tune the whole backbone (TRL) instead of the default probe.")
 @click.option("--margin/--no-margin", default=None, help="Add a margin from the rank gap to the loss.")
 @click.option("--aggregate/--per-reviewer", default=None,
               help="One majority pair per comparison, or one pair per reviewer's judgment (default).")
@@ -82,9 +83,11 @@ def _overrides(options: dict[str, Any], assignments: tuple[str, ...]) -> dict[st
 @workspace_option
 def train_reward_command(ws: Workspace, config_file: Path | None, resume: str | None, assignments: tuple[str, ...],
                          no_progress: bool, as_json: bool, full: bool | None, **options: Any) -> None:
-    """Train a reward model (Bradley-Terry, TRL RewardTrainer) on the workspace's preference pairs.
+    """Train a Bradley-Terry reward model on the workspace's preference pairs.
 
-    Held-out prompts (no prompt on both sides) drive early stopping; the model, its run and its data snapshot
+    By default a linear probe on SmolLM2-135M-Instruct's frozen middle layer (method probe); --full or --set
+    method=lora|auto fine-tunes the backbone with TRL's RewardTrainer. Held-out prompts (no prompt on both
+    sides) are measured (and drive early stopping when fine-tuning); the model, its run and its data snapshot
     are recorded in the workspace. Settings: defaults < [reward] in rankloop.toml < --config FILE < flags.
     """
     from reward.config import load_reward_config

@@ -8,7 +8,7 @@ step is a warm-up that is not counted.
 TRL's defaults on a CPU include bf16=True, which is emulated there (about 20x slower per step), so the TRL run
 is bounded by --trl-steps (default 3: two timed steps). Say so when quoting the figure.
 
-    python scripts/bench/reward_throughput.py                       # default backbone, CPU or GPU
+    python scripts/bench/reward_throughput.py                       # all-MiniLM-L6-v2, CPU or GPU
     python scripts/bench/reward_throughput.py --base smollm2-135m-instruct --steps 6 --trl-steps 3
     python scripts/bench/reward_throughput.py --trl-steps 6 --set bf16=true   # ours with bf16 on the CPU
 """
@@ -91,8 +91,10 @@ def resolve_base_offline(base: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", default=None, help="Backbone (default: the reward config's default).")
-    parser.add_argument("--method", choices=["auto", "lora", "full"], default=None, help="Default: the config's.")
+    parser.add_argument("--base", default="all-minilm-l6-v2", help="Backbone (a TRL RewardTrainer comparison: the "
+                        "default method 'probe' trains no steps, so the bench fine-tunes).")
+    parser.add_argument("--method", choices=["auto", "lora", "full"], default="auto",
+                        help="Fine-tuning method: 'auto' is full below 100M parameters, LoRA above.")
     parser.add_argument("--pairs", type=int, default=64, help="Pairs taken from the HH train file.")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=512)
@@ -102,10 +104,6 @@ def main() -> None:
                         help="A [reward] field for the rankloop run, e.g. --set bf16=true (repeatable).")
     parser.add_argument("--variant", choices=["rankloop", "trl"], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.base is None:
-        from reward.config import DEFAULT_BACKBONE
-
-        args.base = DEFAULT_BACKBONE
     if args.variant:
         args.base = resolve_base_offline(args.base)  # a folder, the same for both variants
         child(args, run_rankloop if args.variant == "rankloop" else run_trl)
