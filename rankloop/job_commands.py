@@ -60,9 +60,11 @@ _DEVICE = Option("--device", "choice", "Where to train (empty: CUDA when present
 
 COMMANDS: dict[str, JobCommand] = {
     "train reward": JobCommand(("train", "reward"), "Train a reward model on the workspace's preference pairs.", (
-        Option("--base", "text", "Backbone: a workspace model, or all-minilm-l6-v2 / smollm2-135m-instruct."),
+        Option("--base", "text", "Backbone: a workspace model, smollm2-135m-instruct (default) or all-minilm-l6-v2."),
         _STEPS, _PAIRS, _EPOCHS, _LR,
-        Option("--margin", "flag", "Add a margin from the rank gap to the loss."),
+        Option("--full", "flag", "Fine-tune the whole backbone with TRL (default: a linear probe on the frozen "
+               "backbone; settings method = \"lora\" for LoRA)."),
+        Option("--margin", "flag", "Add a margin from the rank gap to the loss (fine-tuning only)."),
         Option("--name", "text", "Name of the new reward model (empty: reward-run<ID>)."), _DEVICE, _RESUME,
     ), ("reward",)),
     "train sft": JobCommand(("train", "sft"), "Supervised fine-tuning on edits and top-ranked answers.", (

@@ -71,18 +71,25 @@ def test_a_layer_the_backbone_lacks_fails_the_run_naming_the_field(ws):
     assert run.status == "failed" and "probe_layer" in run.error
 
 
-def test_train_reward_cli_takes_method_probe(ws):
+def test_train_reward_cli_trains_a_probe_by_default(ws):
     import json
 
     from click.testing import CliRunner
 
     from tests.reward_data import reward_cli
 
-    out = CliRunner().invoke(reward_cli(), ["train", "reward", "-w", str(ws.root), "--base", "tiny", "--set",
-                                            "method=probe", "--set", "report_to=[]", "--no-progress", "--json"])
+    out = CliRunner().invoke(reward_cli(), ["train", "reward", "-w", str(ws.root), "--base", "tiny",
+                                            "--no-progress", "--json"])
     assert out.exit_code == 0, out.output
     result = json.loads(out.output[out.output.index("{"):])
     assert result["metrics"]["penalty"] > 0 and 0 <= result["metrics"]["eval_accuracy"] <= 1
+    assert get_run(ws.db, result["run_id"]).config["config"]["method"] == "probe"
+
+    out = CliRunner().invoke(reward_cli(), ["train", "reward", "-w", str(ws.root), "--base", "tiny", "--set",
+                                            "probe_precision=int8", "--no-progress"])
+    assert out.exit_code == 0, out.output
+    assert "probe on layer 0 (int8):" in out.output and "L2 penalty" in out.output
+    assert "tensorboard" not in out.output  # a probe writes no TensorBoard logs
 
 
 @pytest.mark.parametrize("layer", [0, 1, -1])

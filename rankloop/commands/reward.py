@@ -116,6 +116,11 @@ def train_reward_command(ws: Workspace, config_file: Path | None, resume: str | 
         click.echo(f"held-out accuracy {m['eval_accuracy']:.3f} (95% {m['eval_accuracy_low']:.3f}-"
                    f"{m['eval_accuracy_high']:.3f}) on {m['eval_pairs']} pairs; length baseline (longer wins) "
                    f"{m['eval_length_longer_accuracy']:.3f}")
+    if "penalty" in m:  # method probe: no steps, no TensorBoard logs
+        cv = m["cv_accuracy"][f"{m['penalty']:g}"]
+        click.echo(f"probe on layer {m['probe_layer']} ({m['probe_precision']}): {m['train_pairs']} train pairs "
+                   f"embedded and fitted in {m['train_seconds']}s; L2 penalty {m['penalty']:g} (CV accuracy {cv:.3f})")
+        return
     click.echo(f"{m['global_step']} steps in {m['train_seconds']}s ({m['pairs_per_s']} pairs/s)"
                + (", stopped early" if m.get("stopped_early") else ""))
     click.echo(f"logs: tensorboard --logdir {result.run_dir / 'tensorboard'}")
