@@ -93,8 +93,11 @@ class RewardScorer:
         """(chosen scores, rejected scores) of a pairs frame (prompt_text / prompt_messages, chosen, rejected)."""
         prompts = [prompt_string(t, m, self.tokenizer) for t, m in zip(pairs["prompt_text"], pairs["prompt_messages"],
                                                                        strict=True)]
-        return (self.score_strings(prompts, [str(x) for x in pairs["chosen"]]),
-                self.score_strings(prompts, [str(x) for x in pairs["rejected"]]))
+        chosen, rejected = [str(x) for x in pairs["chosen"]], [str(x) for x in pairs["rejected"]]
+        if self.probe is not None:  # one call, so a pair's prompt goes through the backbone once for both sides
+            both = self.probe.score_strings(prompts * 2, chosen + rejected)
+            return both[:len(chosen)], both[len(chosen):]
+        return self.score_strings(prompts, chosen), self.score_strings(prompts, rejected)
 
     def score_strings(self, prompts: list[str], responses: list[str]) -> list[float]:
         """Scores of (prompt, response) with the prompts already rendered as text."""

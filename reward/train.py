@@ -305,9 +305,10 @@ def _train_probe(ws: Any, config: RewardTrainingConfig, pairs: Any, run_id: int,
         for part, frame in (("train", train_pairs), ("eval", eval_pairs)):
             prompts = [prompt_string(t, m, tokenizer) for t, m in zip(frame["prompt_text"], frame["prompt_messages"],
                                                                       strict=True)]
-            for side in ("chosen", "rejected"):
-                features[part, side] = response_features(model, tokenizer, prompts, [str(x) for x in frame[side]],
-                                                         config.max_length, config.probe_layer, lambda: bar.update())
+            both = response_features(model, tokenizer, prompts * 2, [str(x) for x in [*frame["chosen"],
+                                                                                          *frame["rejected"]]],
+                                     config.max_length, config.probe_layer, lambda: bar.update())
+            features[part, "chosen"], features[part, "rejected"] = both[:len(frame)], both[len(frame):]
     for (part, side), values in features.items():
         bad = ~np.isfinite(values).all(axis=1)
         if bad.any():
