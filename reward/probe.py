@@ -158,6 +158,14 @@ def response_features(model: Any, tokenizer: Any, prompts: list[str], responses:
     return out
 
 
+def pair_features(model: Any, tokenizer: Any, prompts: list[str], chosen: list[str], rejected: list[str],
+                  max_length: int, layer: int, tick: Callable[[], None] | None = None) -> tuple[Any, Any]:
+    """(chosen features, rejected features) from one `response_features` call, so each pair's prompt goes through
+    the backbone once for both sides."""
+    both = response_features(model, tokenizer, prompts * 2, chosen + rejected, max_length, layer, tick)
+    return both[:len(chosen)], both[len(chosen):]
+
+
 def fit_weights(diff: Any, penalty: float, seed: int) -> Any:
     """w minimizing mean BT loss on (chosen - rejected) + penalty * |w|^2 (L-BFGS, float64). Random sign flips give
     the logistic fit both labels."""
@@ -272,3 +280,9 @@ class ProbeScorer:
         features = response_features(self.model, self.tokenizer, prompts, responses, self.probe.max_length,
                                      self.probe.layer)
         return self.probe.rewards(features)
+
+    def score_pairs(self, prompts: list[str], chosen: list[str],
+                    rejected: list[str]) -> tuple[list[float], list[float]]:
+        good, bad = pair_features(self.model, self.tokenizer, prompts, chosen, rejected, self.probe.max_length,
+                                  self.probe.layer)
+        return self.probe.rewards(good), self.probe.rewards(bad)

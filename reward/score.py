@@ -94,9 +94,8 @@ class RewardScorer:
         prompts = [prompt_string(t, m, self.tokenizer) for t, m in zip(pairs["prompt_text"], pairs["prompt_messages"],
                                                                        strict=True)]
         chosen, rejected = [str(x) for x in pairs["chosen"]], [str(x) for x in pairs["rejected"]]
-        if self.probe is not None:  # one call, so a pair's prompt goes through the backbone once for both sides
-            both = self.probe.score_strings(prompts * 2, chosen + rejected)
-            return both[:len(chosen)], both[len(chosen):]
+        if self.probe is not None:
+            return self.probe.score_pairs(prompts, chosen, rejected)
         return self.score_strings(prompts, chosen), self.score_strings(prompts, rejected)
 
     def score_strings(self, prompts: list[str], responses: list[str]) -> list[float]:

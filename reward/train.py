@@ -279,9 +279,9 @@ def _train_probe(ws: Any, config: RewardTrainingConfig, pairs: Any, run_id: int,
     from reward.probe import (
         fit_probe,
         load_frozen_backbone,
+        pair_features,
         probe_precision,
         quantize_int8,
-        response_features,
         save_probe,
     )
     from store.runs import finish_run, update_run
@@ -305,10 +305,9 @@ def _train_probe(ws: Any, config: RewardTrainingConfig, pairs: Any, run_id: int,
         for part, frame in (("train", train_pairs), ("eval", eval_pairs)):
             prompts = [prompt_string(t, m, tokenizer) for t, m in zip(frame["prompt_text"], frame["prompt_messages"],
                                                                       strict=True)]
-            both = response_features(model, tokenizer, prompts * 2, [str(x) for x in [*frame["chosen"],
-                                                                                          *frame["rejected"]]],
-                                     config.max_length, config.probe_layer, lambda: bar.update())
-            features[part, "chosen"], features[part, "rejected"] = both[:len(frame)], both[len(frame):]
+            features[part, "chosen"], features[part, "rejected"] = pair_features(
+                model, tokenizer, prompts, [str(x) for x in frame["chosen"]], [str(x) for x in frame["rejected"]],
+                config.max_length, config.probe_layer, lambda: bar.update())
     for (part, side), values in features.items():
         bad = ~np.isfinite(values).all(axis=1)
         if bad.any():
