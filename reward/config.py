@@ -143,6 +143,17 @@ class RewardTrainingConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def unused(self, given: list[str] | tuple[str, ...] | set[str]) -> list[str]:
+        """The fields among `given` (set on a command line) that this config's method never reads."""
+        return [name for name in given if self.method == "probe" and name not in PROBE_READS]
+
+
+# What method 'probe' reads: the data selection, the probe's own fields and the device. The other fields steer
+# fine-tuning only (steps, epochs, learning rate, margin, LoRA, logging...).
+PROBE_READS = frozenset({
+    "base", "name", "aggregate", "rounds", "models", "reviewers", "splits", "min_agreement", "eval_fraction",
+    "max_pairs", "max_length", "method", "probe_layer", "probe_penalties", "probe_folds", "probe_precision", "seed",
+    "device"})
 
 
 # Typed TOML sections, shared by every training config ([reward] here; [sft], [dpo], [ppo] in rl.config): each

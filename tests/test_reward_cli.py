@@ -71,7 +71,7 @@ def test_bad_settings_fail_with_the_field_and_leave_the_workspace_alone(ws):
     assert table_hash(ws.db) == before
 
     (ws.root / "rankloop.toml").write_text('[reward]\nbase = "nope/not-here"\n', encoding="utf-8")
-    result = run("train", "reward", *w, "--max-steps", "1")
+    result = run("train", "reward", *w, "--full", "--max-steps", "1")
     assert result.exit_code == 1 and "base: cannot load 'nope/not-here'" in result.output
     (failed,) = list_runs(ws.db, kind="reward")
     assert failed.status == "failed" and "nope/not-here" in failed.error and not list_models(ws.db, kind="reward")

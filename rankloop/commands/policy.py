@@ -111,8 +111,9 @@ def train_sft_command(ws: Workspace, config_file: Path | None, resume: str | Non
                   as_json, options)
     if not as_json:
         m = result.metrics
-        click.echo(f"{m['global_step']} steps in {m['train_seconds']}s; loss {m['first_loss']:.3f} -> "
-                   f"{m['last_loss']:.3f}")
+        loss = f"loss {m['first_loss']:.3f} -> {m['last_loss']:.3f}" if m.get("last_loss") is not None else \
+            f"mean loss {m['train_loss']:.3f} (no step logged: logging_steps is larger than the run)"
+        click.echo(f"{m['global_step']} steps in {m['train_seconds']}s; {loss}")
 
 
 @train_group.command("ppo")

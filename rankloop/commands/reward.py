@@ -18,7 +18,7 @@ from rankloop.workspace import Workspace
 
 @click.group("train")
 def train_group() -> None:
-    """Train models on the workspace's judgments (reward model; policies in later stages)."""
+    """Train models on the workspace's judgments: reward models and policies (SFT, DPO, PPO/RLOO/GRPO)."""
 
 
 @click.group("eval")
@@ -51,6 +51,10 @@ def _overrides(options: dict[str, Any], assignments: tuple[str, ...]) -> dict[st
             continue
         out[key] = list(value) if isinstance(value, tuple) else value
     return out
+
+
+_FLAGS = {"max_steps": "--max-steps", "num_train_epochs": "--epochs", "learning_rate": "--lr",
+          "margin": "--margin/--no-margin"}  # a field's own flag, where it has one
 
 
 @train_group.command("reward")
@@ -102,6 +106,13 @@ def train_reward_command(ws: Workspace, config_file: Path | None, resume: str | 
     else:
         run_id = None
         config = guarded(load_reward_config, ws.config.extra, ws.root / "rankloop.toml", config_file, overrides)
+    unused = config.unused(list(overrides))
+    if unused:
+        flags = ", ".join(sorted(_FLAGS.get(name, f"--set {name}") for name in unused))
+        raise click.ClickException(
+            f"{flags}: method 'probe' (the default) fits a linear reward on frozen features and never reads "
+            f"{'this' if len(unused) == 1 else 'these'}; fine-tune with --full (or --set method=lora) to use "
+            f"{'it' if len(unused) == 1 else 'them'}, or leave {'it' if len(unused) == 1 else 'them'} out")
     guarded(_prepare_base, ws, config.base)
     result = guarded(train_reward_model, ws, config, resume_from=run_id, progress=not no_progress)
     if result.model_name is None:  # a non-main process under accelerate launch
