@@ -238,7 +238,14 @@ def m004_jobs(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [m001_initial_schema, m002_lookup_indexes_and_scores, m003_annotation_app, m004_jobs]
+def m005_drafts_with_leases(con: duckdb.DuckDBPyConnection) -> None:
+    """A reviewer's half-made answer is kept with their lease, so a reload or a server restart brings it back."""
+    con.execute("ALTER TABLE leases ADD COLUMN draft JSON")  # {ranks, all_bad, flags, rationale, edited_text}
+    con.execute("ALTER TABLE leases ADD COLUMN updated_at TIMESTAMP")
+
+
+MIGRATIONS: list[Migration] = [m001_initial_schema, m002_lookup_indexes_and_scores, m003_annotation_app, m004_jobs,
+                               m005_drafts_with_leases]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -45,6 +45,7 @@ class Item:
     responses: list[tuple[int, str]]  # (response id, text) in the order this reviewer sees them
     is_gold: bool = False
     progress: dict[str, int] = field(default_factory=dict)  # the reviewer's progress when it was handed out
+    draft: dict[str, Any] | None = None  # the half-made answer kept with the lease (see save_draft)
 
 
 @dataclass
@@ -114,16 +115,17 @@ def progress_in(con: duckdb.DuckDBPyConnection, reviewer_id: int) -> dict[str, i
 def _load_item(con: duckdb.DuckDBPyConnection, lease_id: int, progress: dict[str, int]) -> Item:
     row = con.execute(
         "SELECT l.reviewer_id, c.id, c.round, c.response_ids, p.messages, "
-        "c.id IN (SELECT comparison_id FROM gold_answers) "
+        "c.id IN (SELECT comparison_id FROM gold_answers), l.draft "
         "FROM leases l JOIN comparisons c ON c.id = l.comparison_id JOIN prompts p ON p.id = c.prompt_id "
         "WHERE l.id = ?",
         [lease_id],
     ).fetchone()
-    reviewer_id, cid, rnd, response_ids, messages, gold = row
+    reviewer_id, cid, rnd, response_ids, messages, gold, draft = row
     texts = dict(con.execute(
         "SELECT id, text FROM responses WHERE id IN (SELECT unnest(?))", [list(response_ids)]).fetchall())
     order = display_order(reviewer_id, cid, list(response_ids))
-    return Item(lease_id, cid, rnd, json.loads(messages), [(r, texts[r]) for r in order], bool(gold), progress)
+    return Item(lease_id, cid, rnd, json.loads(messages), [(r, texts[r]) for r in order], bool(gold), progress,
+                json.loads(draft) if draft else None)
 
 
 def _new_lease(con: duckdb.DuckDBPyConnection, reviewer_id: int, comparison_id: int, minutes: int) -> int:
@@ -252,10 +254,38 @@ def undo(db: str | Path, judgment_id: int, reviewer_id: int, reviewer: str,
                 "WHERE id = ? AND reviewer_id = ? AND closed_at IS NULL",
                 [release_lease_id, reviewer_id],
             )
-        return _load_item(con, _new_lease(con, reviewer_id, cid, s["lease_minutes"]), progress_in(con, reviewer_id))
+        lease_id = _new_lease(con, reviewer_id, cid, s["lease_minutes"])
+        _put_draft(con, lease_id, reviewer_id, _answer_as_draft(con, judgment_id))
+        return _load_item(con, lease_id, progress_in(con, reviewer_id))
 
     with _lease_lock:
         return write(db, work)
+
+
+def _answer_as_draft(con: duckdb.DuckDBPyConnection, judgment_id: int) -> dict[str, Any]:
+    """A stored judgment as a draft: what the reviewer submitted, to edit and submit again after an undo."""
+    ranking, all_bad, flags, rationale, edited = con.execute(
+        "SELECT ranking, all_bad, flags, rationale, edited_text FROM judgments WHERE id = ?", [judgment_id]).fetchone()
+    groups = json.loads(ranking) if ranking else []
+    ranks = {str(rid): pos for pos, group in enumerate(groups, start=1) for rid in group}
+    return {"ranks": ranks, "all_bad": bool(all_bad), "flags": list(flags or []), "rationale": rationale or "",
+            "edited_text": edited or ""}
+
+
+def _put_draft(con: duckdb.DuckDBPyConnection, lease_id: int, reviewer_id: int, draft: dict[str, Any] | None) -> bool:
+    return bool(con.execute(
+        "UPDATE leases SET draft = ?, updated_at = current_localtimestamp() "
+        "WHERE id = ? AND reviewer_id = ? AND closed_at IS NULL RETURNING id",
+        [None if draft is None else json.dumps(draft), lease_id, reviewer_id]).fetchall())
+
+
+def save_draft(db: str | Path, lease_id: int, reviewer_id: int, draft: dict[str, Any] | None) -> bool:
+    """Keep the reviewer's half-made answer with their open lease (False when the lease is no longer open).
+
+    `draft`: {"ranks": {response id: rank}, "all_bad", "flags", "rationale", "edited_text"}; None forgets it.
+    A reload, a lost connection or a server restart hands the lease back with it (`Item.draft`).
+    """
+    return write(db, lambda con: _put_draft(con, lease_id, reviewer_id, draft))
 
 
 def release(db: str | Path, lease_id: int, reviewer_id: int) -> None:
@@ -263,6 +293,38 @@ def release(db: str | Path, lease_id: int, reviewer_id: int) -> None:
     write(db, lambda con: con.execute(
         "UPDATE leases SET closed_at = current_localtimestamp(), outcome = 'released' "
         "WHERE id = ? AND reviewer_id = ? AND closed_at IS NULL", [lease_id, reviewer_id]))
+
+
+def release_reviewer_leases(con: duckdb.DuckDBPyConnection, reviewer_id: int) -> int:
+    """Give back every open lease of a reviewer (their last session ended); returns how many."""
+    return len(con.execute(
+        "UPDATE leases SET closed_at = current_localtimestamp(), outcome = 'released' "
+        "WHERE reviewer_id = ? AND closed_at IS NULL RETURNING id", [reviewer_id]).fetchall())
+
+
+def active_leases(db: str | Path) -> list[dict[str, Any]]:
+    """Open, unexpired leases: who holds which comparison since when, and until when (the admin's Queue page)."""
+    rows = read(db, lambda con: con.execute(
+        "SELECT l.id, l.comparison_id, c.round, r.name, l.leased_at, l.expires_at, l.draft IS NOT NULL "
+        "FROM leases l JOIN reviewers r ON r.id = l.reviewer_id JOIN comparisons c ON c.id = l.comparison_id "
+        f"WHERE {_OPEN} ORDER BY l.leased_at").fetchall())
+    cols = ["lease", "comparison", "round", "reviewer", "leased at", "expires at", "has draft"]
+    return [dict(zip(cols, r, strict=True)) for r in rows]
+
+
+def release_lease(db: str | Path, lease_id: int, actor: str) -> bool:
+    """An admin gives a lease back to the queue (the reviewer's next submit of it is refused); audited."""
+
+    def work(con: duckdb.DuckDBPyConnection) -> bool:
+        row = con.execute(
+            "UPDATE leases SET closed_at = current_localtimestamp(), outcome = 'released' "
+            "WHERE id = ? AND closed_at IS NULL RETURNING comparison_id, reviewer_id", [lease_id]).fetchone()
+        if row:
+            log_event(con, actor, "queue.release_lease", {"lease": lease_id, "comparison_id": row[0],
+                                                           "reviewer_id": row[1]})
+        return row is not None
+
+    return write(db, work)
 
 
 def progress(db: str | Path, reviewer_id: int) -> dict[str, int]:

@@ -21,6 +21,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from store.audit import log_event
 from store.db import read, write
+from store.queue import release_reviewer_leases
 from store.settings import settings_in
 
 ROLES = ("reviewer", "admin")
@@ -118,6 +119,7 @@ def deactivate_user(db: str | Path, name: str, actor: str) -> None:
             "WHERE reviewer_id = ? AND ended_at IS NULL",
             [rid],
         )
+        release_reviewer_leases(con, rid)
         log_event(con, actor, "user.deactivate", {"name": name})
 
     write(db, work)
@@ -141,6 +143,7 @@ def reset_user(db: str | Path, name: str, password: str, actor: str, role: str |
             "WHERE reviewer_id = ? AND ended_at IS NULL",
             [rid],
         )
+        release_reviewer_leases(con, rid)
         log_event(con, actor, "user.reset", {"name": name, **({"role": role} if role else {})})
 
     write(db, work)
@@ -252,11 +255,15 @@ def session_context(db: str | Path, token: str | None, touch_after_s: int = 30) 
 
 
 def end_session(db: str | Path, token: str, reason: str = "logout") -> None:
-    """End a session (logout or expiry) and log it under the session's user."""
+    """End a session (logout or expiry) and log it under the session's user.
+
+    When it was the user's last live session, their open leases go back to the queue (nobody is left to answer
+    them); a second browser still logged in keeps its item.
+    """
 
     def work(con: duckdb.DuckDBPyConnection) -> None:
         row = con.execute(
-            "SELECT s.id, r.name FROM sessions s JOIN reviewers r ON r.id = s.reviewer_id "
+            "SELECT s.id, r.name, r.id FROM sessions s JOIN reviewers r ON r.id = s.reviewer_id "
             "WHERE s.token_hash = ? AND s.ended_at IS NULL",
             [_token_hash(token)],
         ).fetchone()
@@ -265,6 +272,10 @@ def end_session(db: str | Path, token: str, reason: str = "logout") -> None:
         con.execute(
             "UPDATE sessions SET ended_at = current_localtimestamp(), end_reason = ? WHERE id = ?", [reason, row[0]]
         )
-        log_event(con, row[1], "logout" if reason == "logout" else "session.end", {"reason": reason})
+        others = con.execute(
+            "SELECT count(*) FROM sessions WHERE reviewer_id = ? AND ended_at IS NULL", [row[2]]).fetchone()[0]
+        released = 0 if others else release_reviewer_leases(con, row[2])
+        log_event(con, row[1], "logout" if reason == "logout" else "session.end",
+                  {"reason": reason, **({"leases_released": released} if released else {})})
 
     write(db, work)
