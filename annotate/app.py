@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import streamlit as st
 
+from annotate.cookies import navigate
 from annotate.session import current_user, db_path
-from store.queue import release
 from store.users import end_session
 
 st.set_page_config(page_title="rankloop", layout="wide")
 
-REVIEWER_PAGES = [
-    st.Page("app_pages/rank.py", title="Rank", default=True),
-    st.Page("app_pages/mine.py", title="My judgments"),
-    st.Page("app_pages/guidelines.py", title="Guidelines"),
-]
-ADMIN_PAGES = [
-    st.Page("app_pages/overview.py", title="Overview"),
+
+
+def review_pages(default: bool) -> list:
+    return [
+        st.Page("app_pages/rank.py", title="Rank", default=default),
+        st.Page("app_pages/mine.py", title="My judgments"),
+        st.Page("app_pages/guidelines.py", title="Guidelines"),
+    ]
+
+
+ADMIN_PAGES = [  # admins land on Overview; Rank leases nothing until they choose to review
+    st.Page("app_pages/overview.py", title="Overview", default=True),
     st.Page("app_pages/agreement.py", title="Agreement"),
     st.Page("app_pages/reviewers.py", title="Reviewers"),
     st.Page("app_pages/queue.py", title="Queue"),
@@ -33,16 +38,14 @@ ADMIN_PAGES = [
 
 
 def logout() -> None:
-    db = db_path()
-    item = st.session_state.get("item")
-    user = st.session_state.get("user")
-    if item is not None and user is not None:
-        release(db, item.lease_id, user.id)
-    if st.session_state.get("token"):
-        end_session(db, st.session_state["token"])
+    """End the session (its leases go back to the queue when it was the user's last), then clear the cookie."""
+    token = st.session_state.get("token")
+    if token:
+        end_session(db_path(), token)
     for key in list(st.session_state.keys()):
         del st.session_state[key]
     st.session_state["login_notice"] = "Logged out."
+    navigate("/rankloop/logout")  # the cookie's session ends there too, and the cookie is cleared
 
 
 user = current_user()
@@ -53,6 +56,6 @@ else:
     with st.sidebar:
         st.caption(f"Logged in as **{user.name}** ({user.role})")
         st.button("Log out", key="logout", on_click=logout)
-    pages = {"Review": REVIEWER_PAGES, "Admin": ADMIN_PAGES} if user.role == "admin" else REVIEWER_PAGES
+    pages = {"Admin": ADMIN_PAGES, "Review": review_pages(False)} if user.role == "admin" else review_pages(True)
     page = st.navigation(pages)
 page.run()

@@ -1,8 +1,9 @@
 """What every page shares: the workspace database, the logged-in user, and the admin check.
 
 The app finds its workspace in the environment variable RANKLOOP_WORKSPACE (set by `rankloop serve`). The login
-session is a token in `st.session_state`, checked against the database on every run, so a logout, an expiry or
-a deactivated account takes effect at the next click.
+session is a token: in the browser's HttpOnly cookie (annotate.cookies; it survives reloads, new tabs and a server
+restart), and in `st.session_state` for the browser session that logged in. It is checked against the database on
+every run, so a logout, an expiry or a deactivated account takes effect at the next click.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from annotate.cookies import COOKIE, NOTICES, navigate
 from store.migrations import migrate
 from store.settings import get_settings
 from store.users import User, session_context
@@ -53,7 +55,7 @@ def current_user(*, for_page: bool = False) -> User | None:
     lives in a thread-local of this script run, not in `st.session_state`, so a forged session state can never
     stand in for the database's answer.
     """
-    token = st.session_state.get("token")
+    token = st.session_state.get("token") or _cookie_token()
     handed = _handover.__dict__.pop("checked", None) if for_page else None
     if not token:
         return None
@@ -63,10 +65,20 @@ def current_user(*, for_page: bool = False) -> User | None:
     st.session_state["settings"] = found
     if user is None:
         st.session_state.pop("token", None)
-        st.session_state["login_notice"] = "Your session ended (logged out, expired or deactivated)."
+        st.session_state["login_notice"] = NOTICES["ended"]
+        if token == _cookie_token():
+            navigate("/rankloop/logout?notice=ended")  # clears the dead cookie, then shows the login page
     elif not for_page:
         _handover.checked = (token, user)
     return user
+
+
+def _cookie_token() -> str | None:
+    try:
+        token = st.context.cookies.get(COOKIE)
+    except Exception:  # no browser behind this run (AppTest, bare mode): no cookie
+        return None
+    return token if isinstance(token, str) and token else None
 
 
 def settings() -> dict:

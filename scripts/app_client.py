@@ -193,7 +193,7 @@ class AppSession:
         """(lease id, comparison id) of the item on screen; None when the queue is empty."""
         heading = next((t for t in self.texts("heading") if t.startswith("Prompt · item ")), None)
         if heading is None:
-            if any("Your queue is empty" in t for t in self.texts("alert")):
+            if any("Your queue is empty" in t or "Nothing to rank right now" in t for t in self.texts("alert")):
                 return None
             shown = [(e.kind, e.text[:200]) for e in self.elements if e.kind not in ("markdown", "text")]
             raise LookupError(f"neither an item nor an empty queue on the page: {shown}")

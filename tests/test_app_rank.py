@@ -69,7 +69,11 @@ def test_rank_selectors_tie(ranking):
     ws, at, ids = ranking
     item = _item(at)
     shown = [rid for rid, _ in item.responses]
-    at.button_group(key=f"rank:{item.lease_id}:{shown[2]}").set_value(1).run()  # C ties with A at rank 1
+    assert all(at.button_group(key=f"rank:{item.lease_id}:{rid}").value is None for rid in shown)  # start empty
+    at.button_group(key=f"rank:{item.lease_id}:{shown[2]}").set_value(1).run()
+    assert "C · not ranked yet: A, B" in texts(at)
+    at.button_group(key=f"rank:{item.lease_id}:{shown[0]}").set_value(1).run()  # C ties with A at rank 1
+    at.button_group(key=f"rank:{item.lease_id}:{shown[1]}").set_value(2).run()
     assert "A = C > B" in texts(at)
     button(at, "Submit").click().run()
     assert _judgments(ws.db)[0]["ranking"] == [[shown[0], shown[2]], [shown[1]]]
@@ -83,7 +87,8 @@ def test_two_answers_tie_key_and_both_bad(ranking):
     item = _item(at)
     assert item.comparison_id == ids[2]
     button(at, "Tie").click().run()
-    assert "A = B" in texts(at)
+    assert "**Your choice:** `Tie`" in texts(at) and button(at, "Tie").proto.type == "primary"
+    assert button(at, "A better").proto.type == "secondary"
     button(at, "Submit").click().run()
     assert _judgments(ws.db)[-1]["ranking"] == [[rid for rid, _ in item.responses]]
 
@@ -110,13 +115,14 @@ def test_edit_flags_and_rationale_are_stored(ranking):
     assert row["flags"] == ["factually_wrong"]
 
 
-def test_unchanged_order_warns_before_it_is_stored(ranking):
+def test_nothing_is_ranked_until_the_reviewer_ranks(ranking):
     ws, at, _ = ranking
+    assert "not ranked yet: A, B, C" in texts(at)  # no order is suggested
     button(at, "Submit").click().run()
-    assert "unchanged" in texts(at) and _judgments(ws.db) == []
-    button(at, "Submit").click().run()  # confirmed
-    (row,) = _judgments(ws.db)
-    assert row["ranking"] == [[r] for r in row["display_order"]]
+    assert "Rank every answer first" in texts(at) and _judgments(ws.db) == []
+    button(at, "B next").click().run()
+    button(at, "Submit").click().run()  # still two unranked
+    assert "Rank every answer first" in texts(at) and _judgments(ws.db) == []
 
 
 def test_skip_records_a_skip_and_moves_on(ranking):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from annotate.cookies import NOTICES, hand_over, navigate
 from annotate.session import db_path
 from store.users import login
 
@@ -14,13 +15,15 @@ def _submit() -> None:
     if result.token:
         st.session_state["token"] = result.token
         st.session_state.pop("login_notice", None)
+        navigate(f"/rankloop/session/{hand_over(result.token)}")  # the browser keeps it as a cookie
     else:
         st.session_state["login_error"] = result.message
 
 
 st.title("rankloop")
 st.caption("Human feedback for model outputs. Log in with the account an admin made for you.")
-notice = st.session_state.pop("login_notice", None)
+notice = st.session_state.pop("login_notice", None) or NOTICES.get(st.query_params.get("notice", ""))
+st.query_params.clear()
 if notice:
     st.info(notice)
 error = st.session_state.pop("login_error", None)

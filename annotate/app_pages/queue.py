@@ -18,7 +18,7 @@ from store.agreement import list_gold, remove_gold, set_gold
 from store.audit import log_event
 from store.db import write
 from store.jobs import list_jobs
-from store.queue import set_priority, set_required_reviewers
+from store.queue import active_leases, release_lease, set_priority, set_required_reviewers
 from store.settings import set_setting
 from store.status import queue_overview
 
@@ -39,7 +39,8 @@ by_round = queue_overview(db)["by_round"]
 st.dataframe(by_round, hide_index=True, width="stretch")
 rounds = [int(r) for r in by_round["round"]] if not by_round.empty else []
 
-imp, gen, steer, gold = st.tabs(["Import prompts", "Generate candidates", "Reviewers and priority", "Gold"])
+imp, gen, steer, gold, held = st.tabs(["Import prompts", "Generate candidates", "Reviewers and priority", "Gold",
+                                       "Active leases"])
 with imp:
     importer = getattr(importlib.import_module("store.imports"), "import_prompts", None) if importlib.util.find_spec(
         "store.imports") else None
@@ -117,4 +118,22 @@ with gold:
         drop = st.selectbox("Remove gold from", [g["comparison_id"] for g in items], key="gold_drop")
         if st.button("Remove", key="gold_remove"):
             remove_gold(db, int(drop), actor=admin.name)
+            st.rerun()
+
+with held:
+    st.caption("Items held by reviewers right now. A lease ends when its reviewer submits, skips or logs out, or "
+               "when it expires (Settings: lease minutes); releasing one here gives the item back to the queue at "
+               "once, and that reviewer's submit of it is refused.")
+    leases = active_leases(db)
+    if not leases:
+        st.info("No item is leased right now.")
+    else:
+        st.dataframe(leases, hide_index=True, width="stretch")
+        pick = st.selectbox("Lease", [x["lease"] for x in leases], key="release_lease_pick",
+                            format_func=lambda lid: next(f"lease {x['lease']}: item {x['comparison']}, "
+                                                         f"{x['reviewer']}" for x in leases if x["lease"] == lid))
+        if st.button("Release lease", key="release_lease"):
+            released = release_lease(db, int(pick), actor=admin.name)
+            _say("success" if released else "warning",
+                 f"Lease {pick} released." if released else f"Lease {pick} had already ended.")
             st.rerun()

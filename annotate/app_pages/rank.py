@@ -1,12 +1,17 @@
 """The ranking page: one comparison at a time, keyboard first, nothing lost.
 
 Keys (Streamlit's native button shortcuts; they do not fire while typing in a text box):
-1..9 rank the candidates best first (with two: 1 = A better, 2 = B better), T tie, X all bad, Backspace clear,
-Enter submit, S skip, U undo the last submit. A submit returns once its transaction committed, then the next
-item shows; a repeated submit of the same lease is stored once (the idempotency key names the lease).
-Buttons that act on an item carry its lease in their key, so a key pressed while the next item is still being
-drawn hits the old, gone button and is dropped instead of ranking an item the reviewer has not seen; Undo acts
-on the last submit, not on the item, so its key is stable.
+- two answers: 1 = A better, 2 = B better, T = tie, X = both bad; the last press wins and shows selected;
+- K answers: a number ranks that answer next (a ranked one moves to the end; see annotate.ranking), T ties the
+  next number with the previous one, X = all bad;
+- everywhere: Backspace clears, Enter submits, S skips, U undoes the last submit (the item comes back with the
+  ranking, flags, rationale and edit that were submitted).
+Every change is kept with the lease as a draft (store.queue.save_draft), so a reload, a lost connection or a
+server restart brings the reviewer back to the same item with the same draft. A submit returns once its
+transaction committed, then the next item shows; a repeated submit of the same lease is stored once (the
+idempotency key names the lease). Buttons that act on an item carry its lease in their key, so a key pressed
+while the next item is still being drawn hits the old, gone button and is dropped instead of ranking an item the
+reviewer has not seen; Undo acts on the last submit, not on the item, so its key is stable.
 """
 
 from __future__ import annotations
@@ -19,13 +24,18 @@ from annotate import ranking as rk
 from annotate.render import safe_markdown, show_conversation, show_response
 from annotate.session import db_path, require_user, settings
 from store.judgments import FLAGS
-from store.queue import AlreadyJudged, Answer, Item, next_item, progress, release, submit_and_next, undo
+from store.queue import AlreadyJudged, Answer, Item, next_item, progress, release, save_draft, submit_and_next, undo
 
 db = db_path()
 user = require_user()
 config = settings()
 ss = st.session_state
 FLAG_LABELS = {"unsafe": "Unsafe", "off_topic": "Off-topic", "factually_wrong": "Factually wrong", "other": "Other"}
+CHOICE_KEYS = {"a": "1", "b": "2", "tie": "T", "bad": "X"}
+CHOICE_BUTTONS = {"a": "b-a", "b": "b-b", "tie": "b-tie", "bad": "b-allbad"}  # scripts/app_client.py uses these
+KEY_HELP = {2: "1 A better · 2 B better · T tie · X both bad · Backspace clear · Enter submit · S skip · U undo",
+            0: "numbers rank best first · T tie next with previous · X all bad · Backspace clear · Enter submit · "
+               "S skip · U undo"}
 
 
 def _key(name: str, item: Item, rid: int | None = None) -> str:
@@ -46,12 +56,19 @@ def _set_ranks(item: Item, ranks: rk.Ranks) -> None:
 
 
 def _start(item: Item | None) -> None:
-    """Make `item` the one on screen; its widgets start from the order shown."""
+    """Make `item` the one on screen, its widgets filled from the draft kept with its lease (empty when none)."""
     ss["item"] = item
     ss["shown_at"] = time.monotonic()
-    if item is not None:
-        for rid, value in rk.default_ranks(_order(item)).items():
-            ss.setdefault(_key("rank", item, rid), value)
+    if item is None:
+        return
+    draft = item.draft or {}
+    ranks = {int(rid): v for rid, v in (draft.get("ranks") or {}).items()}
+    for rid in _order(item):
+        ss.setdefault(_key("rank", item, rid), ranks.get(rid))
+    ss.setdefault(_key("allbad", item), bool(draft.get("all_bad")))
+    ss.setdefault(_key("flags", item), [f for f in draft.get("flags") or [] if f in FLAGS])
+    ss.setdefault(_key("why", item), draft.get("rationale") or "")
+    ss.setdefault(_key("edit", item), draft.get("edited_text") or "")
 
 
 def _forget(item: Item | None) -> None:
@@ -61,47 +78,65 @@ def _forget(item: Item | None) -> None:
             del ss[k]
 
 
-def _touch(item: Item) -> None:
-    ss[_key("touched", item)] = True
-    ss[_key("confirm", item)] = False
+def _save(item: Item) -> None:
+    """Keep the draft with the lease (a reload or a restart brings it back)."""
+    draft = {"ranks": {str(rid): v for rid, v in _ranks(item).items() if v is not None},
+             "all_bad": bool(ss.get(_key("allbad", item))), "flags": list(ss.get(_key("flags", item)) or []),
+             "rationale": ss.get(_key("why", item)) or "", "edited_text": ss.get(_key("edit", item)) or ""}
+    if not save_draft(db, item.lease_id, user.id, draft):
+        ss["flash_error"] = "This item is no longer leased to you (it expired or an admin released it)."
+
+
+def _changed() -> None:
+    """A selector, flag or text box changed: a rank chosen by hand ends "all bad"; keep the draft."""
+    item = ss["item"]
+    if any(v is not None for v in _ranks(item).values()):
+        ss[_key("allbad", item)] = False
+    _save(item)
+
+
+def _choose(choice: str) -> None:
+    """Two answers: one choice, the last press wins."""
+    item = ss["item"]
+    _set_ranks(item, rk.choice_ranks(choice, _order(item)))
+    ss[_key("allbad", item)] = choice == "bad"
+    _save(item)
 
 
 def _press(index: int) -> None:
     item = ss["item"]
-    fresh = not ss.get(_key("touched", item))
-    tie = bool(ss.get(_key("tie", item)))
-    ranks, got = rk.press(_ranks(item), _order(item), index, fresh=fresh, tie=tie, last=ss.get(_key("last", item), 0))
-    _set_ranks(item, ranks)
-    _touch(item)
+    tie_with = ss.get(_key("last", item)) if ss.get(_key("tie", item)) else None
+    _set_ranks(item, rk.press(_ranks(item), _order(item), index, tie_with=tie_with))
     ss[_key("tie", item)] = False
-    ss[_key("last", item)] = got
+    ss[_key("last", item)] = _order(item)[index]
     ss[_key("allbad", item)] = False
+    _save(item)
 
 
 def _tie() -> None:
     item = ss["item"]
-    if len(item.responses) == 2:
-        _set_ranks(item, rk.all_tied(_order(item)))
-        _touch(item)
-        ss[_key("allbad", item)] = False
-    elif ss.get(_key("touched", item)) and ss.get(_key("last", item)):
+    last = ss.get(_key("last", item))
+    if last is not None and _ranks(item).get(last) is not None:
         ss[_key("tie", item)] = True
     else:
-        ss["flash_error"] = "Press a candidate's number first, then T, then the number of the one it ties with."
-
-
-def _clear() -> None:
-    item = ss["item"]
-    _set_ranks(item, {rid: None for rid in _order(item)})
-    _touch(item)
-    ss[_key("last", item)] = 0
-    ss[_key("tie", item)] = False
+        ss["flash_error"] = "Press an answer's number first, then T, then the number of the one it ties with."
 
 
 def _all_bad() -> None:
     item = ss["item"]
-    ss[_key("allbad", item)] = not ss.get(_key("allbad", item))
-    _touch(item)
+    _set_ranks(item, rk.empty(_order(item)))
+    ss[_key("allbad", item)] = True
+    ss[_key("tie", item)] = False
+    _save(item)
+
+
+def _clear() -> None:
+    item = ss["item"]
+    _set_ranks(item, rk.empty(_order(item)))
+    ss[_key("allbad", item)] = False
+    ss[_key("last", item)] = None
+    ss[_key("tie", item)] = False
+    _save(item)
 
 
 def _finish(item: Item, answer: Answer, skipped: bool, message: str) -> None:
@@ -138,10 +173,7 @@ def _submit() -> None:
         return
     ranking = rk.ranking_of(_ranks(item), _order(item))
     if ranking is None:
-        ss["flash_error"] = "Rank every candidate first (or mark them all bad with X)."
-        return
-    if not ss.get(_key("touched", item)) and not ss.get(_key("confirm", item)):
-        ss[_key("confirm", item)] = True  # the page shows the "submitted unchanged" warning
+        ss["flash_error"] = "Rank every answer first (or X: all bad, S: skip)."
         return
     _finish(item, _answer(item, ranking=ranking), False, f"Saved: {rk.describe(ranking, _order(item))}")
 
@@ -165,78 +197,112 @@ def _undo() -> None:
         return
     _forget(current)
     _start(back)
-    ss["flash"] = f"Undone ({last['what']}). The item is back; answer it again."
+    ss["flash"] = f"Undone ({last['what']}). The item is back with your answer; change it and submit again."
 
+
+def _review() -> None:
+    ss["admin_reviewing"] = True
+
+
+st.html("<style>[data-testid='stMainBlockContainer']{padding-top:2.2rem;padding-bottom:1rem}"
+        "[data-testid='stChatMessage']{padding:0.25rem 0.5rem}</style>")
+
+if user.role == "admin" and not ss.get("admin_reviewing"):
+    # An admin reviews only on purpose: opening this page leases nothing until they choose to.
+    st.title("Rank the answers")
+    st.info("As an admin you can review too. Nothing is leased to you until you start.")
+    st.button("Start reviewing", key="b-review", type="primary", on_click=_review)
+    st.stop()
 
 if "item" not in ss or ss["item"] is None or ss.get("item_owner") != user.id:
     ss["item_owner"] = user.id
     _start(next_item(db, user.id))
 item: Item | None = ss["item"]
 
-head, side = st.columns([3, 1], vertical_alignment="bottom")
 p = item.progress if item is not None and item.progress else progress(db, user.id)
-head.title("Rank the answers")
-head.caption(f"Done today {p['done_today']} · total {p['total']} · {p['remaining']} left in your queue")
-with side.popover("Guidelines", icon=":material/menu_book:", width="stretch"):
-    st.markdown(safe_markdown(config["guidelines"]) or "_No guidelines yet: ask an admin to write them in Settings._")
 if ss.get("flash"):
     st.toast(ss.pop("flash"), icon=":material/check_circle:")
-if ss.get("flash_error"):
-    st.error(ss.pop("flash_error"))
 last = ss.get("last_submit")
 can_undo = bool(last) and time.time() - last["at"] <= config["undo_window_s"]
 
+head, side = st.columns([5, 1], vertical_alignment="center")
+with side.popover("Guidelines", icon=":material/menu_book:", width="stretch"):
+    st.markdown(safe_markdown(config["guidelines"]) or "_No guidelines yet: ask an admin to write them in Settings._")
+
 if item is None:
-    st.success("Your queue is empty. Thank you! New items show here when an admin adds them.")
+    head.title("Rank the answers")
+    if ss.get("flash_error"):
+        st.error(ss.pop("flash_error"))
+    if p["remaining"]:
+        st.info(f"Nothing to rank right now: the {p['remaining']} item(s) left for you are being ranked by other "
+                "reviewers. If one of them gives an item back, it shows here when you reload.")
+    else:
+        st.success("Your queue is empty. Thank you! New items show here when an admin adds them.")
+    st.caption(f"Done today {p['done_today']} · total {p['total']}")
     st.button("Undo last submit", key="b-undo", shortcut="U", on_click=_undo, disabled=not can_undo)
     st.stop()
 
 order = _order(item)
 k = len(order)
-st.subheader(f"Prompt · item {item.comparison_id}")
-show_conversation(item.messages)
-st.subheader(f"{k} answers")
-per_row = 2 if k in (2, 4) else 3
+head.subheader(f"Prompt · item {item.comparison_id}", anchor=False)
+head.caption(f"Done today {p['done_today']} · total {p['total']} · {p['remaining']} left in your queue")
+if ss.get("flash_error"):
+    st.error(ss.pop("flash_error"))
+prompt_chars = sum(len(str(m.get("content", ""))) for m in item.messages)
+with st.container(height=120 if prompt_chars > 240 or len(item.messages) > 1 else "content", border=False):
+    show_conversation(item.messages)
+
+per_row = k if k <= 4 else 3
+rows = -(-k // per_row)
+box = (300 if k == 2 else 250) if rows == 1 else 150
+ranks = _ranks(item)
 for start in range(0, k, per_row):
     cols = st.columns(per_row)
     for i in range(start, min(start + per_row, k)):
         rid, text = item.responses[i]
         with cols[i - start]:
-            st.markdown(f"**Answer {rk.LETTERS[i]}**")
-            show_response(text)
+            rank = ranks.get(rid)
+            badge = "" if k == 2 or rank is None else f" · :blue-background[rank {rank}]"
+            st.markdown(f"**Answer {rk.LETTERS[i]}**{badge}")
+            show_response(text, height=box)
             if k > 2:
-                st.segmented_control(f"Rank of {rk.LETTERS[i]}", list(range(1, k + 1)), key=_key("rank", item, rid),
-                                     on_change=_touch, args=(item,), label_visibility="collapsed")
-                st.button(f"{rk.LETTERS[i]} next", key=f"b-press:{item.lease_id}:{i}", on_click=_press, args=(i,),
-                          shortcut=str(i + 1) if i < 9 else None, help="Give this answer the next rank.")
+                with st.container(horizontal=True, vertical_alignment="center", gap="small"):
+                    st.segmented_control(f"Rank of {rk.LETTERS[i]}", list(range(1, k + 1)),
+                                         key=_key("rank", item, rid), on_change=_changed,
+                                         label_visibility="collapsed")
+                    st.button(f"{rk.LETTERS[i]} next", key=f"b-press:{item.lease_id}:{i}", on_click=_press,
+                              args=(i,), shortcut=str(i + 1) if i < 9 else None,
+                              help=f"Rank {rk.LETTERS[i]} next (pressed again: moves to the end).")
 
 all_bad = bool(ss.get(_key("allbad", item)))
-touched = bool(ss.get(_key("touched", item)))
-shown = "all bad / cannot rank" if all_bad else rk.describe_ranks(_ranks(item), order)
-st.markdown(f"**Your ranking:** `{shown}`" + ("" if touched else " _(the order shown; not changed yet)_"))
-if ss.get(_key("tie", item)):
-    st.caption("Tie armed: the next number you press ties with the previous one.")
-with st.container(horizontal=True):
+with st.container(horizontal=True, vertical_alignment="center"):
     if k == 2:
-        st.button("A better", key=f"b-a:{item.lease_id}", shortcut="1", on_click=_press, args=(0,))
-        st.button("B better", key=f"b-b:{item.lease_id}", shortcut="2", on_click=_press, args=(1,))
-        st.button("Tie", key=f"b-tie:{item.lease_id}", shortcut="T", on_click=_tie)
+        chosen = rk.choice_of(ranks, order, all_bad)
+        for choice, label in rk.CHOICE_LABELS.items():
+            st.button(label, key=f"{CHOICE_BUTTONS[choice]}:{item.lease_id}", shortcut=CHOICE_KEYS[choice],
+                      on_click=_choose, args=(choice,), type="primary" if chosen == choice else "secondary",
+                      icon=":material/check:" if chosen == choice else None)
+        shown = "all bad" if all_bad else ("not chosen yet" if chosen is None else rk.CHOICE_LABELS[chosen])
     else:
         st.button("Tie next with previous", key=f"b-tie:{item.lease_id}", shortcut="T", on_click=_tie)
-        st.button("Clear", key=f"b-clear:{item.lease_id}", shortcut="Backspace", on_click=_clear)
-    st.button("Both bad" if k == 2 else "All bad / cannot rank", key=f"b-allbad:{item.lease_id}", shortcut="X",
-              on_click=_all_bad, type="primary" if all_bad else "secondary")
-
-st.pills("Flags", list(FLAGS), selection_mode="multi", key=_key("flags", item), format_func=FLAG_LABELS.get)
-st.text_input("Why (optional)", key=_key("why", item), placeholder="A short rationale")
-with st.expander("Write a better answer (optional, used as a training example)"):
-    st.text_area("Your answer", key=_key("edit", item), height=160, label_visibility="collapsed")
-if ss.get(_key("confirm", item)):
-    st.warning("You are submitting the order exactly as shown, unchanged. Press Enter (Submit) again to confirm, "
-               "or rank with the number keys.")
-with st.container(horizontal=True):
+        st.button("All bad / cannot rank", key=f"b-allbad:{item.lease_id}", shortcut="X", on_click=_all_bad,
+                  type="primary" if all_bad else "secondary", icon=":material/check:" if all_bad else None)
+        shown = "all bad / cannot rank" if all_bad else rk.describe_ranks(ranks, order)
+    st.button("Clear", key=f"b-clear:{item.lease_id}", shortcut="Backspace", on_click=_clear)
+    st.markdown(f"**Your {'choice' if k == 2 else 'ranking'}:** `{shown}`")
+    if ss.get(_key("tie", item)):
+        st.caption("Tie armed: the next number ties with the previous one.")
+with st.container(horizontal=True, vertical_alignment="center"):
     st.button("Submit", key=f"b-submit:{item.lease_id}", shortcut="Enter", type="primary", on_click=_submit)
     st.button("Skip", key=f"b-skip:{item.lease_id}", shortcut="S", on_click=_skip)
     st.button("Undo last submit", key="b-undo", shortcut="U", on_click=_undo, disabled=not can_undo)
-st.caption("Keys: numbers rank best first · T tie · X all bad · Backspace clear · Enter submit · S skip · "
-           "U undo. Text boxes take the keys while you type in them.")
+    st.caption("Keys: " + KEY_HELP[2 if k == 2 else 0] + ("." if k == 2 else f". {rk.RULE}")
+               + " Text boxes take the keys while you type in them.")
+
+st.pills("Flags", list(FLAGS), selection_mode="multi", key=_key("flags", item), format_func=FLAG_LABELS.get,
+         on_change=_changed)
+st.text_input("Why (optional)", key=_key("why", item), placeholder="A short rationale", on_change=_changed)
+with st.expander("Write a better answer (optional, used as a training example)",
+                 expanded=bool(ss.get(_key("edit", item)))):
+    st.text_area("Your answer", key=_key("edit", item), height=160, label_visibility="collapsed",
+                 on_change=_changed)

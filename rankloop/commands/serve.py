@@ -11,7 +11,7 @@ import click
 from rankloop.commands.common import workspace_option
 from rankloop.workspace import Workspace
 
-APP = Path(__file__).resolve().parents[2] / "annotate" / "app.py"
+APP = Path(__file__).resolve().parents[2] / "annotate" / "web.py"  # st.App: the app + its login-cookie routes
 
 
 def streamlit_argv(ws: Workspace, host: str, port: int) -> list[str]:
