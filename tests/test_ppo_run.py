@@ -4,6 +4,7 @@ uninterrupted one step for step."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -74,7 +75,10 @@ def test_train_ppo_scores_with_the_workspace_reward_model(workspace, tiny_lm, tm
     result = train_ppo(workspace, config(max_steps=2, name="ppo-rm", report_to=[]), progress=False)
     assert get_run(workspace.db, result.run_id).data_snapshot["reward_model_id"] == rm_id
     assert get_model(workspace.db, "ppo-rm").metrics["reward_model"] == "rm"
-    assert result.metrics["first_score"] == result.metrics["first_score"]  # a real (not NaN) reward-model score
+    first = result.metrics["first_score"]
+    assert isinstance(first, float) and math.isfinite(first)  # a real reward-model score (not None, not NaN)
+    history = [json.loads(line) for line in (result.run_dir / "history.jsonl").read_text().splitlines()]
+    assert history[0]["score"] == first and len(history) == 2
 
 
 def test_train_ppo_without_a_reward_model_says_so(workspace, tiny_lm):

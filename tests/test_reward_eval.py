@@ -79,11 +79,20 @@ def test_report_on_held_out_prompts_with_rounds_and_reviewers(trained):
 def test_eval_on_a_pairs_file(trained, tmp_path):
     ws, result = trained
     path = tmp_path / "pairs.jsonl"
-    rows = [{"prompt": "\n\nHuman: hi\n\nAssistant:", "chosen": " The capital of France is Paris.",
-             "rejected": " I am sorry, I cannot help with that."}] * 3
+    prompt, good, bad = "\n\nHuman: hi\n\nAssistant:", " The capital of France is Paris.", \
+        " I am sorry, I cannot help with that."
+    rows = [{"prompt": prompt, "chosen": good, "rejected": bad}] * 2 + [{"prompt": prompt, "chosen": bad,
+                                                                       "rejected": good}]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
     ev = evaluate_reward_model(ws, result.model_name, pairs_file=path)
-    assert ev.metrics["pairs"] == 3 and ev.by_round == [] and ev.metrics["accuracy"] in (0.0, 0.5, 1.0)
+    from reward.score import RewardScorer
+
+    g, b = RewardScorer(result.model_dir).score([prompt, prompt], [good, bad])  # the file's pairs, scored apart
+    assert g != b, "the pairs must separate the model's scores for the accuracy to say anything"
+    assert ev.metrics["pairs"] == 3 and ev.by_round == [] and ev.by_reviewer == []
+    assert ev.metrics["accuracy"] == pytest.approx((2 * (g > b) + (b > g)) / 3)  # 2/3 or 1/3, by the model
+    assert ev.metrics["mean_gap"] == pytest.approx((2 * (g - b) + (b - g)) / 3, abs=1e-5)
+    assert ev.metrics["length_longer_accuracy"] == pytest.approx(1 / 3)  # only the reversed row's chosen is longer
     saved = json.loads((ev.report_dir / "metrics.json").read_text(encoding="utf-8"))
     assert saved["source"] == str(path)
 

@@ -162,7 +162,19 @@ def test_a_reward_model_oracle_ranks_by_its_scores(workspace, tiny_lm, tmp_path)
     scores = oracle.score(["Q?"] * 4, list(TEXTS.values()))
     result = simulate_reviewers(workspace, SimulationConfig("model:rm", reviewers=1), oracle=oracle)
     assert result.judgments == 2 and len(set(scores)) == 4
-    from store.simulated import round_judgments
+    from store.simulated import round_judgments, round_responses
 
-    ranking = round_judgments(workspace.db, 0)[0]["ranking"]
-    assert len(ranking) == 4  # four distinct scores: a strict order
+    responses = round_responses(workspace.db, 0)
+    judgments = round_judgments(workspace.db, 0)
+    assert sorted(j["comparison_id"] for j in judgments) == sorted({r["comparison_id"] for r in responses})
+    for judgment in judgments:
+        shown = [r for r in responses if r["comparison_id"] == judgment["comparison_id"]]
+        score = dict(zip([r["response_id"] for r in shown],
+                         oracle.score([r["messages"] for r in shown], [r["text"] for r in shown]), strict=True))
+        ranking = judgment["ranking"]
+        assert all(len(group) == 1 for group in ranking)  # four distinct scores: a strict order
+        order = [rid for group in ranking for rid in group]
+        assert sorted(order) == sorted(score)  # every response shown is ranked, once
+        ordered = [score[rid] for rid in order]
+        assert all(a >= b - 1e-5 for a, b in zip(ordered, ordered[1:], strict=False)), (order, score)  # best first
+        assert ordered[0] > ordered[-1]
