@@ -139,19 +139,21 @@ def test_keyboard_ranking_and_untrusted_output(workspace, server):
         see("C > A > B")
         page.keyboard.press("T")
         see("Tie armed")
-        page.keyboard.press("2")
+        page.keyboard.press("2")  # B was ranked: it moves, tied with A
         see("C > A = B")
         page.keyboard.press("Enter")
-        # Item 3 (two answers): one key, B better; then U takes it back and 1 (A better) replaces it.
+        # Item 3 (two answers): one key, B better; then U takes it back (with the choice) and 1 replaces it.
         see(f"item {two[0]}")
         page.keyboard.press("2")
-        see("B > A")
+        see("B better")
         page.keyboard.press("Enter")
         see(f"item {untrusted}")
         page.keyboard.press("U")
         see(f"item {two[0]}")
+        see("Your choice:")
+        assert page.get_by_text("B better", exact=True).count() >= 2  # the button and the choice line
         page.keyboard.press("1")
-        page.get_by_text("not changed yet").first.wait_for(state="detached", timeout=20_000)
+        page.get_by_text("A better", exact=True).nth(1).wait_for(timeout=20_000)
         page.wait_for_function(SETTLED, timeout=20_000)
         page.keyboard.press("Enter")
 

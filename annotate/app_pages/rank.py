@@ -282,7 +282,7 @@ with st.container(horizontal=True, vertical_alignment="center"):
             st.button(label, key=f"{CHOICE_BUTTONS[choice]}:{item.lease_id}", shortcut=CHOICE_KEYS[choice],
                       on_click=_choose, args=(choice,), type="primary" if chosen == choice else "secondary",
                       icon=":material/check:" if chosen == choice else None)
-        shown = "all bad" if all_bad else ("not chosen yet" if chosen is None else rk.CHOICE_LABELS[chosen])
+        shown = "not chosen yet" if chosen is None else rk.CHOICE_LABELS[chosen]
     else:
         st.button("Tie next with previous", key=f"b-tie:{item.lease_id}", shortcut="T", on_click=_tie)
         st.button("All bad / cannot rank", key=f"b-allbad:{item.lease_id}", shortcut="X", on_click=_all_bad,
