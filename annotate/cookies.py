@@ -26,7 +26,9 @@ from pathlib import Path
 
 COOKIE = "rankloop_session"
 CODE_TTL_S = 60.0
-NOTICES = {"logged_out": "Logged out.", "ended": "Your session ended (logged out, expired or deactivated)."}
+NOTICES = {"logged_out": "Logged out.", "ended": "Your session ended (logged out, expired or deactivated).",
+           "no_account": "Single sign-on worked, but no active rankloop account matches it: ask an admin."}
+SSO_COOKIE_PREFIX = "_streamlit_user"  # Streamlit's st.login identity cookies (see annotate.sso)
 _codes: dict[str, tuple[str, float]] = {}
 _lock = threading.Lock()
 
@@ -82,7 +84,15 @@ async def _session(request):
     response = _redirect("/")
     response.set_cookie(COOKIE, token, max_age=int(max_hours * 3600), path="/", httponly=True,
                         samesite="strict", secure=_secure(request))
+    _drop_sso_identity(request, response)  # a single sign-on became this session: one session model from here
     return response
+
+
+def _drop_sso_identity(request, response) -> None:
+    """Delete Streamlit's own identity cookies (st.login's, split in chunks when large)."""
+    for name in request.cookies:
+        if name.startswith(SSO_COOKIE_PREFIX):
+            response.delete_cookie(name, path="/")
 
 
 async def _logout(request):
@@ -96,6 +106,7 @@ async def _logout(request):
     notice = request.query_params.get("notice", "logged_out")
     response = _redirect(f"/?notice={notice if notice in NOTICES else 'logged_out'}")
     response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict", secure=_secure(request))
+    _drop_sso_identity(request, response)
     return response
 
 

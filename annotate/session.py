@@ -14,7 +14,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from annotate.cookies import COOKIE, NOTICES, navigate
+from annotate.cookies import COOKIE, NOTICES, hand_over, navigate
 from store.migrations import migrate
 from store.settings import get_settings
 from store.users import User, session_context
@@ -58,6 +58,7 @@ def current_user(*, for_page: bool = False) -> User | None:
     token = st.session_state.get("token") or _cookie_token()
     handed = _handover.__dict__.pop("checked", None) if for_page else None
     if not token:
+        _single_sign_on()
         return None
     if handed is not None and handed[0] == token:
         return handed[1]
@@ -71,6 +72,26 @@ def current_user(*, for_page: bool = False) -> User | None:
     elif not for_page:
         _handover.checked = (token, user)
     return user
+
+
+def _single_sign_on() -> None:
+    """After `st.login` came back: start the rankloop session its identity names and make it the login cookie."""
+    try:
+        identity = st.user.to_dict() if st.user.is_logged_in else None
+    except Exception:  # no single sign-on configured (no [auth] secrets), or no browser behind this run
+        return
+    if not identity:
+        return
+    from annotate.sso import sso_section
+    from store.users import sso_login
+
+    claim = sso_section(workspace_dir()).account_claim
+    result = sso_login(db_path(), str(identity.get(claim) or ""), str(identity.get("sub") or ""))
+    if result.token:
+        st.session_state["token"] = result.token
+        navigate(f"/rankloop/session/{hand_over(result.token)}")
+    else:
+        navigate("/rankloop/logout?notice=no_account")
 
 
 def _cookie_token() -> str | None:

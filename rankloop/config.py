@@ -53,7 +53,31 @@ class GenerationSection:
             raise ValueError("batch_size: must be >= 1")
 
 
-SECTIONS: dict[str, type] = {"workspace": WorkspaceSection, "models": ModelsSection, "generation": GenerationSection}
+@dataclass
+class SsoSection:
+    provider_url: str = field(default="", metadata={
+        "help": "Single sign-on (OpenID Connect, through Streamlit's st.login): the provider's discovery URL "
+                "(https://.../.well-known/openid-configuration); empty = name and password only. The client secret "
+                "comes from $RANKLOOP_SSO_CLIENT_SECRET and is never stored here."})
+    client_id: str = field(default="", metadata={"help": "This app's client id at the provider."})
+    redirect_uri: str = field(default="", metadata={
+        "help": "This app's callback as registered at the provider: http(s)://HOST:PORT/oauth2callback."})
+    account_claim: str = field(default="email", metadata={
+        "help": "The identity claim that names the rankloop account (`rankloop users add NAME`): no account, "
+                "no access; the account's role applies."})
+    button_label: str = field(default="Log in with single sign-on", metadata={"help": "The login page's button."})
+
+    def __post_init__(self) -> None:
+        if self.provider_url and not (self.client_id and self.redirect_uri):
+            raise ValueError("client_id and redirect_uri: both are needed with provider_url")
+        if self.provider_url and not self.redirect_uri.rstrip("/").endswith("/oauth2callback"):
+            raise ValueError(f"redirect_uri: must end with /oauth2callback, got {self.redirect_uri!r}")
+        if not self.account_claim:
+            raise ValueError("account_claim: must name a claim, e.g. 'email'")
+
+
+SECTIONS: dict[str, type] = {"workspace": WorkspaceSection, "models": ModelsSection, "generation": GenerationSection,
+                             "sso": SsoSection}
 
 
 @dataclass
@@ -61,6 +85,7 @@ class Config:
     workspace: WorkspaceSection = field(default_factory=WorkspaceSection)
     models: ModelsSection = field(default_factory=ModelsSection)
     generation: GenerationSection = field(default_factory=GenerationSection)
+    sso: SsoSection = field(default_factory=SsoSection)
     extra: dict[str, Any] = field(default_factory=dict)  # sections owned by later stages (training, ...)
 
     def to_dict(self) -> dict[str, Any]:

@@ -195,22 +195,42 @@ def login(db: str | Path, name: str, password: str) -> LoginResult:
         return refused
     rehash = _hasher.hash(password) if _hasher.check_needs_rehash(stored) else None
     token = secrets.token_urlsafe(32)
+    user = write(db, lambda con: _start_session(con, rid, name, token, rehash=rehash))
+    return LoginResult(user, token, "Logged in.")
 
-    def succeed(con: duckdb.DuckDBPyConnection) -> User:
-        con.execute(
-            "UPDATE reviewers SET failed_logins = 0, locked_until = NULL, last_login_at = current_localtimestamp(), "
-            "password_hash = coalesce(?, password_hash) WHERE id = ?",
-            [rehash, rid],
-        )
-        con.execute(
-            "INSERT INTO sessions (id, token_hash, reviewer_id) VALUES (nextval('sessions_id'), ?, ?)",
-            [_token_hash(token), rid],
-        )
-        log_event(con, name, "login", {})
-        r = con.execute(f"SELECT {_USER_COLS} FROM reviewers WHERE id = ?", [rid]).fetchone()
-        return User(*r)
 
-    return LoginResult(write(db, succeed), token, "Logged in.")
+def _start_session(con: duckdb.DuckDBPyConnection, rid: int, name: str, token: str, rehash: str | None = None,
+                   via: str | None = None) -> User:
+    """A new session for account `rid` (the caller checked who it is): one `login` audit row."""
+    con.execute(
+        "UPDATE reviewers SET failed_logins = 0, locked_until = NULL, last_login_at = current_localtimestamp(), "
+        "password_hash = coalesce(?, password_hash) WHERE id = ?",
+        [rehash, rid],
+    )
+    con.execute(
+        "INSERT INTO sessions (id, token_hash, reviewer_id) VALUES (nextval('sessions_id'), ?, ?)",
+        [_token_hash(token), rid],
+    )
+    log_event(con, name, "login", {"via": via} if via else {})
+    return User(*con.execute(f"SELECT {_USER_COLS} FROM reviewers WHERE id = ?", [rid]).fetchone())
+
+
+def sso_login(db: str | Path, name: str, subject: str) -> LoginResult:
+    """A session for the account that a single sign-on identity names (no account or an inactive one: refused).
+
+    `name` is the identity's account claim (e.g. its email), `subject` the provider's id for the audit log. The
+    provider checked the password; the account's own lockout does not apply, its role does.
+    """
+    row = read(db, lambda con: con.execute(
+        "SELECT id, active FROM reviewers WHERE name = ? AND kind = 'human'", [name]).fetchone())
+    if row is None or not row[1]:
+        write(db, lambda con: log_event(con, name or "(no claim)", "login.failed",
+                                        {"via": "sso", "subject": subject, "reason": "no active account"}))
+        return LoginResult(None, None, f"No active rankloop account is named {name!r}: ask an admin to add it "
+                                       f"(rankloop users add {name or 'NAME'}).")
+    token = secrets.token_urlsafe(32)
+    return LoginResult(write(db, lambda con: _start_session(con, row[0], name, token, via="sso")), token,
+                       "Logged in.")
 
 
 def session_user(db: str | Path, token: str | None, touch_after_s: int = 30) -> User | None:

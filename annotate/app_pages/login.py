@@ -5,7 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from annotate.cookies import NOTICES, hand_over, navigate
-from annotate.session import db_path
+from annotate.session import db_path, workspace_dir
+from annotate.sso import sso_section
 from store.users import login
 
 
@@ -33,3 +34,6 @@ with st.form("login", enter_to_submit=True, width=420):
     st.text_input("Name", key="login_name", autocomplete="username")
     st.text_input("Password", key="login_pw", type="password", autocomplete="current-password")
     st.form_submit_button("Log in", type="primary", on_click=_submit)
+sso = sso_section(workspace_dir())
+if sso is not None:
+    st.button(sso.button_label, key="sso_login", on_click=st.login, icon=":material/key:")
