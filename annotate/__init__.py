@@ -1,1 +1,1 @@
-"""annotate: see ARCHITECTURE.md."""
+"""annotate: the Streamlit app (see docs/architecture.md)."""
