@@ -72,7 +72,8 @@ def show_job(job: JobRow, actor: str, *, lines: int = 200, height: int = 360) ->
         st.warning("This job's log lies outside the workspace: not shown.")
         return
     if job.active and view.total:
-        st.progress(min(1.0, view.done / view.total), text=f"{view.done}/{view.total} · {view.stage[:120]}")
+        detail = f" [{view.detail[:100]}]" if view.detail else ""
+        st.progress(min(1.0, view.done / view.total), text=f"{view.done}/{view.total}{detail} · {view.stage[:120]}")
     elif job.active and view.stage:
         st.caption(view.stage[:200])
     if job.error:

@@ -27,7 +27,7 @@ START_TIMEOUT_S = 120  # a job still 'starting' after this long, with no live ru
 TAIL_BYTES = 64_000
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _NOISE = re.compile(r"^\s|warnings\.warn|Warning\b")  # tracebacks' and warnings' lines: not a stage
-_TQDM = re.compile(r"(\d+)/(\d+) \[[^\]]*\]")
+_TQDM = re.compile(r"(\d+)/(\d+) \[([^\]]*)\]")
 
 
 def jobs_dir(root: str | Path) -> Path:
@@ -134,10 +134,12 @@ class LogView:
     done: int | None  # the newest progress bar's position and total, when there is one
     total: int | None
     stage: str  # the newest line that is not a progress bar
+    detail: str = ""  # what the newest progress bar says in its brackets (rate, time left, tokens/s, ...)
 
 
 def read_log(path: str | Path, max_lines: int = 200) -> LogView:
-    """The end of a job's log, with progress read from the newest tqdm bar (`12/200 [...]`)."""
+    """The end of a job's log, with progress read from the newest tqdm bar (`12/200 [...]`; `rankloop generate`
+    prints `answers written: 8/32 [... tokens/s ...]` in the same form)."""
     try:
         with open(path, "rb") as f:
             f.seek(max(0, f.seek(0, os.SEEK_END) - TAIL_BYTES))
@@ -150,4 +152,4 @@ def read_log(path: str | Path, max_lines: int = 200) -> LogView:
     bars = list(_TQDM.finditer(raw))
     done, total = (int(bars[-1].group(1)), int(bars[-1].group(2))) if bars else (None, None)
     stage = next((line for line in reversed(lines) if not _TQDM.search(line) and not _NOISE.search(line)), "")
-    return LogView("\n".join(lines[-max_lines:]), done, total, stage.strip())
+    return LogView("\n".join(lines[-max_lines:]), done, total, stage.strip(), bars[-1].group(3) if bars else "")

@@ -3,8 +3,9 @@
 `generate_candidates` reads the prompts that have no comparison yet (one short unit of work), closes the
 database, loads the model once, and decodes in batches: prompts sorted by token length (little padding), left
 padded, each prompt decoded k times with the KV cache. Each batch has its own seed (`seed + batch index`),
-stored with its responses with the sampling parameters. The responses and one comparison per prompt are then
-written in one transaction.
+stored with its responses with the sampling parameters. Each batch's responses and its comparisons (one per
+prompt) are written in one transaction as soon as the batch is decoded, so reviewers can rank the first prompts
+while the rest are still sampled, and an interrupted run keeps every batch it finished.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -96,6 +97,25 @@ class SamplingResult:
         out = {k: v for k, v in self.__dict__.items() if k != "comparison_ids"}
         out["tokens_per_s"] = round(self.tokens_per_s, 1)
         return out
+
+
+@dataclass
+class SamplingProgress:
+    """Where `generate_candidates` stands: reported once the model is loaded, then after each written batch."""
+    prompts_total: int  # prompts picked for this run
+    answers_total: int  # prompts_total * k
+    prompts_done: int = 0  # prompts whose batch is decoded (written, or skipped because another job queued them)
+    answers_written: int = 0  # responses stored, each in a queued comparison
+    comparisons: int = 0  # comparisons queued so far
+    new_tokens: int = 0
+    finished: int = 0  # answers that ended with EOS
+    generate_s: float = 0.0  # decoding time so far (loading and writing excluded)
+    load_s: float = 0.0
+    device: str = ""
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.generate_s if self.generate_s > 0 else 0.0
 
 
 def policy_location(row: ModelRow) -> str:
@@ -185,6 +205,25 @@ def _generate_shared_prefix(model: Any, ids: torch.Tensor, mask: torch.Tensor, k
                           **{_cache_kwarg(): cache}, **kw)  # (P * k, L + T)
 
 
+def _encode(model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]],
+            params: SamplingParams) -> list[list[int]]:
+    limit = getattr(model.config, "max_position_embeddings", None)
+    max_prompt = max(1, limit - params.max_new_tokens) if limit else None
+    return [prompt_ids(tokenizer, conv, max_prompt) for conv in conversations]
+
+
+def _length_order(encoded: list[list[int]]) -> list[int]:
+    return sorted(range(len(encoded)), key=lambda i: (len(encoded[i]), i))  # similar lengths share a batch
+
+
+def sampling_batches(model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]],
+                     params: SamplingParams) -> list[list[int]]:
+    """The conversations' indices in the batches `sample_completions` decodes them in (batch b uses seed + b)."""
+    order = _length_order(_encode(model, tokenizer, conversations, params))
+    per_batch = params.prompts_per_batch
+    return [order[start:start + per_batch] for start in range(0, len(order), per_batch)]
+
+
 def sample_completions(model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]],
                        params: SamplingParams, device: str = "cpu",
                        progress: Callable[[int, int], None] | None = None,
@@ -198,10 +237,8 @@ def sample_completions(model: Any, tokenizer: Any, conversations: list[list[dict
 
     stop = eos_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
-    limit = getattr(model.config, "max_position_embeddings", None)
-    max_prompt = max(1, limit - params.max_new_tokens) if limit else None
-    encoded = [prompt_ids(tokenizer, conv, max_prompt) for conv in conversations]
-    order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i]), i))  # similar lengths share a batch
+    encoded = _encode(model, tokenizer, conversations, params)
+    order = _length_order(encoded)
     out: list[list[Completion]] = [[] for _ in conversations]
     per_batch, k = params.prompts_per_batch, params.k
     share = share_prefix and not model.config.is_encoder_decoder
@@ -237,30 +274,9 @@ def sample_completions(model: Any, tokenizer: Any, conversations: list[list[dict
     return out
 
 
-def generate_candidates(db: str | Path, model_row: ModelRow, *, n_prompts: int, params: SamplingParams,
-                        round: int = 0, split: str | None = None, required_reviewers: int = 1,
-                        device: str | None = None,
-                        progress: Callable[[int, int], None] | None = None) -> SamplingResult:
-    """Sample k candidates for up to `n_prompts` prompts without a comparison; queue one comparison per prompt."""
-    _check_int("prompts", n_prompts, 1)
-    _check_int("round", round, 0)
-    _check_int("required_reviewers", required_reviewers, 1)
-    if model_row.kind != "policy":
-        raise ValueError(f"model {model_row.name!r} is a {model_row.kind} model; sampling needs a policy")
-    location = policy_location(model_row)
-    prompts = prompts_without_comparisons(db, n_prompts, split)  # the database is closed again after this
-    if not prompts:
-        return SamplingResult(0, 0, 0, [], 0, 0, 0, 0, 0.0, 0.0, "none")
-
-    choice = pick_device(device)
-    started = time.monotonic()
-    model, tokenizer = load_policy(location, choice.device, choice.dtype, model_row.adapter_path)
-    load_s = time.monotonic() - started
-    started = time.monotonic()
-    completions = sample_completions(model, tokenizer, [p.messages for p in prompts], params, choice.device,
-                                     progress)
-    generate_s = time.monotonic() - started
-
+def _batch_rows(prompts: list[Any], completions: list[list[Completion]], model_row: ModelRow,
+                params: SamplingParams, round: int, required_reviewers: int) -> Batch:
+    """The prompts (already stored: reused by content hash), their responses and one comparison per prompt."""
     batch = Batch()
     for p, samples in zip(prompts, completions, strict=True):
         batch.prompts.append(Prompt(p.id, p.messages, p.text, p.source, p.split, p.tags))
@@ -277,9 +293,14 @@ def generate_candidates(db: str | Path, model_row: ModelRow, *, n_prompts: int, 
             p.id, p.id, [(p.id, c.index) for c in samples], source=SOURCE, round=round,
             required_reviewers=required_reviewers,
         ))
+    return batch
+
+
+def _write_new(db: str | Path, batch: Batch, prompt_ids: list[int]) -> tuple[Any, int]:
+    """Write `batch` except the prompts another job queued meanwhile; (written, how many were skipped)."""
 
     def work(con) -> tuple[Any, int]:
-        taken = prompts_with_comparisons(con, [p.id for p in prompts])  # queued by another job meanwhile
+        taken = prompts_with_comparisons(con, prompt_ids)  # queued by another job meanwhile
         todo = Batch(
             prompts=[p for p in batch.prompts if p.key not in taken],
             responses=[r for r in batch.responses if r.prompt_key not in taken],
@@ -290,11 +311,64 @@ def generate_candidates(db: str | Path, model_row: ModelRow, *, n_prompts: int, 
             raise RuntimeError("a sampled prompt no longer matches its stored row (content hash changed)")
         return written, len(taken)
 
-    written, skipped = write(db, work)
-    kept = [c for p, cs in zip(prompts, completions, strict=True) for c in cs]
+    return write(db, work)
+
+
+def generate_candidates(db: str | Path, model_row: ModelRow, *, n_prompts: int, params: SamplingParams,
+                        round: int = 0, split: str | None = None, required_reviewers: int = 1,
+                        device: str | None = None,
+                        progress: Callable[[SamplingProgress], None] | None = None) -> SamplingResult:
+    """Sample k candidates for up to `n_prompts` prompts without a comparison; queue one comparison per prompt.
+
+    Each batch is written (its own transaction) as soon as it is decoded, and `progress` hears about it; a prompt
+    another job queued meanwhile is left as that job wrote it. An error or an interruption keeps the batches
+    written before it.
+    """
+    _check_int("prompts", n_prompts, 1)
+    _check_int("round", round, 0)
+    _check_int("required_reviewers", required_reviewers, 1)
+    if model_row.kind != "policy":
+        raise ValueError(f"model {model_row.name!r} is a {model_row.kind} model; sampling needs a policy")
+    location = policy_location(model_row)
+    prompts = prompts_without_comparisons(db, n_prompts, split)  # the database is closed again after this
+    if not prompts:
+        return SamplingResult(0, 0, 0, [], 0, 0, 0, 0, 0.0, 0.0, "none")
+
+    choice = pick_device(device)
+    started = time.monotonic()
+    model, tokenizer = load_policy(location, choice.device, choice.dtype, model_row.adapter_path)
+    state = SamplingProgress(len(prompts), len(prompts) * params.k, load_s=time.monotonic() - started,
+                             device=choice.name)
+    if progress is not None:
+        progress(replace(state))
+    conversations = [p.messages for p in prompts]
+    batches = sampling_batches(model, tokenizer, conversations, params)
+    comparison_ids: list[int] = []
+    skipped = 0
+    for b, idx in enumerate(batches):
+        started = time.monotonic()
+        # One batch's worth of prompts, already in length order: decoded as batch b with seed + b.
+        samples = sample_completions(model, tokenizer, [conversations[i] for i in idx],
+                                     replace(params, seed=params.seed + b), choice.device)
+        state.generate_s += time.monotonic() - started
+        for cs in samples:
+            for c in cs:
+                c.batch = b
+        chosen = [prompts[i] for i in idx]
+        rows = _batch_rows(chosen, samples, model_row, params, round, required_reviewers)
+        written, taken = _write_new(db, rows, [p.id for p in chosen])
+        skipped += taken
+        comparison_ids += written.comparison_ids
+        kept = [c for cs in samples for c in cs]
+        state.prompts_done += len(idx)
+        state.answers_written += written.responses
+        state.comparisons += written.comparisons
+        state.new_tokens += sum(c.new_tokens for c in kept)
+        state.finished += sum(c.finished for c in kept)
+        if progress is not None:
+            progress(replace(state))
     return SamplingResult(
-        prompts=len(prompts) - skipped, responses=written.responses, comparisons=written.comparisons,
-        comparison_ids=written.comparison_ids, skipped=skipped, new_tokens=sum(c.new_tokens for c in kept),
-        finished=sum(c.finished for c in kept), batches=-(-len(prompts) // params.prompts_per_batch),
-        load_s=load_s, generate_s=generate_s, device=choice.name,
+        prompts=len(prompts) - skipped, responses=state.answers_written, comparisons=state.comparisons,
+        comparison_ids=comparison_ids, skipped=skipped, new_tokens=state.new_tokens, finished=state.finished,
+        batches=len(batches), load_s=state.load_s, generate_s=state.generate_s, device=choice.name,
     )

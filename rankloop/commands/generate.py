@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 
 import click
@@ -10,15 +12,35 @@ from rankloop.commands.common import echo_json, guarded, workspace_option
 from rankloop.workspace import Workspace
 
 
-def _policy_row(ws: Workspace, name: str):
-    from rankloop.models import DEFAULT_POLICY_NAME, model_location, prepare_models
-    from store.models import get_model
+def _policy_row(ws: Workspace, name: str, quiet: bool = False):
+    from rankloop.models import DEFAULT_POLICY_NAME, PROVENANCE_FILE, model_cache_dir, model_location, prepare_models
+    from store.models import UnknownModel, get_model
 
     if name == DEFAULT_POLICY_NAME:
+        try:
+            get_model(ws.db, name)
+        except UnknownModel:
+            cache = model_cache_dir()
+            if not quiet and not (cache / DEFAULT_POLICY_NAME / PROVENANCE_FILE).is_file():
+                click.echo(f"converting the default policy from GGUF into {cache} (once, ~20 s) ...", err=True)
         prepare_models(ws)  # instant once converted and registered
     row = get_model(ws.db, name)
     model_location(row)  # a missing folder fails here, before any work
     return row
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No "Loading weights" / "Writing model shards" bars: noise here, and not this command's progress."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 @click.command("generate")
@@ -43,24 +65,33 @@ def generate_command(ws: Workspace, policy: str | None, n_prompts: int, k: int |
                      top_p: float | None, batch_size: int | None, seed: int | None, split: str | None,
                      device: str | None, as_json: bool) -> None:
     """Sample k responses for each prompt that has no comparison yet and queue one comparison per prompt."""
-    from rl.sampling import SamplingParams, generate_candidates
+    from rl.sampling import SamplingParams, SamplingProgress, generate_candidates
 
     overrides = {"k": k, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
                  "batch_size": batch_size, "seed": seed}
     values = {**asdict(ws.config.generation), **{n: v for n, v in overrides.items() if v is not None}}
     params = guarded(SamplingParams, **values)
     name = policy or ws.config.models.policy
-    row = guarded(_policy_row, ws, name)
+    with _quiet_transformers():
+        row = guarded(_policy_row, ws, name, as_json)
     reviewers = ws.config.workspace.required_reviewers if required_reviewers is None else required_reviewers
 
-    def progress(done: int, total: int) -> None:
-        if not as_json:
-            click.echo(f"  {done}/{total} prompts sampled", err=True)
+    def progress(at: SamplingProgress) -> None:
+        if as_json:
+            return
+        # `N/M [...]`: the form the Runs page reads a job's progress from (rankloop.jobs.read_log).
+        if not at.prompts_done:
+            detail = f"model loaded in {at.load_s:.1f}s on {at.device}"
+        else:
+            detail = (f"{at.comparisons} comparisons queued, {at.tokens_per_s:.1f} tokens/s, "
+                      f"{at.finished} ended with EOS")
+        click.echo(f"  answers written: {at.answers_written}/{at.answers_total} [{detail}]", err=True)
 
     if not as_json:
         click.echo(f"sampling {params.k} candidates for up to {n_prompts} prompts from {row.name!r} ...", err=True)
-    result = guarded(generate_candidates, ws.db, row, n_prompts=n_prompts, params=params, round=round_,
-                     split=split, required_reviewers=reviewers, device=device, progress=progress)
+    with _quiet_transformers():
+        result = guarded(generate_candidates, ws.db, row, n_prompts=n_prompts, params=params, round=round_,
+                         split=split, required_reviewers=reviewers, device=device, progress=progress)
     if as_json:
         echo_json({**result.as_dict(), "policy": row.name, "round": round_, "workspace": str(ws.root)})
         return
