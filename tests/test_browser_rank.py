@@ -182,3 +182,31 @@ def test_cookie_is_secure_behind_https_and_dead_codes_are_refused(workspace, ser
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args, **kwargs):
         return None
+
+
+def test_the_first_item_arrives_while_candidates_are_generated(workspace, server):
+    """An empty queue while a `generate` job runs: the reviewer sees its progress, and the first comparison shows
+    up by itself as soon as it exists (no reload)."""
+    from playwright.sync_api import sync_playwright
+
+    from rankloop.jobs import jobs_dir
+    from store.jobs import add_job, finish_job
+
+    add_user(workspace.db, "rita", "reviewer", "rita's password", actor="test")
+    job = add_job(workspace.db, "generate", ["generate"], "test", jobs_dir(workspace.root))
+    with open(job.log_path, "w") as log:
+        log.write("answers written: 1/4 [00:02, 9.5 tokens/s]\n")
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROME_ARGS)
+            page = browser.new_page()
+            page.goto(server.url)
+            page.get_by_label("Name").fill("rita")
+            page.get_by_label("Password", exact=True).fill("rita's password")
+            page.keyboard.press("Enter")
+            page.get_by_text("New answers are being generated: 1/4").first.wait_for(timeout=30_000)
+            (cid,) = seed_comparisons(workspace.db, 1, k=2)
+            page.get_by_text(f"Prompt · item {cid}").first.wait_for(timeout=15_000)  # no reload
+            browser.close()
+    finally:
+        finish_job(workspace.db, job.id, "succeeded", exit_code=0)

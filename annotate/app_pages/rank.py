@@ -21,8 +21,11 @@ import time
 import streamlit as st
 
 from annotate import ranking as rk
+from annotate.jobs_panel import _inside_workspace as inside_workspace
 from annotate.render import safe_markdown, show_conversation, show_response
 from annotate.session import db_path, require_user, settings
+from rankloop.jobs import read_log
+from store.jobs import list_jobs
 from store.judgments import FLAGS
 from store.queue import AlreadyJudged, Answer, Item, next_item, progress, release, save_draft, submit_and_next, undo
 
@@ -229,10 +232,43 @@ head, side = st.columns([5, 1], vertical_alignment="center")
 with side.popover("Guidelines", icon=":material/menu_book:", width="stretch"):
     st.markdown(safe_markdown(config["guidelines"]) or "_No guidelines yet: ask an admin to write them in Settings._")
 
+
+
+def _generating() -> tuple[float | None, str] | None:
+    """(share done, what it says) of a running `generate` job (new candidates on their way), or None."""
+    job = next((j for j in list_jobs(db, limit=20) if j.command == "generate" and j.active), None)
+    if job is None:
+        return None
+    view = read_log(job.log_path, 5) if inside_workspace(job.log_path) else None
+    if view is None or not view.total:
+        return None, "New answers are being generated."
+    detail = f" ({view.detail})" if view.detail else ""
+    return min(1.0, view.done / view.total), f"New answers are being generated: {view.done}/{view.total}{detail}."
+
+
+@st.fragment(run_every=3)
+def _wait_for_items() -> None:
+    """While candidates are generated, show the job's progress and bring the first item in as soon as it exists."""
+    status = _generating()
+    if status is None:
+        return
+    share, text = status
+    if share is None:
+        st.caption(text)
+    else:
+        st.progress(share, text=text)
+    if progress(db, user.id)["remaining"]:
+        nxt = next_item(db, user.id)
+        if nxt is not None:
+            _start(nxt)
+            st.rerun(scope="app")
+
+
 if item is None:
     head.title("Rank the answers")
     if ss.get("flash_error"):
         st.error(ss.pop("flash_error"))
+    _wait_for_items()
     if p["remaining"]:
         st.info(f"Nothing to rank right now: the {p['remaining']} item(s) left for you are being ranked by other "
                 "reviewers. If one of them gives an item back, it shows here when you reload.")
