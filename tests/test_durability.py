@@ -48,8 +48,8 @@ def test_reviewers_submit_while_a_cli_training_job_reads_and_writes_the_workspac
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     train = subprocess.Popen(
         [sys.executable, "-m", "rankloop", "train", "reward", "--workspace", str(workspace.root), "--base", "tiny",
-         "--max-steps", "4", "--set", "eval_steps=2", "--set", "report_to=[]", "--set", "eval_fraction=0.25",
-         "--no-progress", "--name", "rm-while-serving"],
+         "--set", "method=lora", "--max-steps", "4", "--set", "eval_steps=2", "--set", "report_to=[]",
+         "--set", "eval_fraction=0.25", "--no-progress", "--name", "rm-while-serving"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     sessions = [Session(name, rid) for name, rid in accounts]
     started = time.monotonic()
