@@ -72,6 +72,7 @@ class _Loop:
 
     def run(self) -> list[dict[str, Any]]:
         from store.runs import finish_run, start_run, update_run
+        from training.runs import closed_on_error
 
         done = {key: r for key, r in self.steps().items() if r.status == "succeeded"}
         self._cancel_interrupted()
@@ -87,12 +88,8 @@ class _Loop:
                 row = start_run(self.ws.db, STEP_KIND, {"loop_run_id": self.run_id, "round": i, "step": step})
                 self.log(f"{label} ... (run {row})")
                 started = time.monotonic()
-                try:
+                with closed_on_error(self.ws.db, row):
                     metrics = getattr(self, f"_{step}")(i, state)
-                except BaseException as e:
-                    finish_run(self.ws.db, row, "cancelled" if isinstance(e, KeyboardInterrupt) else "failed",
-                               error=f"{type(e).__name__}: {e}"[:2000])
-                    raise
                 metrics["seconds"] = round(time.monotonic() - started, 1)
                 if step == "evaluate":  # the round's own report.md (the admin runs page lists it)
                     update_run(self.ws.db, row, output_path=str(self.folder / f"round-{i + 1}"))
@@ -394,6 +391,7 @@ def run_loop(ws: Any, config: LoopConfig, *, new: bool = False, asked: dict[str,
     given on the command line; resuming a loop recorded with other values is refused (they would be ignored)."""
     from rankloop.loop_report import write_loop_report
     from store.runs import finish_run, list_runs, reopen_run, start_run, update_run
+    from training.runs import closed_on_error
 
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     unfinished = [r for r in list_runs(ws.db, kind=RUN_KIND) if r.status != "succeeded"]
@@ -422,13 +420,9 @@ def run_loop(ws: Any, config: LoopConfig, *, new: bool = False, asked: dict[str,
         log(f"[loop {run_id}] {config.rounds} rounds of {config.algo}"
             + (f", simulated reviewers ({config.simulate})" if config.simulate else ", human reviewers"))
     loop = _Loop(ws, config, run_id, log)
-    try:
+    with closed_on_error(ws.db, run_id):
         rounds = loop.run()
         write_loop_report(ws, run_id)
-    except BaseException as e:
-        finish_run(ws.db, run_id, "cancelled" if isinstance(e, KeyboardInterrupt) else "failed",
-                   error=f"{type(e).__name__}: {e}"[:2000])
-        raise
     last = rounds[-1]
     finish_run(ws.db, run_id, "succeeded", metrics={k: last.get(k) for k in (
         "policy", "oracle_win_rate_vs_base", "oracle_win_rate_vs_base_low", "oracle_win_rate_vs_base_high",

@@ -80,8 +80,8 @@ class LoopConfig:
 
 def loop_config(raw: dict[str, Any], base: LoopConfig | None = None, where: str = "") -> LoopConfig:
     """`base` (default: the defaults) updated with `raw`; `reward.X` / `dpo.X` / `ppo.X` keys go to those tables."""
-    from reward.config import coerce_field
     from rl.config import PolicyConfigError
+    from training.config import coerce_field
 
     values = asdict(base or LoopConfig())
     known = {f.name for f in fields(LoopConfig)}

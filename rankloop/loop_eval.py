@@ -28,7 +28,7 @@ class Policies:
     """Policies loaded once per evaluation (sampling and KL use the same copy): name -> (model, tokenizer)."""
 
     def __init__(self, ws: Any, device: str | None = None):
-        from rl.device import pick_device
+        from training.device import pick_device
 
         self.ws, self.choice, self.loaded = ws, pick_device(device), {}
 
@@ -79,11 +79,11 @@ def scores_of(scorer: Any, prompts: list[Any], samples: list[list[str]]) -> list
 
 def win_rate(new: list[list[float]], old: list[list[float]]) -> dict[str, float]:
     """NEW's win rate over OLD, sample by sample (ties one half), with its Wilson 95% interval."""
-    from rl.evaluate import wilson
+    from training.stats import wilson_interval
 
     pairs = [(a, b) for xs, ys in zip(new, old, strict=True) for a, b in zip(xs, ys, strict=True)]
     wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs)
-    low, high = wilson(wins, len(pairs))
+    low, high = wilson_interval(wins, len(pairs))
     return {"win_rate": wins / len(pairs) if pairs else 0.5, "low": low, "high": high, "n": len(pairs)}
 
 

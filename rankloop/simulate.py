@@ -110,6 +110,7 @@ def simulate_reviewers(ws: Any, config: SimulationConfig, *, oracle: Any = None,
     from store.queue import Answer, next_item, release, submit_and_next
     from store.runs import finish_run, start_run
     from store.simulated import round_progress, simulated_reviewers
+    from training.runs import fail_run
 
     oracle = oracle or resolve_oracle(config.oracle, ws.db)
     names = config.names
@@ -150,8 +151,7 @@ def simulate_reviewers(ws: Any, config: SimulationConfig, *, oracle: Any = None,
                 if progress is not None:
                     progress(done, max(total, done))
     except BaseException as e:
-        finish_run(ws.db, run_id, "cancelled" if isinstance(e, KeyboardInterrupt) else "failed",
-                   error=f"{type(e).__name__}: {e}"[:2000])
+        fail_run(ws.db, run_id, e)
         raise
     after = round_progress(ws.db, config.round)
     result = SimulationResult(run_id, oracle.spec, names, done, after["comparisons"] - after["complete"],

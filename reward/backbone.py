@@ -144,16 +144,10 @@ def resolve_method(method: str, n_params: int) -> tuple[str, str]:
 
 
 def lora_config(heads: list[str], r: int, alpha: int, target_modules: list[str]) -> Any:
-    from peft import LoraConfig
+    """LoRA on peft's default modules for the architecture, the new head trained in full."""
+    from training.models import lora_config as make
 
-    return LoraConfig(task_type="SEQ_CLS", r=r, lora_alpha=alpha, lora_dropout=0.0,
-                      target_modules=list(target_modules) or None, modules_to_save=list(heads))
-
-
-def count_parameters(model: Any) -> tuple[int, int]:
-    """(all parameters, trainable parameters)."""
-    total = sum(p.numel() for p in model.parameters())
-    return total, sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return make(r, alpha, target_modules, "SEQ_CLS", None, modules_to_save=list(heads))
 
 
 def write_meta(folder: str | Path, meta: dict[str, Any]) -> None:

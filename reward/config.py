@@ -1,22 +1,25 @@
 """The reward-model training config: one dataclass, each field with help text, validated in `__post_init__`.
 
 It is read from the `[reward]` section of `rankloop.toml` (and of a `--config FILE`), then from CLI flags. Fields
-left at `None` are chosen per device when training starts (see `reward.device.training_defaults`), and the chosen
-values are recorded on the run row.
+left at `None` are chosen per device when training starts (see `training.device.training_defaults`), and the
+chosen values are recorded on the run row. The TOML machinery is training/config.py's.
 """
 
 from __future__ import annotations
 
-import types
-import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from reward.pooling import POOLINGS
+from training.config import (  # coerce_field: rankloop/job_commands.py imports it from here
+    coerce_field,  # noqa: F401
+    dataclass_from_dict,
+    load_toml_section,
+    render_toml_section,
+)
 
 DEFAULT_BACKBONE = "smollm2-135m-instruct"  # with method "probe": README "Reward models on real data"
-T = TypeVar("T")
 
 
 class RewardConfigError(ValueError):
@@ -154,99 +157,6 @@ PROBE_READS = frozenset({
     "base", "name", "aggregate", "rounds", "models", "reviewers", "splits", "min_agreement", "eval_fraction",
     "max_pairs", "max_length", "method", "probe_layer", "probe_penalties", "probe_folds", "probe_precision", "seed",
     "device"})
-
-
-# Typed TOML sections, shared by every training config ([reward] here; [sft], [dpo], [ppo] in rl.config): each
-# takes the dataclass and the error class its messages are raised as.
-
-
-def _is(value: Any, want: type) -> bool:
-    if isinstance(value, bool):
-        return want is bool
-    if want is float:
-        return isinstance(value, int | float)
-    return isinstance(value, want)
-
-
-def _type_name(t: Any) -> str:
-    if typing.get_origin(t) is list:
-        return f"a list of {typing.get_args(t)[0].__name__}"
-    return getattr(t, "__name__", str(t))
-
-
-def coerce_field(cls: type, name: str, value: Any, where: str, error: type[Exception]) -> Any:
-    """Check one raw TOML/CLI value against the field's annotation; ints are accepted for floats."""
-    hint = typing.get_type_hints(cls)[name]
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    if value is None and type(None) in options:  # a stored config (TOML itself has no null)
-        return None
-    for want in options:
-        if want is type(None):
-            continue
-        if typing.get_origin(want) is list:
-            (item,) = typing.get_args(want)
-            if isinstance(value, list) and all(_is(v, item) for v in value):
-                return [float(v) if item is float else v for v in value]
-        elif _is(value, want):
-            return float(value) if want is float else value
-    names = " or ".join(_type_name(t) for t in options if t is not type(None))
-    raise error(f"{where}{name}: expected {names}, got {type(value).__name__} {value!r}")
-
-
-def dataclass_from_dict(cls: type[T], raw: dict[str, Any], base: T | None, where: str, error: type[Exception]) -> T:
-    """`cls` from `base` (default: the defaults) updated with `raw`; unknown or ill-typed fields are errors.
-
-    `where` prefixes messages, e.g. "rankloop.toml: [reward] ".
-    """
-    known = {f.name for f in fields(cls)}
-    values = asdict(base if base is not None else cls())
-    for key, value in raw.items():
-        if key not in known:
-            raise error(f"{where}{key}: unknown field (known: {', '.join(sorted(known))})")
-        values[key] = coerce_field(cls, key, value, where, error)
-    try:
-        return cls(**values)
-    except error as e:
-        raise error(f"{where}{e}") from e
-
-
-def load_toml_section(cls: type[T], section: str, workspace_extra: dict[str, Any], config_path: Path,
-                      config_file: str | Path | None, overrides: dict[str, Any] | None,
-                      error: type[Exception]) -> T:
-    """Defaults, then the workspace's `[section]`, then `--config FILE`'s `[section]`, then CLI overrides."""
-    import tomllib
-
-    def from_doc(doc: dict[str, Any], path: Path, base: T | None) -> T:
-        raw = doc.get(section, {})
-        if not isinstance(raw, dict):
-            raise error(f"{path}: [{section}] must be a table")
-        return dataclass_from_dict(cls, raw, base, f"{path}: [{section}] ", error)
-
-    cfg = from_doc(workspace_extra, config_path, None)
-    if config_file is not None:
-        path = Path(config_file)
-        try:
-            doc = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as e:
-            raise error(f"{path}: not found") from e
-        except tomllib.TOMLDecodeError as e:
-            raise error(f"{path}: not valid TOML: {e}") from e
-        cfg = from_doc(doc, path, cfg)
-    return dataclass_from_dict(cls, overrides, cfg, "command line: ", error) if overrides else cfg
-
-
-def render_toml_section(cfg: Any, section: str) -> str:
-    """A `[section]` TOML block of `cfg` with each field's help as a comment (None fields commented out)."""
-    import json
-
-    lines = [f"[{section}]"]
-    for f in fields(cfg):
-        lines.append(f"# {f.metadata['help']}")
-        value = getattr(cfg, f.name)
-        text = "(chosen per device)" if value is None else str(value).lower() if isinstance(value, bool) \
-            else json.dumps(value)
-        lines.append(f"{'# ' if value is None else ''}{f.name} = {text}")
-    return "\n".join(lines) + "\n"
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:

@@ -3,7 +3,7 @@ sigmoid(r_chosen - r_rejected), and the length-only baselines beside it; written
 
 Conventions (exact, tested on a hand-made set):
   - a pair is right when r_chosen > r_rejected; a tie counts one half;
-  - the interval is Wilson's score interval at 95% (z = 1.96);
+  - the interval is Wilson's score interval at 95% (training/stats.py);
   - calibration: p = sigmoid(r_c - r_r); confidence = max(p, 1 - p), right when p > 0.5 (a half at 0.5);
     confidences binned in [0.5, 0.6), ..., [0.9, 1.0]; ECE = sum over bins of (n_bin / n) * |accuracy - confidence|;
   - length baselines: "longer wins" scores a response by its length in characters (ties count one half), and
@@ -19,20 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-Z95 = 1.959963984540054
+from training.stats import wilson_interval
+
 CALIBRATION_EDGES = [0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
-
-
-def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for a proportion (successes may be fractional: ties count one half)."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    low, high = centre - half, centre + half
-    # At p = 0 or 1 one end is exactly 0 or 1; say so rather than leave a rounding error.
-    return (0.0 if successes == 0 else max(0.0, low), 1.0 if successes == n else min(1.0, high))
 
 
 def _right(a: float, b: float) -> float:
@@ -121,8 +110,8 @@ class RewardEvaluation:
 
 def _held_out_pairs(ws: Any, row: Any) -> Any:
     from reward.config import config_from_dict
-    from reward.data import reproduce_snapshot
     from store.runs import get_run
+    from training.snapshot import reproduce_snapshot
 
     if row.run_id is None:
         raise ValueError(f"model {row.name!r} has no training run in this workspace: evaluate it with --pairs FILE")
@@ -143,7 +132,8 @@ def evaluate_reward_model(ws: Any, model: str, pairs_file: str | Path | None = N
     from reward.report import write_report
     from reward.score import RewardScorer
     from store.models import get_model
-    from store.runs import finish_run, start_run, update_run
+    from store.runs import finish_run
+    from training.runs import closed_on_error, open_run
 
     row = get_model(ws.db, model)
     if pairs_file is not None:
@@ -158,10 +148,9 @@ def evaluate_reward_model(ws: Any, model: str, pairs_file: str | Path | None = N
         pairs = pairs.head(max_pairs)
     source = str(pairs_file) if pairs_file else f"held-out prompts of run {row.run_id}"
     run_config = {"model": row.name, "pairs_file": str(pairs_file) if pairs_file else None}
-    run_id = start_run(ws.db, "reward-eval", run_config, {"source": source, "pairs": len(pairs)})
-    try:
-        report_dir = (run_folder or ws.runs_dir) / f"eval-{run_id}"
-        update_run(ws.db, run_id, output_path=str(report_dir))
+    run_id, report_dir = open_run(ws, "reward-eval", run_config, {"source": source, "pairs": len(pairs)},
+                                  prefix="eval", parent=run_folder)
+    with closed_on_error(ws.db, run_id):
         started = time.monotonic()
         scorer = RewardScorer.from_row(row, device=device, batch_size=batch_size)
         chosen, rejected = scorer.score_pairs(pairs)
@@ -176,7 +165,4 @@ def evaluate_reward_model(ws: Any, model: str, pairs_file: str | Path | None = N
             {"model": row.name, "source": source, "overall": metrics, "by_round": by_round,
              "by_reviewer": by_reviewer, "calibration": bins}, indent=2, default=str), encoding="utf-8")
         finish_run(ws.db, run_id, "succeeded", metrics={**metrics, "by_round": by_round, "by_reviewer": by_reviewer})
-    except BaseException as e:
-        finish_run(ws.db, run_id, "failed", error=f"{type(e).__name__}: {e}"[:2000])
-        raise
     return RewardEvaluation(run_id, row.name, report_dir, metrics, by_round, by_reviewer)

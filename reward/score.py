@@ -53,7 +53,7 @@ class RewardScorer:
     def __init__(self, path: str | Path, device: str | None = None, batch_size: int = 16):
         import torch
 
-        from reward.device import resolve_device
+        from training.device import resolve_device
 
         self.path = Path(path)
         self.device = resolve_device(device)

@@ -3,7 +3,7 @@
 One call, `train_reward_model(ws, config)`:
   1. read the data snapshot (pairs, split by prompt), record it on a new run row, close the database;
   2. load the backbone with a 1-output head, wrap it in LoRA (head trained in full) or not (`method`);
-  3. train with per-device defaults (see reward/device.py), TensorBoard logs, checkpoints every `eval_steps`,
+  3. train with per-device defaults (see training/device.py), TensorBoard logs, checkpoints every `eval_steps`,
      early stopping on held-out accuracy, the best checkpoint loaded at the end;
   4. save the model folder, measure held-out accuracy exactly, add the model row (lineage + metrics), close the run.
 
@@ -13,26 +13,19 @@ the pairs and run folder with the others (`broadcast_object_list`); TRL/accelera
 
 from __future__ import annotations
 
-import contextlib
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reward.backbone import (
-    count_parameters,
-    load_backbone,
-    lora_config,
-    resolve_base,
-    resolve_method,
-    uses_eos,
-    write_meta,
-)
+from reward.backbone import load_backbone, lora_config, resolve_base, resolve_method, uses_eos, write_meta
 from reward.config import RewardTrainingConfig, config_from_dict
-from reward.data import describe_snapshot, reproduce_snapshot, take_snapshot, to_dataset
-from reward.device import training_defaults
+from reward.data import to_dataset
 from reward.pooling import check_pooling
+from training.device import training_defaults
+from training.logs import history_callback, tensorboard_dir, trainer_callbacks
+from training.models import count_parameters
+from training.snapshot import describe_snapshot, reproduce_snapshot, take_snapshot
 
 RUN_KIND = "reward"
 
@@ -65,22 +58,6 @@ class _RewardTrainer:  # built lazily: importing trl costs seconds
         return cls.cls
 
 
-class _StepClock:
-    """Remembers the step training (re)started from, so throughput counts only the steps this call ran."""
-
-    @staticmethod
-    def make() -> Any:
-        from transformers import TrainerCallback
-
-        class StepClock(TrainerCallback):
-            first_step = 0
-
-            def on_train_begin(self, args, state, control, **kwargs):
-                self.first_step = state.global_step
-
-        return StepClock()
-
-
 def _distributed() -> Any:
     from accelerate import PartialState
 
@@ -98,45 +75,20 @@ def _share(state: Any, value: Any) -> Any:
     return box[0]
 
 
-@contextlib.contextmanager
-def tensorboard_dir(folder: Path):
-    """TRL/transformers read the TensorBoard folder from this variable when the trainer is built."""
-    old = os.environ.get("TENSORBOARD_LOGGING_DIR")
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(folder)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
-        else:
-            os.environ["TENSORBOARD_LOGGING_DIR"] = old
-
-
 def resume_config(ws: Any, run: int | str,
                   overrides: dict[str, Any] | None = None) -> tuple[int, RewardTrainingConfig]:
     """(run id, its recorded config with `overrides`) for `--resume`: `run` is an id or "latest" (the newest
     reward run that did not succeed)."""
-    from store.runs import get_run, list_runs
+    from training.runs import resume_config as resume
 
-    if run == "latest":
-        candidates = [r for r in list_runs(ws.db, kind=RUN_KIND) if r.status != "succeeded"]
-        if not candidates:
-            raise ValueError("--resume: no unfinished reward run in this workspace to resume")
-        row = candidates[-1]
-    else:
-        row = get_run(ws.db, int(run))
-    if row.kind != RUN_KIND:
-        raise ValueError(f"--resume: run {row.id} is a {row.kind!r} run, not a reward run")
-    if row.status == "succeeded":
-        raise ValueError(f"--resume: run {row.id} already succeeded; start a new run instead")
-    saved = config_from_dict(row.config["config"], where=f"run {row.id} config: ")
-    return row.id, config_from_dict(overrides or {}, saved, where="command line: ")
+    return resume(ws, RUN_KIND, run, overrides, config_from_dict)
 
 
 def _prepare_run(ws: Any, config: RewardTrainingConfig, resume_from: int | None) -> dict[str, Any]:
     """Main process: snapshot, base, run row (status running) and run folder."""
     from store.models import UnknownModel, get_model
-    from store.runs import finish_run, get_run, start_run, update_run
+    from store.runs import get_run
+    from training.runs import open_run
 
     if config.name:  # fail now, not after training
         try:
@@ -146,19 +98,12 @@ def _prepare_run(ws: Any, config: RewardTrainingConfig, resume_from: int | None)
             pass
     base = resolve_base(ws.db, config.base)
     if resume_from is not None:
-        old = get_run(ws.db, resume_from)
-        pairs = reproduce_snapshot(ws.db, old.data_snapshot, config)
-        snapshot, run_dir = old.data_snapshot, Path(old.output_path)
+        snapshot = get_run(ws.db, resume_from).data_snapshot
+        pairs = reproduce_snapshot(ws.db, snapshot, config)
     else:
         pairs, snapshot = take_snapshot(ws.db, config)
-        run_dir = None
     record = {"config": config.to_dict(), "base_location": base.location, "resumed_from": resume_from}
-    run_id = start_run(ws.db, RUN_KIND, record, snapshot)
-    if run_dir is None:
-        run_dir = ws.runs_dir / f"reward-{run_id}"
-    update_run(ws.db, run_id, output_path=str(run_dir))
-    if resume_from is not None and get_run(ws.db, resume_from).status == "running":
-        finish_run(ws.db, resume_from, "cancelled", error=f"interrupted; resumed by run {run_id}")
+    run_id, run_dir = open_run(ws, RUN_KIND, record, snapshot, resume_from)
     return {"pairs": pairs, "snapshot": snapshot, "run_id": run_id, "run_dir": run_dir, "base": base}
 
 
@@ -186,29 +131,21 @@ def _reward_args(config: RewardTrainingConfig, run_dir: Path, dev: Any, has_eval
 def train_reward_model(ws: Any, config: RewardTrainingConfig, *, resume_from: int | None = None,
                        progress: bool = True, callbacks: list[Any] | None = None) -> RewardTrainingResult:
     """Train, save and register a reward model; the run row records config, snapshot, metrics and status."""
-    from store.runs import finish_run
+    from training.runs import closed_on_error
 
     state = _distributed()
     prepared = _prepare_run(ws, config, resume_from) if state.is_main_process else None
     prepared = _share(state, prepared)
     run_id, run_dir = prepared["run_id"], Path(prepared["run_dir"])
-    try:
+    with closed_on_error(ws.db, run_id, record=state.is_main_process):
         result = _train(ws, config, prepared, state, resume_from, progress, callbacks)
-    except BaseException as e:
-        if state.is_main_process:
-            interrupted = isinstance(e, KeyboardInterrupt)
-            finish_run(ws.db, run_id, "cancelled" if interrupted else "failed",
-                       error=f"{type(e).__name__}: {e}"[:2000])
-        raise
     return result if result is not None else RewardTrainingResult(run_id, None, run_dir, run_dir / "model", {})
 
 
 def _train(ws: Any, config: RewardTrainingConfig, prepared: dict[str, Any], state: Any, resume_from: int | None,
            progress: bool, callbacks: list[Any] | None) -> RewardTrainingResult | None:
-    from transformers import EarlyStoppingCallback
-
-    from reward.checks import finite_loss_callback, resume_checkpoint
     from store.runs import finish_run, update_run
+    from training.checks import resume_checkpoint
 
     pairs, run_id, run_dir, base = prepared["pairs"], prepared["run_id"], Path(prepared["run_dir"]), prepared["base"]
     if config.method == "probe":
@@ -235,10 +172,8 @@ def _train(ws: Any, config: RewardTrainingConfig, prepared: dict[str, Any], stat
     eval_set = to_dataset(eval_pairs, tokenizer, config.max_length, append_eos, margin_scale, pair) \
         if len(eval_pairs) else None
     args = _reward_args(config, run_dir, dev, eval_set is not None, progress)
-    clock = _StepClock.make()
-    extra = [clock, finite_loss_callback(), *(callbacks or [])]
-    if eval_set is not None and config.early_stopping_patience > 0:
-        extra.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+    clock = history_callback()
+    extra = trainer_callbacks(clock, config.early_stopping_patience, eval_set is not None, callbacks)
     with tensorboard_dir(run_dir / "tensorboard"):  # read when the trainer builds its TensorBoard callback
         trainer = _RewardTrainer.get()(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                                        processing_class=tokenizer, peft_config=peft_config, callbacks=extra)
@@ -274,7 +209,6 @@ def _train_probe(ws: Any, config: RewardTrainingConfig, pairs: Any, run_id: int,
     from transformers import AutoTokenizer
 
     from reward.data import prompt_string
-    from reward.device import resolve_device
     from reward.evaluate import pair_metrics
     from reward.probe import (
         fit_probe,
@@ -285,6 +219,7 @@ def _train_probe(ws: Any, config: RewardTrainingConfig, pairs: Any, run_id: int,
         save_probe,
     )
     from store.runs import finish_run, update_run
+    from training.device import resolve_device
 
     train_pairs, eval_pairs = pairs[pairs["part"] == "train"], pairs[pairs["part"] == "eval"]
     if train_pairs.empty:
@@ -364,20 +299,18 @@ def _final_metrics(trainer: Any, output: Any, clock: Any, seconds: float, eval_p
 
 def _register(ws: Any, name: str, method: str, base: Any, model_dir: Path, pairs: Any,
               run_id: int, metrics: dict[str, Any]) -> int:
-    from store.models import UnknownModel, add_model, get_model
+    from store.models import add_model
+    from training.models import parent_id
 
-    parent_id = base.parent_id
-    if parent_id is None and base.builtin:  # record the built-in backbone once, so lineage reaches it
-        try:
-            parent_id = get_model(ws.db, base.builtin).id
-        except UnknownModel:
-            parent_id = add_model(ws.db, base.builtin, "external", base=base.location, path=base.location)
+    parent = base.parent_id  # a built-in backbone is recorded once, so lineage reaches it
+    if parent is None and base.builtin:
+        parent = parent_id(ws.db, None, base.builtin, base.location)
     rounds = [int(r) for r in pairs["round"].dropna()] if "round" in pairs else []
     lora = method == "lora"
     keep = ("eval_accuracy", "eval_accuracy_low", "eval_accuracy_high", "eval_pairs", "eval_length_longer_accuracy",
             "train_pairs", "global_step", "train_seconds", "pairs_per_s")
     return add_model(ws.db, name, "reward", base=base.location, path=None if lora else str(model_dir),
-                     adapter_path=str(model_dir) if lora else None, parent_id=parent_id,
+                     adapter_path=str(model_dir) if lora else None, parent_id=parent,
                      round=max(rounds) if rounds else None, run_id=run_id,
                      metrics={k: metrics[k] for k in keep if k in metrics})
 

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from reward.config import dataclass_from_dict, load_toml_section, render_toml_section
+from training.config import dataclass_from_dict, load_toml_section, render_toml_section
 
 DEFAULT_POLICY = "smollm2-135m-instruct"
 DPO_LOSSES = ("sigmoid", "ipo", "robust", "hinge", "sigmoid_norm", "exo_pair", "nca_pair", "bco_pair", "sppo_hard",

@@ -4,7 +4,7 @@
   1. read the pairs snapshot (split by prompt, as the reward model's), record it on a new run row;
   2. load the starting policy (a LoRA policy merged), wrap it in LoRA: with `ref_model=None` TRL uses the same
      model with the adapters disabled as the reference, so no second copy of the weights is held;
-  3. train with per-device defaults (reward/device.py), TensorBoard logs, checkpoints every `save_steps`,
+  3. train with per-device defaults (training/device.py), TensorBoard logs, checkpoints every `save_steps`,
      early stopping on held-out preference accuracy (`eval_rewards/accuracies`);
   4. save the merged policy, add its model row (parent = the starting policy, round, run, metrics), close the run.
 
@@ -18,23 +18,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from reward.train import tensorboard_dir
 from rl.config import DPOTrainingConfig
 from rl.training import (
     PolicyTrainingResult,
     StartPolicy,
-    count_parameters,
     device_defaults,
     finish_policy,
-    history_callback,
-    last_checkpoint,
     load_causal_lm,
     lora_config,
     policy_run,
     resolve_policy,
-    trainer_callbacks,
     trainer_kwargs,
 )
+from training.checks import resume_checkpoint
+from training.logs import history_callback, tensorboard_dir, trainer_callbacks
+from training.models import count_parameters
 
 RUN_KIND = "dpo"
 LOGGED = ("loss", "rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected", "logps/chosen",
@@ -77,8 +75,8 @@ def dpo_args(config: DPOTrainingConfig, run_dir: Path, dev: Any, has_eval: bool,
 def train_dpo(ws: Any, config: DPOTrainingConfig, *, resume_from: int | None = None, progress: bool = True,
               callbacks: list[Any] | None = None) -> PolicyTrainingResult:
     """Train, save and register a DPO policy; the run row records config, snapshot, metrics and status."""
-    from reward.data import reproduce_snapshot, take_snapshot
     from store.runs import get_run
+    from training.snapshot import reproduce_snapshot, take_snapshot
 
     start = resolve_policy(ws.db, config.policy)
     if resume_from is not None:
@@ -106,7 +104,7 @@ def _train(ws: Any, config: DPOTrainingConfig, pairs: Any, start: StartPolicy, r
     eval_set = pairs_dataset(eval_pairs) if len(eval_pairs) else None
     args = dpo_args(config, run_dir, dev, eval_set is not None, progress)
     history = history_callback()
-    extra = trainer_callbacks(history, config, eval_set is not None, callbacks)
+    extra = trainer_callbacks(history, config.early_stopping_patience, eval_set is not None, callbacks)
     with tensorboard_dir(run_dir / "tensorboard"):
         trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=pairs_dataset(train_pairs),
                              eval_dataset=eval_set, processing_class=tokenizer,
@@ -115,7 +113,7 @@ def _train(ws: Any, config: DPOTrainingConfig, pairs: Any, start: StartPolicy, r
     update_run(ws.db, run_id, metrics={"device": dev.as_dict(), "parameters": total, "trainable": trainable,
                                        "precompute_ref_log_probs": args.precompute_ref_log_probs})
     started = time.monotonic()
-    output = trainer.train(resume_from_checkpoint=last_checkpoint(run_dir, resume_from))
+    output = trainer.train(resume_from_checkpoint=resume_checkpoint(run_dir, resume_from))
     seconds = time.monotonic() - started
     st = trainer.state
     steps_run = st.global_step - history.first_step

@@ -10,7 +10,6 @@ sample, no sampling."""
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -27,16 +26,6 @@ class PolicyEvalResult:
     against: str
     report_dir: Path
     metrics: dict[str, Any]
-
-
-def wilson(wins: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion (ties count as half a win)."""
-    if n == 0:
-        return 0.0, 1.0
-    p = wins / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def sequence_kl(new_model: Any, old_model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]],
@@ -104,11 +93,13 @@ def evaluate_policy(ws: Any, new: str, against: str, *, reward: str = "", max_pr
                     reference: str = "") -> PolicyEvalResult:
     """Win rate of `new` over `against` by the reward model on held-out prompts (split 'eval', else all)."""
     from reward.score import RewardScorer
-    from rl.device import pick_device
     from rl.sampling import SamplingParams, load_policy, policy_location, sample_completions
     from store.models import get_model, newest_model
     from store.prompts import list_prompts
-    from store.runs import finish_run, start_run, update_run
+    from store.runs import finish_run
+    from training.device import pick_device
+    from training.runs import closed_on_error, open_run
+    from training.stats import wilson_interval
 
     new_row, old_row = get_model(ws.db, new), get_model(ws.db, against)
     for row in (new_row, old_row):
@@ -127,10 +118,8 @@ def evaluate_policy(ws: Any, new: str, against: str, *, reward: str = "", max_pr
               "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed, "reference": ref_row.name}
     snapshot = {"prompt_ids": [r.id for r in rows], "splits": splits, "new_id": new_row.id, "against_id": old_row.id,
                 "reward_model_id": reward_row.id}
-    run_id = start_run(ws.db, RUN_KIND, config, snapshot)
-    folder = ws.runs_dir / f"eval-policy-{run_id}"
-    update_run(ws.db, run_id, output_path=str(folder))
-    try:
+    run_id, folder = open_run(ws, RUN_KIND, config, snapshot, prefix="eval-policy")
+    with closed_on_error(ws.db, run_id):
         started = time.monotonic()
         choice = pick_device(device)
         conversations = [r.messages for r in rows]
@@ -146,7 +135,7 @@ def evaluate_policy(ws: Any, new: str, against: str, *, reward: str = "", max_pr
         new_scores, old_scores = scorer.score(prompts, new_texts), scorer.score(prompts, old_texts)
         diffs = [a - b for a, b in zip(new_scores, old_scores, strict=True)]
         wins = sum(1.0 if d > 0 else 0.5 if d == 0 else 0.0 for d in diffs)
-        low, high = wilson(wins, len(diffs))
+        low, high = wilson_interval(wins, len(diffs))
         tok = models[new][1]
         kl = sequence_kl(models[new][0], models[against][0], tok, prompts, new_texts, choice.device)
         ref_model = models[ref_row.name][0] if ref_row.name in models and not ref_row.adapter_path else \
@@ -187,8 +176,5 @@ def evaluate_policy(ws: Any, new: str, against: str, *, reward: str = "", max_pr
             lines.append(f"| {_cell(conversations[i][-1]['content'], 60)} | {_cell(new_texts[j])} | "
                          f"{new_scores[j]:.2f} | {_cell(old_texts[j])} | {old_scores[j]:.2f} |")
         (folder / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    except BaseException as e:
-        finish_run(ws.db, run_id, "failed", error=f"{type(e).__name__}: {e}"[:2000])
-        raise
     finish_run(ws.db, run_id, "succeeded", metrics=metrics)
     return PolicyEvalResult(run_id, new, against, folder, metrics)

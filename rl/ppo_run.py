@@ -47,9 +47,9 @@ def train_ppo(ws: Any, config: PPOTrainingConfig, *, reward_fn: RewardFn | None 
     """Train, save and register a PPO (or RLOO / GRPO, by `config.algo`) policy. `reward_fn(prompts, responses) ->
     scores` replaces the reward model (tests use a toy reward); by default the reward model `config.reward` (or the
     newest) scores."""
-    from reward.device import training_defaults
     from store.prompts import list_prompts
     from store.runs import get_run, update_run
+    from training.device import training_defaults
 
     start = resolve_policy(ws.db, config.policy)
     rows = list_prompts(ws.db, config.splits, config.max_prompts)

@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 
-from reward.checks import COMPLETE_MARKER, check_checkpoint, check_finite
 from rl.ppo import (
     AdaptiveKLController,
     FixedKLController,
@@ -32,6 +31,7 @@ from rl.ppo import (
     token_rewards,
 )
 from rl.ppo_config import PPOTrainingConfig
+from training.checks import COMPLETE_MARKER, check_checkpoint, check_finite
 
 RewardFn = Callable[[list[list[dict[str, str]]], list[str]], list[float]]
 STATE_FILE = "ppo_state.pt"

@@ -90,9 +90,10 @@ def train_rloo_grpo(config: PPOTrainingConfig, model: Any, tokenizer: Any, score
     """Train with TRL's RLOOTrainer or GRPOTrainer: (the trained model (peft or full), metrics, logged rows)."""
     from trl import GRPOTrainer, RLOOTrainer
 
-    from reward.train import tensorboard_dir
     from rl.sampling import eos_ids
-    from rl.training import history_callback, last_checkpoint, lora_config
+    from rl.training import lora_config
+    from training.checks import resume_checkpoint
+    from training.logs import history_callback, tensorboard_dir
 
     dataset, too_long = prompts_dataset(tokenizer, prompts, config)
     reward = RewardModelReward(score_fn, config.missing_eos_penalty, eos_ids(model, tokenizer))
@@ -103,7 +104,7 @@ def train_rloo_grpo(config: PPOTrainingConfig, model: Any, tokenizer: Any, score
                       train_dataset=dataset, processing_class=tokenizer,
                       peft_config=lora_config(config) if config.lora else None, callbacks=[history])
     started = time.monotonic()
-    trainer.train(resume_from_checkpoint=last_checkpoint(run_dir, resume_from))
+    trainer.train(resume_from_checkpoint=resume_checkpoint(run_dir, resume_from))
     seconds = time.monotonic() - started
     logs = [row for row in history.logs if "score" in row]
     window = logs[-5:]

@@ -45,6 +45,7 @@ def next_round(ws: Any, *, policy: str | None = None, k: int = 4, n_prompts: int
     from store.models import ModelRow, newest_model
     from store.prompts import newest_round
     from store.runs import finish_run, start_run, update_run
+    from training.runs import closed_on_error
 
     row: ModelRow = newest_model(ws.db, "policy", policy)
     previous = None
@@ -64,7 +65,7 @@ def next_round(ws: Any, *, policy: str | None = None, k: int = 4, n_prompts: int
     config = {"policy": row.name, "round": number, "k": k, "mix_previous": mix_previous, "n_prompts": n_prompts,
               "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
     run_id = start_run(ws.db, RUN_KIND, config, lineage)
-    try:
+    with closed_on_error(ws.db, run_id):
         params = SamplingParams(k=max(2, k - 1) if mix_previous else k, max_new_tokens=max_new_tokens,
                                 temperature=temperature, seed=seed)
         if mix_previous:
@@ -75,9 +76,6 @@ def next_round(ws: Any, *, policy: str | None = None, k: int = 4, n_prompts: int
         comparison_ids = list(result.comparison_ids)
         update_run(ws.db, run_id, data_snapshot={**lineage, "comparison_ids": comparison_ids,
                                                  "previous_policy_id": previous.id if previous else None})
-    except BaseException as e:
-        finish_run(ws.db, run_id, "failed", error=f"{type(e).__name__}: {e}"[:2000])
-        raise
     finish_run(ws.db, run_id, "succeeded", metrics={"comparisons": result.comparisons,
                                                     "responses": result.responses, **result.as_dict()})
     return RoundResult(number, row.name, previous.name if previous else None, run_id, result.comparisons,
@@ -89,11 +87,11 @@ def _mixed(ws: Any, row: Any, previous: Any, number: int, n_prompts: int, params
     """k - 1 candidates from the new policy and one from its parent in each comparison."""
     from dataclasses import replace
 
-    from rl.device import pick_device
     from rl.sampling import Completion, SamplingResult, load_policy, policy_location, sample_completions
     from store.batch import Batch, Comparison, Prompt, Response, write_batch
     from store.db import write
     from store.prompts import prompts_with_comparisons, prompts_without_comparisons
+    from training.device import pick_device
 
     prompts = prompts_without_comparisons(ws.db, n_prompts, split)
     if not prompts:

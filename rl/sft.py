@@ -14,24 +14,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from reward.train import tensorboard_dir
 from rl.config import SFTTrainingConfig
 from rl.dpo import prompt_messages
 from rl.training import (
     PolicyTrainingResult,
     StartPolicy,
-    count_parameters,
     device_defaults,
     finish_policy,
-    history_callback,
-    last_checkpoint,
     load_causal_lm,
     lora_config,
     policy_run,
     resolve_policy,
-    trainer_callbacks,
     trainer_kwargs,
 )
+from training.checks import resume_checkpoint
+from training.logs import history_callback, tensorboard_dir, trainer_callbacks
+from training.models import count_parameters
 
 RUN_KIND = "sft"
 
@@ -40,9 +38,9 @@ def sft_rows(db: str | Path, config: SFTTrainingConfig) -> tuple[Any, dict[str, 
     """(frame of rows with a `part` column, snapshot record) for the config's filters and source."""
     import pandas as pd
 
-    from reward.data import split_by_prompt
     from store.labels import sft_records
     from store.pairs import PairFilter, read_scoped
+    from training.snapshot import split_by_prompt
 
     f = PairFilter(round=list(config.rounds) or None, model=list(config.models) or None,
                    reviewer=list(config.reviewers) or None, split=list(config.splits) or None,
@@ -110,7 +108,7 @@ def _train(ws: Any, config: SFTTrainingConfig, frame: Any, start: StartPolicy, r
                      completion_only_loss=True, packing=False, metric_for_best_model="eval_loss" if stop_early
                      else None, greater_is_better=False)
     history = history_callback()
-    extra = trainer_callbacks(history, config, stop_early, callbacks)
+    extra = trainer_callbacks(history, config.early_stopping_patience, stop_early, callbacks)
     with tensorboard_dir(run_dir / "tensorboard"):
         trainer = SFTTrainer(model=model, args=args, train_dataset=sft_dataset(train), eval_dataset=eval_set,
                              processing_class=tokenizer, peft_config=lora_config(config) if config.lora else None,
@@ -118,7 +116,7 @@ def _train(ws: Any, config: SFTTrainingConfig, frame: Any, start: StartPolicy, r
     total, trainable = count_parameters(trainer.model)
     update_run(ws.db, run_id, metrics={"device": dev.as_dict(), "parameters": total, "trainable": trainable})
     started = time.monotonic()
-    output = trainer.train(resume_from_checkpoint=last_checkpoint(run_dir, resume_from))
+    output = trainer.train(resume_from_checkpoint=resume_checkpoint(run_dir, resume_from))
     seconds = time.monotonic() - started
     losses = [row["loss"] for row in history.logs if "loss" in row]
     evals = [row["eval_loss"] for row in history.logs if "eval_loss" in row]

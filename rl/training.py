@@ -118,7 +118,7 @@ def quantization_config(quantization: str, device: str) -> Any:
 
 def qlora(config: Any) -> Any:
     """The config's BitsAndBytesConfig or None, with the QLoRA errors raised before anything is written."""
-    from reward.device import resolve_device
+    from training.device import resolve_device
 
     return quantization_config(config.quantization, resolve_device(config.device))
 
@@ -128,19 +128,14 @@ def is_quantized(model: Any) -> bool:
 
 
 def lora_config(config: Any, task: str = "CAUSAL_LM") -> Any:
-    from peft import LoraConfig
+    """LoRA on every linear layer unless the config names the modules."""
+    from training.models import lora_config as make
 
-    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0, task_type=task,
-                      target_modules=list(config.lora_target_modules) or "all-linear")
-
-
-def count_parameters(model: Any) -> tuple[int, int]:
-    total = sum(p.numel() for p in model.parameters())
-    return total, sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return make(config.lora_r, config.lora_alpha, config.lora_target_modules, task, "all-linear")
 
 
 def device_defaults(config: Any, n_params: int) -> Any:
-    from reward.device import training_defaults
+    from training.device import training_defaults
 
     return training_defaults(config.device, n_params, config.bf16, config.gradient_checkpointing)
 
@@ -165,36 +160,9 @@ def resume_config(ws: Any, kind: str, cls: type, run: int | str,
                   overrides: dict[str, Any] | None = None) -> tuple[int, Any]:
     """(run id, its recorded config with `overrides`); `run` is an id or "latest" (newest unfinished `kind` run)."""
     from rl.config import config_from_dict
-    from store.runs import get_run, list_runs
+    from training.runs import resume_config as resume
 
-    if run == "latest":
-        candidates = [r for r in list_runs(ws.db, kind=kind) if r.status != "succeeded"]
-        if not candidates:
-            raise ValueError(f"--resume: no unfinished {kind} run in this workspace to resume")
-        row = candidates[-1]
-    else:
-        row = get_run(ws.db, int(run))
-    if row.kind != kind:
-        raise ValueError(f"--resume: run {row.id} is a {row.kind!r} run, not a {kind} run")
-    if row.status == "succeeded":
-        raise ValueError(f"--resume: run {row.id} already succeeded; start a new run instead")
-    saved = config_from_dict(cls, row.config["config"], where=f"run {row.id} config: ")
-    return row.id, config_from_dict(cls, overrides or {}, saved, where="command line: ")
-
-
-def start_policy_run(ws: Any, kind: str, config: Any, snapshot: dict[str, Any], start: StartPolicy,
-                     resume_from: int | None) -> tuple[int, Path]:
-    """A run row (status running) and its folder; a resumed run reuses the old folder and closes the old row."""
-    from store.runs import finish_run, get_run, start_run, update_run
-
-    record = {"config": asdict(config), "policy_location": start.location, "resumed_from": resume_from}
-    run_id = start_run(ws.db, kind, record, snapshot)
-    run_dir = Path(get_run(ws.db, resume_from).output_path) if resume_from is not None else \
-        ws.runs_dir / f"{kind}-{run_id}"
-    update_run(ws.db, run_id, output_path=str(run_dir))
-    if resume_from is not None and get_run(ws.db, resume_from).status == "running":
-        finish_run(ws.db, resume_from, "cancelled", error=f"interrupted; resumed by run {run_id}")
-    return run_id, run_dir
+    return resume(ws, kind, run, overrides, lambda raw, base, where: config_from_dict(cls, raw, base, where))
 
 
 @contextlib.contextmanager
@@ -203,46 +171,13 @@ def policy_run(ws: Any, kind: str, config: Any, snapshot: dict[str, Any], start:
     """(run id, run folder, QLoRA quantization config or None) for the body that trains; the run row is closed as
     failed (cancelled on Ctrl-C) when the body raises. QLoRA's errors (no CUDA, no bitsandbytes) come before the row
     exists."""
+    from training.runs import closed_on_error, open_run
+
     quantization = qlora(config)
-    run_id, run_dir = start_policy_run(ws, kind, config, snapshot, start, resume_from)
-    try:
+    record = {"config": asdict(config), "policy_location": start.location, "resumed_from": resume_from}
+    run_id, run_dir = open_run(ws, kind, record, snapshot, resume_from)
+    with closed_on_error(ws.db, run_id):
         yield run_id, run_dir, quantization
-    except BaseException as e:
-        fail_run(ws, run_id, e)
-        raise
-
-
-def history_callback() -> Any:
-    """A TrainerCallback keeping every logged number (loss, margins, scores...) and the step training (re)started
-    from, for the run row's metrics."""
-    from transformers import TrainerCallback
-
-    class History(TrainerCallback):
-        def __init__(self) -> None:
-            self.logs: list[dict[str, float]] = []
-            self.first_step = 0
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.first_step = state.global_step
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs:
-                self.logs.append({"step": state.global_step, **{k: v for k, v in logs.items()
-                                                                if isinstance(v, int | float)}})
-
-    return History()
-
-
-def trainer_callbacks(history: Any, config: Any, has_eval: bool, callbacks: list[Any] | None) -> list[Any]:
-    """History, the non-finite-loss stop, the caller's callbacks and early stopping when there is a held-out set."""
-    from transformers import EarlyStoppingCallback
-
-    from reward.checks import finite_loss_callback
-
-    extra = [history, finite_loss_callback(), *(callbacks or [])]
-    if has_eval and config.early_stopping_patience > 0:
-        extra.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
-    return extra
 
 
 def finish_policy(ws: Any, model: Any, tokenizer: Any, start: StartPolicy, run_id: int, run_dir: Path, name: str,
@@ -256,13 +191,6 @@ def finish_policy(ws: Any, model: Any, tokenizer: Any, start: StartPolicy, run_i
     register_policy(ws, name, start, model_dir, run_id, rounds, registered)
     finish_run(ws.db, run_id, "succeeded", metrics=metrics)
     return PolicyTrainingResult(run_id, name, run_dir, model_dir, metrics)
-
-
-def last_checkpoint(run_dir: Path, resume_from: int | None) -> str | None:
-    """The newest complete checkpoint of a resumed run, every file read back first (reward/checks.py)."""
-    from reward.checks import resume_checkpoint
-
-    return resume_checkpoint(run_dir, resume_from)
 
 
 def save_policy(model: Any, tokenizer: Any, run_dir: Path,
@@ -294,20 +222,9 @@ def save_policy(model: Any, tokenizer: Any, run_dir: Path,
 def register_policy(ws: Any, name: str, start: StartPolicy, model_dir: Path, run_id: int, rounds: list[int],
                     metrics: dict[str, Any]) -> int:
     """The new policy row: parent = the starting policy (registered as external if it was a bare folder)."""
-    from store.models import UnknownModel, add_model, get_model
+    from store.models import add_model
+    from training.models import parent_id
 
-    parent_id = start.parent_id
-    if parent_id is None:
-        try:
-            parent_id = get_model(ws.db, start.name).id
-        except UnknownModel:
-            parent_id = add_model(ws.db, start.name, "external", base=start.location, path=start.location)
-    return add_model(ws.db, name, "policy", base=start.location, path=str(model_dir), parent_id=parent_id,
+    return add_model(ws.db, name, "policy", base=start.location, path=str(model_dir),
+                     parent_id=parent_id(ws.db, start.parent_id, start.name, start.location),
                      round=max(rounds) if rounds else None, run_id=run_id, metrics=metrics)
-
-
-def fail_run(ws: Any, run_id: int, e: BaseException) -> None:
-    from store.runs import finish_run
-
-    finish_run(ws.db, run_id, "cancelled" if isinstance(e, KeyboardInterrupt) else "failed",
-               error=f"{type(e).__name__}: {e}"[:2000])

@@ -47,8 +47,8 @@ def test_dpo_loss_falls_margin_rises_and_lineage_is_recorded(workspace, tiny_lm)
 
 
 def test_loss_variants_and_device_defaults_reach_trl(tmp_path):
-    from reward.device import training_defaults
     from rl.dpo import dpo_args
+    from training.device import training_defaults
 
     dev = training_defaults("cpu", 10_000)
     args = dpo_args(tiny_dpo(loss_type=["ipo"], sft_replay=0.5), tmp_path, dev, True, False)

@@ -33,7 +33,7 @@ def seed_prompts(db, n: int, split: str = "eval") -> None:
 
 
 def test_wilson_interval():
-    from rl.evaluate import wilson
+    from training.stats import wilson_interval as wilson
 
     low, high = wilson(8, 10)
     assert low == pytest.approx(0.4902, abs=1e-3) and high == pytest.approx(0.9433, abs=1e-3)

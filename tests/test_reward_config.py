@@ -12,7 +12,7 @@ from reward.config import (
     parse_assignment,
     render_reward_section,
 )
-from reward.device import training_defaults
+from training.device import training_defaults
 
 
 def test_defaults_are_valid_and_every_field_has_help():

@@ -7,10 +7,11 @@ import math
 
 import pytest
 
-from reward.evaluate import evaluate_reward_model, group_metrics, pair_metrics, reliability, wilson_interval
+from reward.evaluate import evaluate_reward_model, group_metrics, pair_metrics, reliability
 from reward.train import train_reward_model
 from store.runs import get_run
 from tests.reward_data import register_tiny, seed_pairs, tiny_config
+from training.stats import wilson_interval
 
 # Hand-made: score gaps 1, 0, -1, 3 -> right, tie (a half), wrong, right.
 CHOSEN = [2.0, 0.0, 1.0, 3.0]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from transformers import TrainerCallback
 
-from reward.data import split_by_prompt, take_snapshot
 from reward.train import resume_config, train_reward_model
 from store.models import get_model, list_models
 from store.runs import get_run, list_runs
 from tests.reward_data import register_tiny, seed_pairs, tiny_config
+from training.snapshot import split_by_prompt, take_snapshot
 
 
 class Watch(TrainerCallback):

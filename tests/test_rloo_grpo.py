@@ -82,8 +82,8 @@ def test_ppo_settings_and_device_defaults_reach_trl(tmp_path):
 
     from trl import GRPOConfig, RLOOConfig
 
-    from reward.device import training_defaults
     from rl.rloo_grpo import trl_args
+    from training.device import training_defaults
 
     dev = training_defaults("cpu", 10_000)
     args = trl_args(config(rollout_batch_size=4, num_generations=3, num_minibatches=2, logging_steps=1), tmp_path,

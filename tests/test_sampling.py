@@ -226,18 +226,20 @@ def test_a_policy_with_a_lora_adapter_samples(ws, tmp_path):
 def test_device_choice_cpu_float32_here_cuda_bf16_when_present(monkeypatch):
     import torch
 
-    from rl.device import pick_device
+    from training.device import pick_device, training_defaults
 
     if not torch.cuda.is_available():
         assert (pick_device().device, pick_device().dtype) == ("cpu", torch.float32)
         with pytest.raises(ValueError, match="no CUDA GPU"):
             pick_device("cuda")
-    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+    with pytest.raises(ValueError, match="device: unknown 'tpu'"):
         pick_device("tpu")
     for name, value in [("is_available", True), ("is_bf16_supported", True), ("device_count", 1),
                         ("current_device", 0), ("get_device_name", "Fake GPU")]:
         monkeypatch.setattr(torch.cuda, name, lambda *a, v=value, **k: v)
     choice = pick_device()
-    assert (choice.device, choice.dtype, choice.bf16, choice.gradient_checkpointing) == \
-        ("cuda:0", torch.bfloat16, True, True)
+    assert (choice.device, choice.dtype, choice.bf16) == ("cuda:0", torch.bfloat16, True)
+    big, small = training_defaults(None, n_params=2_000_000_000), training_defaults(None, n_params=10)
+    assert (big.device, big.bf16, big.gradient_checkpointing) == ("cuda:0", True, True)  # checkpointing pays
+    assert small.bf16 and not small.gradient_checkpointing  # a small model: recomputation only costs time
     assert pick_device("cpu").dtype == torch.float32

@@ -23,11 +23,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from reward.checks import complete_checkpoints
 from store.models import list_models
 from store.runs import list_runs
 from tests.policy_helpers import register_reward, tiny_reward_model
 from tests.reward_data import register_tiny, seed_pairs
+from training.checks import complete_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 6
@@ -130,7 +130,7 @@ def _damage(path: Path, how: str) -> None:
     ("ppo", "ppo_state.pt", "garble"),
 ])
 def test_a_corrupt_checkpoint_file_is_a_one_line_error_naming_it(ws, kind, target, how):
-    from reward.checks import check_checkpoint
+    from training.checks import check_checkpoint
 
     args = [a for a in ARGS[kind] if a != str(STEPS)]
     args[args.index("--max-steps") + 1:args.index("--max-steps") + 1] = ["2"]

@@ -51,9 +51,10 @@ def run_trl(args: argparse.Namespace) -> dict:
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
-    from reward.backbone import count_parameters, load_backbone, lora_config, resolve_method, uses_eos
+    from reward.backbone import load_backbone, lora_config, resolve_method, uses_eos
     from reward.config import RewardTrainingConfig
     from reward.data import to_dataset
+    from training.models import count_parameters
 
     ours = RewardTrainingConfig(base=args.base, **({"method": args.method} if args.method else {}))
     model, tokenizer, heads = load_backbone(args.base)
