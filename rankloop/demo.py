@@ -70,6 +70,17 @@ def main(argv: list[str] | None = None) -> int:
     if job is not None:
         print(f"first candidates: background job {job.id} samples {K} answers for up to {FIRST_COMPARISONS} prompts; "
               f"each batch is queued for reviewers when it is written (progress: Runs page, or {job.log_path})")
+        return 0
+    from rankloop.jobs import refresh
+    from store.db import read
+
+    running = next((j for j in refresh(ws.db) if j.active and j.command == "generate"), None)
+    if running is not None:
+        print(f"first candidates: background job {running.id} is still sampling them (progress: Runs page, or "
+              f"{running.log_path})")
+    else:
+        have = read(ws.db, lambda con: con.execute("SELECT count(*) FROM comparisons").fetchone()[0])
+        print(f"first candidates: {have} comparisons queued already")
     return 0
 
 

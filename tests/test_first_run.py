@@ -16,7 +16,7 @@ from rankloop.commands.serve import accounts_line
 from rankloop.demo import GUIDELINES, PROMPTS, start_first_candidates, write_guidelines
 from rankloop.jobs import read_log, refresh
 from rl.sampling import SamplingParams, generate_candidates
-from store.batch import Batch, Prompt, write_batch
+from store.batch import Batch, Comparison, Prompt, Response, write_batch
 from store.db import read, write
 from store.models import add_model, get_model
 from store.settings import get_settings, set_setting
@@ -149,3 +149,29 @@ def test_serve_says_what_the_accounts_are_with_and_without_any(workspace):
     deactivate_user(workspace.db, "ruth", "cli")
     assert accounts_line(workspace).startswith("accounts: 1 admin, 1 reviewer (")
     assert "no default" not in accounts_line(workspace)
+
+
+def test_demo_entry_point_names_a_folder_that_is_not_a_workspace(tmp_path, capsys):
+    from rankloop.demo import main
+
+    assert main([str(tmp_path / "nowhere")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(tmp_path / "nowhere") in err and "rankloop init" in err
+
+
+def test_demo_entry_point_on_a_workspace_whose_candidates_exist_starts_nothing(workspace, capsys):
+    from rankloop.demo import FIRST_COMPARISONS, main
+
+    batch = Batch()
+    for p in range(FIRST_COMPARISONS):
+        batch.prompts.append(Prompt(p, [{"role": "user", "content": f"Question {p}"}]))
+        batch.responses += [Response((p, i), p, f"answer {i}") for i in range(2)]
+        batch.comparisons.append(Comparison(p, p, [(p, 0), (p, 1)]))
+    write(workspace.db, lambda con: write_batch(con, batch))
+    assert main([str(workspace.root)]) == 0
+    out = capsys.readouterr().out
+    assert "reviewer guidelines written" in out and get_settings(workspace.db)["guidelines"]
+    assert f"first candidates: {FIRST_COMPARISONS} comparisons queued already" in out
+    assert refresh(workspace.db) == []  # no job
+    assert main([str(workspace.root)]) == 0
+    assert "guidelines" not in capsys.readouterr().out  # written once
