@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -167,29 +168,261 @@ def _backoff(attempt: int) -> float:
     return min(0.5, 0.01 * 2**attempt) * (0.5 + random.random())
 
 
-def open_connection(path: str | Path, timeout_s: float | None = None) -> duckdb.DuckDBPyConnection:
-    """Open `path` read-write, retrying with backoff while another process holds it."""
+def _wait_dir(path: str | Path) -> Path:
+    """The folder next to the database where processes waiting for it leave one marker file each (named by PID)."""
+    return Path(f"{path}.waiting")
+
+
+def _mark_waiting(path: str | Path) -> Path | None:
+    """Say 'this process wants the file' to a process that keeps it open (see `hold`); None if it cannot."""
+    marker = _wait_dir(path) / str(os.getpid())
+    try:
+        marker.parent.mkdir(exist_ok=True)
+        marker.touch()
+    except OSError:  # a read-only folder, or the folder removed by another waiter at this instant: retried
+        return None
+    return marker
+
+
+def _unmark_waiting(marker: Path | None) -> None:
+    if marker is None:
+        return
+    try:
+        marker.unlink(missing_ok=True)
+        marker.parent.rmdir()  # only when no other process waits
+    except OSError:
+        pass
+
+
+def _someone_waits(path: str | Path) -> bool:
+    """Whether another process left a marker (a stat() of the folder: no descriptor of the database is opened)."""
+    return os.path.isdir(_wait_dir(path))
+
+
+def _drop_stale_markers(path: str | Path) -> None:
+    """Remove markers of processes that died while waiting (killed), so the holder does not yield to nobody."""
+    try:
+        names = os.listdir(_wait_dir(path))
+    except OSError:
+        return
+    for name in names:
+        try:
+            os.kill(int(name), 0)
+            continue
+        except ProcessLookupError:
+            pass
+        except (ValueError, PermissionError):
+            continue
+        _unmark_waiting(_wait_dir(path) / name)
+
+
+def open_connection(path: str | Path, timeout_s: float | None = None, *,
+                    mark: bool = True) -> duckdb.DuckDBPyConnection:
+    """Open `path` read-write, retrying with backoff while another process holds it.
+
+    While it waits it leaves a marker next to the database (`mark`), which tells a process that keeps the file
+    open between units of work (`rankloop serve`, see `hold`) to give it up at the end of its current one; the
+    retries are then frequent, so the hand-over takes milliseconds.
+    """
     timeout = lock_timeout_s() if timeout_s is None else timeout_s
     deadline = time.monotonic() + timeout
     attempt = 0
-    while True:
+    marker: Path | None = None
+    try:
+        while True:
+            try:
+                return _connect(path)
+            except duckdb.Error as e:
+                if not _is_lock_error(e):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise WorkspaceBusy(
+                        f"{path}: another process has held the workspace database for {timeout:.0f}s "
+                        f"(raise RANKLOOP_LOCK_TIMEOUT to wait longer). DuckDB said: {e}"
+                    ) from e
+                if mark and (marker is None or not marker.exists()):
+                    marker = _mark_waiting(path)
+                time.sleep(min(_backoff(attempt), 0.02) if mark else _backoff(attempt))
+                attempt += 1
+    finally:
+        _unmark_waiting(marker)
+
+
+# --- Keeping the database open in a long-lived process (the app server) -------------------------------------------
+#
+# Opening a DuckDB file, and the checkpoint when the last connection closes, cost tens of milliseconds: more than
+# the work of a click. A process that calls `hold()` (`rankloop serve` does, through $RANKLOOP_DB_HOLD) keeps one
+# DuckDB instance per database open and gives every unit of work its own cursor on it. Other processes (CLI
+# commands, jobs) still open the file per unit of work; when one finds it locked, it leaves a marker (above) and
+# the holder, which checks for markers with a stat() at the start of every unit and every few milliseconds in a
+# watcher thread, lets the running units finish, closes its instance, and waits until the marker is gone (the
+# other process got the file) before opening it again. The holder never opens a descriptor of the database file
+# itself while it holds it (see `is_encrypted` above), and reopens when the path names another file (a restore).
+
+HOLD_ENV = "RANKLOOP_DB_HOLD"
+_YIELD_WAIT_S = 5.0  # how long a holder that gave the file up waits for the waiter to take it before reopening
+_WATCH_PERIOD_S = 0.005
+
+
+def _file_id(path: str | Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+class _Held:
+    """One database kept open by this process: the instance, its users, and the rules for giving it up."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.cond = threading.Condition()
+        self.con: duckdb.DuckDBPyConnection | None = None
+        self.file: tuple[int, int] | None = None
+        self.encrypted = False
+        self.active = 0  # units of work running on a cursor of `con`
+        self.broken = False  # a fatal DuckDB error: reopen once the running units are done
+        self.opens = 0  # how many times the instance was opened (tests read it)
+
+    def _close(self) -> None:
+        if self.con is not None:
+            try:
+                self.con.close()
+            finally:
+                self.con, self.file, self.broken = None, None, False
+
+    def _give_up_if_asked(self, deadline: float) -> None:
+        """Called with `cond` held: while another process waits, let running units end, close, and wait for it."""
+        if not _someone_waits(self.path):
+            return
+        _drop_stale_markers(self.path)
+        until = min(deadline, time.monotonic() + _YIELD_WAIT_S)
+        while _someone_waits(self.path) and time.monotonic() < until:
+            if self.active == 0:
+                self._close()
+            self.cond.wait(_WATCH_PERIOD_S)
+
+    def enter(self, timeout_s: float | None) -> duckdb.DuckDBPyConnection:
+        timeout = lock_timeout_s() if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            self._give_up_if_asked(deadline)
+            if self.con is not None and (self.broken or _file_id(self.path) != self.file):
+                while self.active:  # another file now has this path (a restore), or the instance failed
+                    self.cond.wait(_WATCH_PERIOD_S)
+                if self.con is not None:
+                    self._close()
+            if self.con is None:
+                self.con = open_connection(self.path, max(0.0, deadline - time.monotonic()))
+                self.file = _file_id(self.path)
+                self.encrypted = is_encrypted(self.path)
+                self.opens += 1
+                _watcher.start()
+            cur = self.con.cursor()
+            self.active += 1
         try:
-            return _connect(path)
-        except duckdb.Error as e:
-            if not _is_lock_error(e):
-                raise
-            if time.monotonic() >= deadline:
-                raise WorkspaceBusy(
-                    f"{path}: another process has held the workspace database for {timeout:.0f}s "
-                    f"(raise RANKLOOP_LOCK_TIMEOUT to wait longer). DuckDB said: {e}"
-                ) from e
-            time.sleep(_backoff(attempt))
-            attempt += 1
+            if self.encrypted:
+                cur.execute(f"USE {_ALIAS}")
+        except BaseException:
+            self.leave(cur, None)
+            raise
+        return cur
+
+    def leave(self, cur: duckdb.DuckDBPyConnection, error: BaseException | None) -> None:
+        try:
+            cur.close()
+        finally:
+            with self.cond:
+                self.active -= 1
+                if isinstance(error, duckdb.FatalException) or "invalidated" in str(error or ""):
+                    self.broken = True
+                if self.active == 0 and (self.broken or _someone_waits(self.path)):
+                    self._close()
+                self.cond.notify_all()
+
+    def idle_check(self) -> None:
+        """From the watcher thread: give the file up at once when a process waits and no unit is running."""
+        with self.cond:
+            if self.con is not None and self.active == 0 and _someone_waits(self.path):
+                self._close()
+                self.cond.notify_all()
+
+
+class _Watcher:
+    """One daemon thread that notices waiting processes while this process holds a database but is idle."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="rankloop-db-watcher", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(_WATCH_PERIOD_S)
+            for held in list(_held.values()):
+                held.idle_check()
+
+
+_held: dict[str, _Held] = {}
+_held_lock = threading.Lock()
+_watcher = _Watcher()
+_hold_all = os.environ.pop(HOLD_ENV, None) == "1"  # popped: processes this one starts (jobs) open per unit
+
+
+def hold(on: bool = True) -> None:
+    """Keep databases open in this process between units of work (on), or go back to one open per unit (off).
+
+    Turning it off closes every instance held now (waiting for their running units)."""
+    global _hold_all
+    _hold_all = on
+    if not on:
+        release_all()
+
+
+def holding() -> bool:
+    return _hold_all
+
+
+def release_all() -> None:
+    """Close every database this process keeps open, once its running units are done (tests; shutdown)."""
+    for held in list(_held.values()):
+        with held.cond:
+            while held.active:
+                held.cond.wait(_WATCH_PERIOD_S)
+            held._close()
+
+
+def _held_for(path: str | Path) -> _Held:
+    key = os.path.abspath(path)
+    with _held_lock:
+        held = _held.get(key)
+        if held is None:
+            held = _held[key] = _Held(key)
+        return held
 
 
 @contextmanager
 def connection(path: str | Path, timeout_s: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A connection for one unit of work; closed (and the file lock released) when the block ends."""
+    """A connection for one unit of work: closed (and the file lock released) when the block ends, or, in a
+    process that holds the database (`hold`), a cursor on the instance it keeps open."""
+    if _hold_all:
+        held = _held_for(path)
+        cur = held.enter(timeout_s)
+        error: BaseException | None = None
+        try:
+            yield cur
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            held.leave(cur, error)
+        return
     con = open_connection(path, timeout_s)
     try:
         yield con
@@ -199,7 +432,8 @@ def connection(path: str | Path, timeout_s: float | None = None) -> Iterator[duc
 
 @contextmanager
 def transaction(path: str | Path, timeout_s: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Open, BEGIN, yield, COMMIT (ROLLBACK on any error), close: every write that belongs together."""
+    """BEGIN, yield, COMMIT (ROLLBACK on any error) on a connection for one unit of work: writes that belong
+    together."""
     with connection(path, timeout_s) as con:
         con.execute("BEGIN TRANSACTION")
         try:

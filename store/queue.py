@@ -91,11 +91,117 @@ _QUEUE = f"""
 """
 
 
+# The query above aggregates every judgment on every call (20+ ms with 100k judgments). Almost all comparisons
+# are complete, and a complete one stays complete while judgments are only added, so each process keeps the open
+# comparisons (fewer distinct counted reviewers than required) per database, with their reviewers and what orders
+# them, and checks the cache against a fingerprint read in the caller's transaction: judgments (rows, highest id,
+# retractions) and comparisons (rows, highest id, sum of N, and the sum of a hash of id, round, priority and N per
+# row; a sum, not a bit_xor: DuckDB's multi-column hash XORs the last column in, so a bit_xor cancels out when an
+# even number of rows change N alike). New judgments (ids above the cached highest, as many as the row count grew)
+# are added in place; anything else (an undo, new comparisons, a new N or priority, rows that appeared below the
+# highest id) rebuilds it. The cache is never used without that check; the next item is then picked from it with
+# small queries (the reviewer's own judgments and responses, open leases, gold items).
+_FINGERPRINT = """
+    SELECT (SELECT path FROM duckdb_databases() WHERE database_name = current_database()), j.*, c.*
+    FROM (SELECT count(*), coalesce(max(id), 0), count(retracted_at) FROM judgments) j,
+         (SELECT count(*), coalesce(max(id), 0), coalesce(sum(required_reviewers), 0),
+                 coalesce(sum(hash(id, round, priority, required_reviewers)), 0) FROM comparisons) c
+"""
+_OPEN_SET = f"""
+    SELECT c.id, any_value(c.round), any_value(c.priority), any_value(c.created_at), any_value(c.required_reviewers),
+           any_value(c.response_ids), list(DISTINCT j.reviewer_id) FILTER (WHERE j.reviewer_id IS NOT NULL)
+    FROM comparisons c LEFT JOIN judgments j ON j.comparison_id = c.id AND {counted('j')}
+    GROUP BY c.id HAVING count(DISTINCT j.reviewer_id) < any_value(c.required_reviewers)
+"""
+_OWN = "SELECT id FROM responses WHERE json_extract_string(params, '$.edited_by_reviewer_id') = CAST(? AS VARCHAR)"
+_OPEN_CACHE_MAX = 20_000  # more open comparisons than this: the query above instead of a loop over them here
+
+
+@dataclass
+class _Comparison:
+    round: int
+    needed: int
+    response_ids: frozenset[int]
+    reviewers: frozenset[int]  # distinct reviewers with a counted judgment of it
+
+
+@dataclass
+class _OpenSet:
+    fingerprint: tuple  # (database path; judgments: rows, max id, retracted; comparisons: rows, max id, N, hash)
+    open: dict[int, _Comparison]
+    order: list[int]  # the open ids in queue order (round, priority desc, age, id)
+
+
+_open_sets: dict[str, _OpenSet] = {}
+_open_sets_lock = threading.Lock()
+
+
+def _open_set(con: duckdb.DuckDBPyConnection) -> _OpenSet:
+    """The open comparisons as of the caller's transaction (from the cache when its fingerprint still holds)."""
+    fp = tuple(con.execute(_FINGERPRINT).fetchone())
+    path, jrows, _, jretracted, *cfp = fp
+    with _open_sets_lock:
+        cached = _open_sets.get(path)
+    if cached is not None and cached.fingerprint == fp:
+        return cached
+    fresh = None
+    if cached is not None and list(cached.fingerprint[4:]) == cfp and cached.fingerprint[3] == jretracted \
+            and jrows >= cached.fingerprint[1]:
+        new = con.execute(f"SELECT comparison_id, reviewer_id, {counted('j')} FROM judgments j WHERE id > ?",
+                          [cached.fingerprint[2]]).fetchall()
+        if len(new) == jrows - cached.fingerprint[1]:  # only additions, all above the highest id seen
+            still_open = dict(cached.open)
+            for cid, rid, is_counted in new:
+                c = still_open.get(cid)
+                if is_counted and c is not None and rid not in c.reviewers:
+                    c = _Comparison(c.round, c.needed, c.response_ids, c.reviewers | {rid})
+                    if len(c.reviewers) >= c.needed:
+                        del still_open[cid]
+                    else:
+                        still_open[cid] = c
+            order = cached.order if len(still_open) == len(cached.open) else [
+                cid for cid in cached.order if cid in still_open]
+            fresh = _OpenSet(fp, still_open, order)
+    if fresh is None:
+        rows = con.execute(_OPEN_SET).fetchall()
+        rows.sort(key=lambda r: (r[1], -r[2], r[3], r[0]))
+        fresh = _OpenSet(fp, {cid: _Comparison(rnd, int(n), frozenset(rids), frozenset(who or []))
+                              for cid, rnd, _, _, n, rids, who in rows}, [r[0] for r in rows])
+    with _open_sets_lock:
+        _open_sets[path] = fresh
+    return fresh
+
+
 def _queue_state(con: duckdb.DuckDBPyConnection, reviewer_id: int,
                  round: int | None = None) -> tuple[int, int | None, int | None]:
     """(comparisons still open to the reviewer, next regular id, next gold id); only `round`'s when given."""
-    remaining, regular, gold = con.execute(_QUEUE, {"r": reviewer_id, "round": round}).fetchone()
-    return int(remaining), regular, gold
+    open_set = _open_set(con)
+    if len(open_set.open) > _OPEN_CACHE_MAX:
+        remaining, regular, gold = con.execute(_QUEUE, {"r": reviewer_id, "round": round}).fetchone()
+        return int(remaining), regular, gold
+    mine = {cid for (cid,) in con.execute(
+        "SELECT comparison_id FROM judgments WHERE reviewer_id = ? AND retracted_at IS NULL", [reviewer_id]
+    ).fetchall()}
+    own = {rid for (rid,) in con.execute(_OWN, [reviewer_id]).fetchall()}
+    held = dict(con.execute(f"SELECT comparison_id, count(*) FROM leases l WHERE {_OPEN} GROUP BY 1").fetchall())
+    golds = con.execute(
+        "SELECT c.id, c.round, c.response_ids FROM gold_answers g JOIN comparisons c ON c.id = g.comparison_id "
+        "ORDER BY c.round, c.priority DESC, c.created_at, c.id").fetchall()
+    gold_ids = {cid for cid, _, _ in golds}
+
+    def offered(cid: int, rnd: int, response_ids) -> bool:
+        return cid not in mine and (round is None or rnd == round) and not (own and own.intersection(response_ids))
+
+    remaining, regular = 0, None
+    for cid in open_set.order:
+        c = open_set.open[cid]
+        if cid in gold_ids or not offered(cid, c.round, c.response_ids):
+            continue
+        remaining += 1
+        if regular is None and len(c.reviewers) + held.get(cid, 0) < c.needed:
+            regular = cid
+    gold = next((cid for cid, rnd, rids in golds if offered(cid, rnd, rids)), None)
+    return remaining, regular, gold
 
 
 def _progress(con: duckdb.DuckDBPyConnection, reviewer_id: int, remaining: int) -> dict[str, int]:
