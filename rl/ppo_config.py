@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rl.config import DEFAULT_POLICY, QUANTIZATION_HELP, check_quantization, need
+from training.config import shared
 
 ALGOS = ("ppo", "rloo", "grpo")
 
@@ -60,7 +61,7 @@ class PPOTrainingConfig:
     missing_eos_penalty: float = field(default=1.0, metadata={"help": (
         "Subtracted from the score of a response that never emits EOS (0: none).")})
     lora: bool = field(default=True, metadata={"help": "Train LoRA adapters on the policy (else the full model)."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_r: int = shared("lora_r")
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator."})
     lora_target_modules: list[str] = field(default_factory=list, metadata={"help": (
         "LoRA modules (empty: all-linear).")})
@@ -70,7 +71,7 @@ class PPOTrainingConfig:
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"], metadata={"help": (
         "'tensorboard' or [] (none).")})
     seed: int = field(default=0, metadata={"help": "Seed for sampling, shuffling and initialisation."})
-    device: str | None = field(default=None, metadata={"help": "'cpu', 'cuda', 'cuda:N' or 'mps' (default: best)."})
+    device: str | None = shared("device")
     bf16: bool | None = field(default=None, metadata={"help": "bf16 autocast (default: on with CUDA, off on CPU)."})
 
     def __post_init__(self) -> None:

@@ -93,7 +93,7 @@ def train_rloo_grpo(config: PPOTrainingConfig, model: Any, tokenizer: Any, score
     from rl.sampling import eos_ids
     from rl.training import lora_config
     from training.checks import resume_checkpoint
-    from training.logs import history_callback, tensorboard_dir
+    from training.hf import history_callback, tensorboard_dir
 
     dataset, too_long = prompts_dataset(tokenizer, prompts, config)
     reward = RewardModelReward(score_fn, config.missing_eos_penalty, eos_ids(model, tokenizer))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +18,16 @@ from rl.dpo import prompt_messages
 from rl.training import (
     PolicyTrainingResult,
     StartPolicy,
-    device_defaults,
     finish_policy,
-    load_causal_lm,
+    load_for_training,
     lora_config,
     policy_run,
     resolve_policy,
     trainer_kwargs,
 )
 from training.checks import resume_checkpoint
-from training.logs import history_callback, tensorboard_dir, trainer_callbacks
-from training.models import count_parameters
+from training.hf import fit, history_callback, step_metrics, trainer_callbacks
+from training.snapshot import parts
 
 RUN_KIND = "sft"
 
@@ -94,14 +92,8 @@ def _train(ws: Any, config: SFTTrainingConfig, frame: Any, start: StartPolicy, r
            quantization: Any = None) -> PolicyTrainingResult:
     from trl import SFTConfig, SFTTrainer
 
-    from store.runs import update_run
-
-    train, held = frame[frame["part"] == "train"], frame[frame["part"] == "eval"]
-    if train.empty:
-        raise ValueError("no SFT rows left for training after the split by prompt")
-    model, tokenizer = load_causal_lm(start, quantization=quantization, device=config.device)
-    n_params, _ = count_parameters(model)
-    dev = device_defaults(config, n_params)
+    train, held = parts(frame, "SFT rows")
+    model, tokenizer, dev = load_for_training(start, config, quantization)
     eval_set = sft_dataset(held) if len(held) else None
     stop_early = eval_set is not None and config.early_stopping_patience > 0
     args = SFTConfig(**trainer_kwargs(config, run_dir, dev, eval_set is not None, progress),
@@ -109,21 +101,15 @@ def _train(ws: Any, config: SFTTrainingConfig, frame: Any, start: StartPolicy, r
                      else None, greater_is_better=False)
     history = history_callback()
     extra = trainer_callbacks(history, config.early_stopping_patience, stop_early, callbacks)
-    with tensorboard_dir(run_dir / "tensorboard"):
-        trainer = SFTTrainer(model=model, args=args, train_dataset=sft_dataset(train), eval_dataset=eval_set,
-                             processing_class=tokenizer, peft_config=lora_config(config) if config.lora else None,
-                             callbacks=extra)
-    total, trainable = count_parameters(trainer.model)
-    update_run(ws.db, run_id, metrics={"device": dev.as_dict(), "parameters": total, "trainable": trainable})
-    started = time.monotonic()
-    output = trainer.train(resume_from_checkpoint=resume_checkpoint(run_dir, resume_from))
-    seconds = time.monotonic() - started
+    trainer, output, seconds = fit(
+        ws.db, run_id, run_dir, dev, lambda: SFTTrainer(
+            model=model, args=args, train_dataset=sft_dataset(train), eval_dataset=eval_set,
+            processing_class=tokenizer, peft_config=lora_config(config) if config.lora else None, callbacks=extra),
+        resume_checkpoint(run_dir, resume_from))
     losses = [row["loss"] for row in history.logs if "loss" in row]
     evals = [row["eval_loss"] for row in history.logs if "eval_loss" in row]
-    st = trainer.state
     metrics: dict[str, Any] = {
-        "global_step": st.global_step, "max_steps": st.max_steps, "stopped_early": st.global_step < st.max_steps,
-        "train_loss": output.training_loss, "train_seconds": round(seconds, 1), "train_rows": len(train),
+        **step_metrics(trainer, output, seconds), "train_rows": len(train),
         "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
         "eval_loss": evals[-1] if evals else None, "eval_rows": len(held),
     }

@@ -33,29 +33,15 @@ class StartPolicy:
 
 def resolve_policy(db: str | Path, policy: str) -> StartPolicy:
     """A workspace policy row (by name), a local model folder or a hub id."""
-    from store.models import UnknownModel, get_model
+    from training.models import locate
 
-    try:
-        row = get_model(db, policy)
-    except UnknownModel:
-        row = None
+    row, folder = locate(db, policy, "policy", "name a policy")
     if row is not None:
-        if row.kind == "reward":
-            raise ValueError(f"policy: {policy!r} is a reward model; name a policy")
         from rl.sampling import policy_location
 
         return StartPolicy(policy_location(row), row.adapter_path, row.id, row.name)
-    local = Path(policy).expanduser()
-    if local.is_dir():
-        if not (local / "config.json").is_file():
-            raise FileNotFoundError(f"policy: {local}: not a model folder (no config.json)")
-        return StartPolicy(str(local.resolve()), None, None, local.name)
-    if policy.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"policy: {policy}: no such folder")
-    from rl.config import DEFAULT_POLICY
-
-    if policy.lower() == DEFAULT_POLICY:
-        raise FileNotFoundError(f"policy: {policy!r} is not in this workspace yet: run `rankloop models prepare`")
+    if folder is not None:
+        return StartPolicy(str(folder), None, None, folder.name)
     return StartPolicy(policy, None, None, policy)
 
 
@@ -141,19 +127,19 @@ def device_defaults(config: Any, n_params: int) -> Any:
 
 
 def trainer_kwargs(config: Any, run_dir: Path, dev: Any, has_eval: bool, progress: bool) -> dict[str, Any]:
-    """TrainingArguments fields shared by the DPO and SFT configs (transformers 5: `activation_checkpointing`)."""
-    return dict(
-        output_dir=str(run_dir), seed=config.seed, data_seed=config.seed,
-        learning_rate=config.effective_learning_rate, num_train_epochs=config.num_train_epochs,
-        max_steps=config.max_steps, per_device_train_batch_size=config.per_device_train_batch_size,
-        per_device_eval_batch_size=config.per_device_eval_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps, warmup_steps=config.warmup_ratio,
-        use_cpu=dev.device == "cpu", bf16=dev.bf16, activation_checkpointing=dev.gradient_checkpointing,
-        eval_strategy="steps" if has_eval else "no", eval_steps=config.eval_steps, save_strategy="steps",
-        save_steps=config.save_steps, save_total_limit=config.save_total_limit,
-        logging_steps=config.logging_steps, report_to=list(config.report_to) or "none",
-        disable_tqdm=not progress, dataloader_num_workers=0, max_length=config.max_length,
-    )
+    """TrainingArguments fields shared by the DPO and SFT configs."""
+    from training.hf import trainer_kwargs as shared
+
+    return {**shared(config, run_dir, dev, has_eval, progress, config.effective_learning_rate, config.save_steps),
+            "max_length": config.max_length}
+
+
+def load_for_training(start: StartPolicy, config: Any, quantization: Any) -> tuple[Any, Any, Any]:
+    """(model, tokenizer, per-device training defaults) of the starting policy."""
+    from training.models import count_parameters
+
+    model, tokenizer = load_causal_lm(start, quantization=quantization, device=config.device)
+    return model, tokenizer, device_defaults(config, count_parameters(model)[0])
 
 
 def resume_config(ws: Any, kind: str, cls: type, run: int | str,

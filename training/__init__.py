@@ -4,7 +4,7 @@
 - `training.runs`: a run's life (its row and folder, closing it as succeeded / failed / cancelled, `--resume`);
 - `training.checks`: checkpoint and numeric guards (complete checkpoints, files read back, non-finite loss);
 - `training.models`: parameter counts, LoRA settings, registering a trained model with its parent;
-- `training.logs`: the TensorBoard folder and the callbacks every HF trainer gets;
+- `training.hf`: what every HF trainer shares (TrainingArguments fields, TensorBoard folder, callbacks, the fit);
 - `training.config`: typed TOML sections for the config dataclasses;
 - `training.stats`: statistics reported by the evaluations (the Wilson interval).
 

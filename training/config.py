@@ -6,11 +6,39 @@ from __future__ import annotations
 
 import types
 import typing
-from dataclasses import asdict, fields
+from dataclasses import asdict, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+# Fields every trainer config declares alike: name -> (default, or a factory for a list; help).
+SHARED_FIELDS: dict[str, tuple[Any, str]] = {
+    "aggregate": (False, "Train on one majority row per comparison instead of one per reviewer judgment."),
+    "rounds": (list, "Only comparisons of these rounds (none: all)."),
+    "models": (list, "Only data with a response written by one of these models (empty: all)."),
+    "reviewers": (list, "Only these reviewers' judgments."),
+    "splits": (list, "Only prompts of these splits (empty: all)."),
+    "min_agreement": (None, "Drop data that fewer than this share of the reviewers agree with (0..1)."),
+    "lora_r": (16, "LoRA rank."),
+    "lora_alpha": (32, "LoRA scaling numerator (scale = alpha / r)."),
+    "gradient_accumulation_steps": (1, "Micro-batches per optimizer step."),
+    "device": (None, "'cpu', 'cuda', 'cuda:N' or 'mps' (default: best)."),
+    "bf16": (None, "bf16 mixed precision (default: on with CUDA; off on CPU, where bf16 is emulated and ~20x "
+                   "slower)."),
+    "gradient_checkpointing": (None, "Recompute activations to save memory (default: only on CUDA for models over "
+                                     "1B parameters)."),
+    "early_stopping_patience": (3, "Stop when the held-out metric has not improved for N evaluations (0: never)."),
+    "save_total_limit": (2, "Checkpoints kept on disk."),
+}
+
+
+def shared(name: str) -> Any:
+    """The dataclass field `name` of SHARED_FIELDS (declare its type in the config class)."""
+    default, help_text = SHARED_FIELDS[name]
+    if default is list:
+        return field(default_factory=list, metadata={"help": help_text})
+    return field(default=default, metadata={"help": help_text})
 
 
 

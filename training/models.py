@@ -2,7 +2,37 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+DEFAULT_POLICY = "smollm2-135m-instruct"  # the default policy (and reward backbone): `rankloop models prepare`
+
+
+def locate(db: Any, name: str, what: str, instead: str) -> tuple[Any, Path | None]:
+    """Where a model to train from is: (its workspace row, None), (None, its local folder), or (None, None) for
+    anything else (a hub id, a built-in). A reward model (`instead` says what to name), a folder without
+    config.json, a path that is not there and the default policy before `rankloop models prepare` are errors
+    naming `what`."""
+    from store.models import UnknownModel, get_model
+
+    try:
+        row = get_model(db, name)
+    except UnknownModel:
+        row = None
+    if row is not None:
+        if row.kind == "reward":
+            raise ValueError(f"{what}: {name!r} is a reward model; {instead}")
+        return row, None
+    local = Path(name).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise FileNotFoundError(f"{what}: {local}: not a model folder (no config.json)")
+        return None, local.resolve()
+    if name.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"{what}: {name}: no such folder")
+    if name.lower() == DEFAULT_POLICY:
+        raise FileNotFoundError(f"{what}: {name!r} is not in this workspace yet: run `rankloop models prepare`")
+    return None, None
 
 
 def count_parameters(model: Any) -> tuple[int, int]:

@@ -138,3 +138,11 @@ def reproduce_snapshot(db: str | Path, snapshot: dict[str, Any], config: Any) ->
             f"the workspace's pairs no longer match the run's snapshot ({len(pairs)} pairs now, "
             f"{snapshot.get('pairs')} recorded; a judgment was retracted or the filters changed): start a new run")
     return pairs
+
+
+def parts(frame: pd.DataFrame, what: str = "training pairs") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train rows, held-out rows) of a split frame; no train rows is an error naming `what`."""
+    train, held = frame[frame["part"] == "train"], frame[frame["part"] == "eval"]
+    if train.empty:
+        raise ValueError(f"no {what} after the split by prompt: collect them on more prompts")
+    return train, held

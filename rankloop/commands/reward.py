@@ -34,9 +34,9 @@ def _newest_reward_model(ws: Workspace, name: str | None) -> str:
 
 def _prepare_base(ws: Workspace, base: str) -> None:
     """The default policy is converted and registered on first use (as `rankloop generate` does)."""
-    from reward.backbone import DEFAULT_POLICY_NAME
+    from training.models import DEFAULT_POLICY
 
-    if base.lower() == DEFAULT_POLICY_NAME:
+    if base.lower() == DEFAULT_POLICY:
         from rankloop.models import prepare_models
 
         prepare_models(ws)
