@@ -261,7 +261,8 @@ def open_connection(path: str | Path, timeout_s: float | None = None, *,
 
 HOLD_ENV = "RANKLOOP_DB_HOLD"
 _YIELD_WAIT_S = 5.0  # how long a holder that gave the file up waits for the waiter to take it before reopening
-_WATCH_PERIOD_S = 0.005
+_WATCH_PERIOD_S = 0.005  # how often a unit of work waiting on a hand-over looks again
+_IDLE_WATCH_S = 0.02  # how often the watcher thread looks for waiters while this process is idle
 
 
 def _file_id(path: str | Path) -> tuple[int, int] | None:
@@ -364,7 +365,7 @@ class _Watcher:
 
     def _run(self) -> None:
         while True:
-            time.sleep(_WATCH_PERIOD_S)
+            time.sleep(_IDLE_WATCH_S)
             for held in list(_held.values()):
                 held.idle_check()
 
