@@ -37,6 +37,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from scripts.app_client import AppSession, free_port, start_server, stop_server  # noqa: E402
-from scripts.bench.annotate_latency import percentile, seed  # noqa: E402
+from scripts.bench.annotate_latency import percentile, seed, store_only  # noqa: E402
 
 PASSWORD = "bench password"
 LS_VERSION = "1.23.*"
@@ -259,9 +260,12 @@ def _ls_session(ls: LabelStudio, pid: int, name: str, items: int, until: float, 
 async def _ls_run(ls: LabelStudio, pid: int, names: list[str], items: int, seconds: float, paused: bool) -> Figures:
     out, seen = Figures(), {}
     rng = random.Random(len(names) * 2 + paused)
+    loop = asyncio.get_running_loop()
     t0 = time.monotonic()
-    await asyncio.gather(*(asyncio.to_thread(_ls_session, ls, pid, n, 0 if paused else items, t0 + seconds, paused,
-                                             out, random.Random(rng.random()), seen) for n in names))
+    with ThreadPoolExecutor(max_workers=len(names)) as pool:  # one thread per session (the default pool has 6)
+        await asyncio.gather(*(loop.run_in_executor(
+            pool, _ls_session, ls, pid, n, 0 if paused else items, t0 + seconds, paused, out,
+            random.Random(rng.random()), seen) for n in names))
     out.wall_s = time.monotonic() - t0
     out.duplicates = sum(1 for n in seen.values() if n > 1)
     return out
@@ -285,20 +289,39 @@ def _ratio(a: list[float], b: list[float], q: float) -> str:
 
 
 @contextlib.contextmanager
-def training_job(ws_root: Path):
-    """`rankloop train reward` (the default method) as a separate process beside the reviewers."""
-    log = ws_root / "bench-job.log"
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "rankloop", "train", "reward", "--workspace", str(ws_root)],
-                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    time.sleep(20)  # past the snapshot, into the CPU-heavy part
+def training_job(ws_root: Path, db: Path):
+    """`rankloop train reward` (its defaults) launched as the Runs page launches it (a detached runner, nice 10)."""
+    from rankloop.jobs import cancel, launch, read_log, refresh
+
+    job = launch(ws_root, db, "train reward", {}, "", "bench")
+    time.sleep(30)  # the snapshot and the model load come first
+    state = next(j for j in refresh(db) if j.id == job.id)
+    print(f"training job {job.id}: {state.status} ({read_log(job.log_path).text.strip().splitlines()[-1:]})",
+          flush=True)
     try:
-        yield proc
+        yield job
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, 15)
-            proc.wait()
-        print(f"training job: exit {proc.returncode} (killed at the end of the phase when still running; log {log})")
+        cancel(db, job.id, "bench")
+        deadline = time.monotonic() + 60
+        while next(j for j in refresh(db) if j.id == job.id).active and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+
+def store_figures(db: Path, items: int = 40) -> None:
+    """The submit + lease-next transaction straight through the store, opening the file per unit of work (as a CLI
+    command does, and as the server did) and on the instance `rankloop serve` keeps open."""
+    from store import db as store_db
+
+    ms = {}
+    for label, held in (("opened per unit of work", False), ("kept open, as rankloop serve", True)):
+        store_db.hold(held)
+        try:
+            ms[held] = store_only(db, "bench_store", items)
+        finally:
+            store_db.hold(False)
+        print(f"store        submit + lease-next, {label:<29} p50 {_ms(ms[held], 50)} p95 {_ms(ms[held], 95)} ms "
+              f"(n={len(ms[held])}, 100k judgments)", flush=True)
+    print(f"store        kept open / opened per unit: p50 {_ratio(ms[True], ms[False], 50)}", flush=True)
 
 
 def main() -> None:
@@ -308,7 +331,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30, help="Length of a paused phase.")
     ap.add_argument("--judgments", type=int, default=100_000, help="Judgments stored before the run.")
     ap.add_argument("--no-labelstudio", action="store_true", help="Only rankloop.")
-    ap.add_argument("--with-job", action="store_true", help="Also run each rankloop phase beside `train reward`.")
+    ap.add_argument("--with-job", action="store_true",
+                    help="Also run the rankloop phases beside a `train reward` job (as the Runs page starts it).")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     modes = [("no pause", False), ("paused", True)]
@@ -322,7 +346,7 @@ def main() -> None:
     t0 = time.perf_counter()
     seed(ws.db, args.judgments, fresh)
     names = [f"bench{i:02d}" for i in range(max(args.sizes))]
-    for n in names:
+    for n in [*names, "bench_store"]:
         add_user(ws.db, n, "reviewer", PASSWORD, actor="bench")
     print(f"rankloop: {args.judgments} judgments + {fresh} fresh comparisons seeded in "
           f"{time.perf_counter() - t0:.0f} s; "
@@ -330,7 +354,9 @@ def main() -> None:
     results: dict[tuple[str, str, int], Figures] = {}
     proc, url = start_server(ws.root, log=tmp / "server.log")
     try:
-        phases = [("", contextlib.nullcontext)] + ([("+job", lambda: training_job(ws.root))] if args.with_job else [])
+        phases = [("", contextlib.nullcontext)]
+        if args.with_job:
+            phases.append(("+job", lambda: training_job(ws.root, ws.db)))
         for tag, ctx in phases:
             with ctx():
                 for mode, paused in modes:
@@ -340,6 +366,7 @@ def main() -> None:
                         report("rankloop" + tag, mode, n, f)
     finally:
         stop_server(proc)
+    store_figures(ws.db)
     if not args.no_labelstudio:
         exe = install_labelstudio()
         ls = LabelStudio(exe, tmp / "labelstudio", names)
