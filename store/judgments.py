@@ -66,14 +66,19 @@ def check_ranking(ranking: list[list[int]] | None, response_ids: list[int], *, a
 
 def check_texts(j: NewJudgment) -> None:
     """The edited answer and the rationale: bounded in length, and no NUL characters."""
-    for name, limit in MAX_TEXT_CHARS.items():
-        value = getattr(j, name)
-        if value is None:
-            continue
-        if len(value) > limit:
-            raise ValueError(f"{name}: {len(value):,} characters, more than the {limit:,} allowed")
-        if "\0" in value:
-            raise ValueError(f"{name}: contains a NUL character")
+    for name in MAX_TEXT_CHARS:
+        check_text(name, getattr(j, name))
+
+
+def check_text(name: str, value: str | None) -> None:
+    """One of MAX_TEXT_CHARS' texts (a judgment's or a draft's): bounded in length, no NUL characters."""
+    if value is None:
+        return
+    limit = MAX_TEXT_CHARS[name]
+    if len(value) > limit:
+        raise ValueError(f"{name}: {len(value):,} characters, more than the {limit:,} allowed")
+    if "\0" in value:
+        raise ValueError(f"{name}: contains a NUL character")
 
 
 def _insert(con: duckdb.DuckDBPyConnection, j: NewJudgment) -> int:

@@ -26,7 +26,7 @@ import duckdb
 
 from store.audit import log_event
 from store.db import read, write
-from store.judgments import NewJudgment, counted, insert_judgment, retract_judgment
+from store.judgments import MAX_TEXT_CHARS, NewJudgment, check_text, counted, insert_judgment, retract_judgment
 from store.settings import settings_in
 
 _lease_lock = threading.Lock()
@@ -391,6 +391,8 @@ def save_draft(db: str | Path, lease_id: int, reviewer_id: int, draft: dict[str,
     `draft`: {"ranks": {response id: rank}, "all_bad", "flags", "rationale", "edited_text"}; None forgets it.
     A reload, a lost connection or a server restart hands the lease back with it (`Item.draft`).
     """
+    for name in MAX_TEXT_CHARS:  # what the judgment would refuse is not kept either: ValueError naming it
+        check_text(name, (draft or {}).get(name))
     return write(db, lambda con: _put_draft(con, lease_id, reviewer_id, draft))
 
 

@@ -180,3 +180,20 @@ def test_leases_go_back_when_the_last_session_ends(workspace, rita, monkeypatch)
     outcomes = con.execute("SELECT outcome FROM leases").fetchall()
     con.close()
     assert outcomes == [("released",)]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("why", "x" * 10_001, "rationale: 10,001 characters"),
+    ("edit", "an answer\0with a NUL", "edited_text: contains a NUL character"),
+])
+def test_a_draft_with_text_a_judgment_refuses_is_not_kept(workspace, rita, monkeypatch, field, value, message):
+    from tests.conftest import table_hash
+
+    seed_comparisons(workspace.db, 1, k=2)
+    at = _session(workspace, monkeypatch, rita)
+    button(at, "A better").click().run()
+    before = table_hash(workspace.db)
+    widget = at.text_input if field == "why" else at.text_area
+    widget(key=f"{field}:{_item(at).lease_id}").input(value).run()
+    assert f"Not kept as a draft: {message}" in texts(at)
+    assert table_hash(workspace.db) == before

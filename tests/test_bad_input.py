@@ -193,11 +193,17 @@ def _rank_page(workspace, monkeypatch):
     return log_in(app(workspace, monkeypatch), "rita", "rita's password")
 
 
+def _choose(at):
+    from tests.test_app_login import button
+
+    button(at, "A better").click().run()  # keeps the choice as the lease's draft
+    return at
+
+
 def _type_and_submit(at, fields: dict[str, str]):
     from tests.test_app_login import button
 
     item = at.session_state["item"]
-    button(at, "A better").click().run()
     for name, value in fields.items():
         at.session_state[f"{name}:{item.lease_id}"] = value
     button(at, "Submit").click().run()
@@ -210,7 +216,7 @@ def test_the_rank_page_refuses_bad_text_and_stores_nothing(workspace, monkeypatc
     from tests.test_app_login import texts
 
     _, fields, message = case
-    at = _rank_page(workspace, monkeypatch)
+    at = _choose(_rank_page(workspace, monkeypatch))
     before = table_hash(workspace.db)
     _type_and_submit(at, fields)
     assert f"Not stored: {message}" in texts(at)
@@ -222,7 +228,7 @@ def test_the_rank_page_keeps_odd_but_valid_text_verbatim(workspace, monkeypatch,
     import duckdb
 
     _, fields, stored = case
-    at = _rank_page(workspace, monkeypatch)
+    at = _choose(_rank_page(workspace, monkeypatch))
     _type_and_submit(at, fields)
     con = duckdb.connect(str(workspace.db))
     row = con.execute("SELECT edited_text, rationale FROM judgments").fetchall()

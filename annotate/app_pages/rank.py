@@ -86,7 +86,12 @@ def _save(item: Item) -> None:
     draft = {"ranks": {str(rid): v for rid, v in _ranks(item).items() if v is not None},
              "all_bad": bool(ss.get(_key("allbad", item))), "flags": list(ss.get(_key("flags", item)) or []),
              "rationale": ss.get(_key("why", item)) or "", "edited_text": ss.get(_key("edit", item)) or ""}
-    if not save_draft(db, item.lease_id, user.id, draft):
+    try:
+        kept = save_draft(db, item.lease_id, user.id, draft)
+    except ValueError as e:  # text a judgment would refuse: say so now, the submit names it again
+        ss["flash_error"] = f"Not kept as a draft: {e}"
+        return
+    if not kept:
         ss["flash_error"] = "This item is no longer leased to you (it expired or an admin released it)."
 
 
