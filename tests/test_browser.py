@@ -16,11 +16,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-import duckdb
 import pytest
 
 from store.batch import Batch, Comparison, Prompt, Response, write_batch
-from store.db import transaction
+from store.db import read, transaction
 from store.users import add_user
 from tests.test_queue import seed_comparisons
 
@@ -92,11 +91,8 @@ def server(workspace):
 
 
 def _rows(db, sql):
-    con = duckdb.connect(str(db))
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
+    """Read while the server may hold the file: store.db waits for it (and asks the server to give it up)."""
+    return read(db, lambda con: con.execute(sql).fetchall())
 
 
 def test_keyboard_ranking_and_untrusted_output(workspace, server):

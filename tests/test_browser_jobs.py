@@ -1,6 +1,8 @@
 """The Runs page in a real browser: an admin launches a reward training job with the mouse and keyboard, and its
 log and progress stream into the page with no further clicks until it ends; then a second job is cancelled."""
 
+import re
+
 import pytest
 
 from store.jobs import list_jobs
@@ -51,7 +53,7 @@ def test_launch_follow_and_cancel_in_the_browser(workspace, tiny_lm, server):  #
         page.wait_for_function(SETTLED, timeout=20_000)
         _launch(page, 100_000)
         page.get_by_text("Job 2 started").wait_for(timeout=20_000)
-        progress = page.get_by_text("/100000 ·").first  # the progress bar's text
+        progress = page.get_by_text(re.compile(r"\d+/100000( \[[^\]]*\])? · ")).first  # the progress bar's text
         progress.wait_for(timeout=120_000)
         progress.scroll_into_view_if_needed()
         page.screenshot(path=str(ARTIFACTS / "runs_job_running.png"))

@@ -10,10 +10,10 @@ import hashlib
 import json
 import urllib.request
 
-import duckdb
 import pytest
 
 from scripts.app_client import start_server, stop_server
+from store.db import read
 from store.users import add_user, deactivate_user
 from tests.test_browser import ARTIFACTS, CHROME_ARGS, CHROMIUM, SETTLED
 from tests.test_queue import seed_comparisons
@@ -22,11 +22,8 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian chro
 
 
 def _rows(db, sql, params=()):
-    con = duckdb.connect(str(db))
-    try:
-        return con.execute(sql, list(params)).fetchall()
-    finally:
-        con.close()
+    """Read while the server may hold the file: store.db waits for it (and asks the server to give it up)."""
+    return read(db, lambda con: con.execute(sql, list(params)).fetchall())
 
 
 class Server:
