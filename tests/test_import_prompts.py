@@ -31,7 +31,7 @@ def test_jsonl_with_splits_tags_and_ids_then_again(workspace):
     rows = prompts(workspace.db)
     first = json.loads(DEMO.read_text(encoding="utf-8").splitlines()[0])
     assert rows[0] == {"text": first["prompt"], "messages": [{"role": "user", "content": first["prompt"]}],
-                       "source": "demo", "split": "train", "tags": ["ml"], "id": "demo-01"}
+                       "source": "demo", "split": "train", "tags": first["tags"], "id": "demo-01"}
     assert sum(r["split"] == "eval" for r in rows) == 4
     # The same file again adds nothing and says so.
     again = import_prompts(workspace.db, DEMO)
