@@ -1,1 +1,3 @@
-"""reward: see ARCHITECTURE.md."""
+"""reward: reward models (the default linear probe, TRL fine-tuning), their evaluation and scoring.
+
+See docs/architecture.md."""

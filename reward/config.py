@@ -13,11 +13,11 @@ from typing import Any
 
 from reward.pooling import POOLINGS
 from training.config import (  # coerce_field: rankloop/job_commands.py imports it from here
+    TrainerConfig,
     coerce_field,  # noqa: F401
     dataclass_from_dict,
     load_toml_section,
     render_toml_section,
-    shared,
 )
 from training.models import DEFAULT_POLICY
 
@@ -29,18 +29,13 @@ class RewardConfigError(ValueError):
 
 
 @dataclass
-class RewardTrainingConfig:
-    # data
+class RewardTrainingConfig(TrainerConfig):
+    # data (the filters, the schedule, LoRA's size, the device (None: chosen per device at start, recorded on the
+    # run row) and checkpoints are training.config.TrainerConfig's)
+    name: str = field(default="", metadata={"help": "Name of the new reward model row (default: reward-run<ID>)."})
     base: str = field(default=DEFAULT_BACKBONE, metadata={"help": (
         "Backbone: a workspace model name, a local folder, a hub id, or a built-in offline backbone "
         "('all-minilm-l6-v2', 'smollm2-135m-instruct'). Any causal LM or encoder; a 1-output head is added.")})
-    name: str = field(default="", metadata={"help": "Name of the new reward model row (default: reward-run<ID>)."})
-    aggregate: bool = shared("aggregate")
-    rounds: list[int] = shared("rounds")
-    models: list[str] = shared("models")
-    reviewers: list[str] = shared("reviewers")
-    splits: list[str] = shared("splits")
-    min_agreement: float | None = shared("min_agreement")
     margin: bool = field(default=False, metadata={"help": (
         "Bradley-Terry with a margin from the rank gap: loss -log sigmoid(r_c - r_r - m), "
         "m = margin_scale * (gap - 1), gap = how many rank groups apart (adjacent: 1, so no margin).")})
@@ -69,31 +64,19 @@ class RewardTrainingConfig:
         "How a text becomes one score: 'own' (the architecture's: [CLS] pooler for encoders, last token for "
         "decoders) or 'response_mean' (BERT-style encoders only: the mean of the response tokens, prompt and "
         "response encoded as a pair; not better on HH here, see reward/pooling.py).")})
-    lora_r: int = shared("lora_r")
-    lora_alpha: int = shared("lora_alpha")
     lora_target_modules: list[str] = field(default_factory=list, metadata={"help": (
         "Module names LoRA adapts (empty: peft's default for the architecture, e.g. q_proj/v_proj, query/value).")})
     # optimisation
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW peak learning rate (TRL's default)."})
-    num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the training pairs."})
-    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (-1: epochs decide)."})
-    per_device_train_batch_size: int = field(default=8, metadata={"help": "Pairs per step per device."})
     per_device_eval_batch_size: int = field(default=16, metadata={"help": "Pairs per evaluation batch."})
-    gradient_accumulation_steps: int = shared("gradient_accumulation_steps")
     warmup_ratio: float = field(default=0.05, metadata={"help": "Share of steps with a linear learning-rate warmup."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     center_rewards_coefficient: float | None = field(default=0.01, metadata={"help": (
         "Reward centering (Eisenstein et al. 2023): adds coef * mean((r_c + r_r)^2) so scores stay near 0 for PPO.")})
     seed: int = field(default=0, metadata={"help": "Seed for the head's initialisation, shuffling and the split."})
-    # device (None: chosen per device at start, recorded on the run row)
-    device: str | None = shared("device")
-    bf16: bool | None = shared("bf16")
-    gradient_checkpointing: bool | None = shared("gradient_checkpointing")
     group_by_length: bool = field(default=True, metadata={"help": "Batch pairs of similar length (less padding)."})
     # bookkeeping
     eval_steps: int = field(default=50, metadata={"help": "Evaluate held-out accuracy every N steps and at the end."})
-    early_stopping_patience: int = shared("early_stopping_patience")
-    save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept on disk (the best one always is)."})
     logging_steps: int = field(default=10, metadata={"help": "Log loss and accuracy every N steps."})
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"], metadata={"help": (
         "Where logs go: 'tensorboard', 'wandb', 'mlflow' (installed separately), or [] for none.")})

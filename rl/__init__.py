@@ -1,1 +1,3 @@
-"""rl: see ARCHITECTURE.md."""
+"""rl: sampling, the policy trainers (SFT, DPO, PPO, RLOO/GRPO), policy evaluation and rounds.
+
+See docs/architecture.md."""

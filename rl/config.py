@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from training.config import dataclass_from_dict, load_toml_section, render_toml_section, shared
+from training.config import TrainerConfig, dataclass_from_dict, load_toml_section, render_toml_section
 from training.models import DEFAULT_POLICY
 
 DPO_LOSSES = ("sigmoid", "ipo", "robust", "hinge", "sigmoid_norm", "exo_pair", "nca_pair", "bco_pair", "sppo_hard",
@@ -41,45 +41,28 @@ def check_quantization(quantization: str, lora: bool) -> None:
 
 
 @dataclass
-class PolicyTrainingConfig:
+class PolicyTrainingConfig(TrainerConfig):
     """What DPO and SFT share: data filters, LoRA, optimisation, device and bookkeeping."""
 
     policy: str = field(default=DEFAULT_POLICY, metadata={"help": (
         "Policy to start from: a workspace model name (an earlier policy), a local folder or a hub id. "
         "A LoRA policy is merged first; the reference is this policy (LoRA adapters disabled).")})
     name: str = field(default="", metadata={"help": "Name of the new policy row (default: <kind>-run<ID>)."})
-    rounds: list[int] = shared("rounds")
-    models: list[str] = shared("models")
-    reviewers: list[str] = shared("reviewers")
-    splits: list[str] = shared("splits")
-    min_agreement: float | None = shared("min_agreement")
-    aggregate: bool = shared("aggregate")
     eval_fraction: float = field(default=0.1, metadata={"help": (
         "Share of prompts held out (split by prompt, no prompt on both sides) for evaluation and early stopping.")})
     max_pairs: int = field(default=0, metadata={"help": "Train on at most this many rows (0: all); bounds a run."})
     max_length: int = field(default=512, metadata={"help": "Longest prompt + response in tokens."})
     lora: bool = field(default=True, metadata={"help": "Train LoRA adapters (merged into the saved policy)."})
-    lora_r: int = shared("lora_r")
-    lora_alpha: int = shared("lora_alpha")
     lora_target_modules: list[str] = field(default_factory=list, metadata={"help": (
         "Module names LoRA adapts (empty: 'all-linear').")})
     quantization: str = field(default="none", metadata={"help": QUANTIZATION_HELP})
     learning_rate: float | None = field(default=None, metadata={"help": (
         "AdamW learning rate (default: 5e-5 with LoRA, 5e-7 for full fine-tuning with DPO, 2e-5 with SFT).")})
-    num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the training rows."})
-    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (-1: epochs decide)."})
-    per_device_train_batch_size: int = field(default=8, metadata={"help": "Rows per step per device."})
     per_device_eval_batch_size: int = field(default=8, metadata={"help": "Rows per evaluation batch."})
-    gradient_accumulation_steps: int = shared("gradient_accumulation_steps")
     warmup_ratio: float = field(default=0.0, metadata={"help": "Share of steps with a linear learning-rate warmup."})
     seed: int = field(default=0, metadata={"help": "Seed for LoRA initialisation, shuffling and the split."})
-    device: str | None = shared("device")
-    bf16: bool | None = shared("bf16")
-    gradient_checkpointing: bool | None = shared("gradient_checkpointing")
     eval_steps: int = field(default=50, metadata={"help": "Evaluate on the held-out prompts every N steps."})
-    early_stopping_patience: int = shared("early_stopping_patience")
     save_steps: int = field(default=50, metadata={"help": "Checkpoint (for --resume) every N steps."})
-    save_total_limit: int = shared("save_total_limit")
     logging_steps: int = field(default=10, metadata={"help": "Log every N steps."})
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"], metadata={"help": (
         "Where logs go: 'tensorboard', 'wandb', 'mlflow', or [] for none.")})

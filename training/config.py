@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import types
 import typing
-from dataclasses import asdict, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,6 +22,9 @@ SHARED_FIELDS: dict[str, tuple[Any, str]] = {
     "min_agreement": (None, "Drop data that fewer than this share of the reviewers agree with (0..1)."),
     "lora_r": (16, "LoRA rank."),
     "lora_alpha": (32, "LoRA scaling numerator (scale = alpha / r)."),
+    "num_train_epochs": (1.0, "Passes over the training data."),
+    "max_steps": (-1, "Stop after this many optimizer steps (-1: epochs decide)."),
+    "per_device_train_batch_size": (8, "Examples (pairs or rows) per step per device."),
     "gradient_accumulation_steps": (1, "Micro-batches per optimizer step."),
     "device": (None, "'cpu', 'cuda', 'cuda:N' or 'mps' (default: best)."),
     "bf16": (None, "bf16 mixed precision (default: on with CUDA; off on CPU, where bf16 is emulated and ~20x "
@@ -41,6 +44,37 @@ def shared(name: str) -> Any:
     return field(default=default, metadata={"help": help_text})
 
 
+
+
+@dataclass
+class DataSelection:
+    """Which judgments a trainer reads: the filters of `rankloop export pairs` (training/snapshot.py applies them).
+    The reward and policy configs extend it, so these fields come first in their sections."""
+
+    aggregate: bool = shared("aggregate")
+    rounds: list[int] = shared("rounds")
+    models: list[str] = shared("models")
+    reviewers: list[str] = shared("reviewers")
+    splits: list[str] = shared("splits")
+    min_agreement: float | None = shared("min_agreement")
+
+
+@dataclass
+class TrainerConfig(DataSelection):
+    """The fields that mean the same in every HF-trainer config (reward, SFT, DPO): the schedule, LoRA's size, the
+    device and the checkpoints. Each config checks them in its own `__post_init__` (its error class)."""
+
+    num_train_epochs: float = shared("num_train_epochs")
+    max_steps: int = shared("max_steps")
+    per_device_train_batch_size: int = shared("per_device_train_batch_size")
+    gradient_accumulation_steps: int = shared("gradient_accumulation_steps")
+    lora_r: int = shared("lora_r")
+    lora_alpha: int = shared("lora_alpha")
+    device: str | None = shared("device")
+    bf16: bool | None = shared("bf16")
+    gradient_checkpointing: bool | None = shared("gradient_checkpointing")
+    early_stopping_patience: int = shared("early_stopping_patience")
+    save_total_limit: int = shared("save_total_limit")
 
 def _is(value: Any, want: type) -> bool:
     if isinstance(value, bool):
