@@ -8,7 +8,7 @@ are checked before anything starts; a bad one raises `JobInputError` naming the 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from reward.config import RewardConfigError, coerce_field, parse_assignment
@@ -54,6 +54,12 @@ _STEPS = Option("--max-steps", "int", "Stop after N optimizer steps (bounds the 
 _PAIRS = Option("--max-pairs", "int", "Train on at most N pairs (bounds the run).", minimum=1)
 _LR = Option("--lr", "float", "Learning rate.", minimum=0)
 _EPOCHS = Option("--epochs", "float", "Passes over the pairs.", minimum=0)
+
+
+def _fine_tuning_only(option: Option) -> Option:
+    """A reward-training option that the default probe refuses (it trains no steps)."""
+    return replace(option, help=f"{option.help} Fine-tuning only: with --full (the default probe refuses it).")
+
 _POLICY = Option("--policy", "text", "Policy to start from (workspace model name; empty: the section's default).")
 _RESUME = Option("--resume", "flag", "Continue the newest interrupted run of this kind from its last checkpoint.")
 _DEVICE = Option("--device", "choice", "Where to train (empty: CUDA when present).", choices=("cpu", "cuda", "mps"))
@@ -61,7 +67,7 @@ _DEVICE = Option("--device", "choice", "Where to train (empty: CUDA when present
 COMMANDS: dict[str, JobCommand] = {
     "train reward": JobCommand(("train", "reward"), "Train a reward model on the workspace's preference pairs.", (
         Option("--base", "text", "Backbone: a workspace model, smollm2-135m-instruct (default) or all-minilm-l6-v2."),
-        _STEPS, _PAIRS, _EPOCHS, _LR,
+        _fine_tuning_only(_STEPS), _PAIRS, _fine_tuning_only(_EPOCHS), _fine_tuning_only(_LR),
         Option("--full", "flag", "Fine-tune the whole backbone with TRL (default: a linear probe on the frozen "
                "backbone; settings method = \"lora\" for LoRA)."),
         Option("--margin", "flag", "Add a margin from the rank gap to the loss (fine-tuning only)."),
