@@ -11,6 +11,7 @@ while the rest are still sampled, and an interrupted run keeps every batch it fi
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -274,8 +275,56 @@ def sample_completions(model: Any, tokenizer: Any, conversations: list[list[dict
     return out
 
 
+class _CpuShare:
+    """Torch threads for a niced background job on CPU: as many as the cores other processes left idle.
+
+    Decoding waits at every step for its slowest thread, so a niced job running one thread per core on a machine
+    where something else keeps one core busy crawls (2 tokens/s against 21 with one thread on the free core,
+    measured on 2 cores). Before each batch this counts the cores others used since the last call (/proc/stat's
+    busy time less this process's own CPU time) and sets the threads to the rest, at least 1 and at most what
+    torch started with. Off (None) where it cannot help or would surprise: not on CPU, not niced (a foreground
+    command competes at equal priority), OMP_NUM_THREADS set, or no /proc/stat.
+    """
+
+    def __init__(self, device: str) -> None:
+        import torch
+
+        self.cap = torch.get_num_threads()
+        self.enabled = device == "cpu" and self.cap > 1 and os.nice(0) > 0 and "OMP_NUM_THREADS" not in os.environ
+        self.last = self._sample() if self.enabled else None
+        self.enabled = self.last is not None
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float] | None:
+        """(wall s, busy CPU-s of the whole machine, CPU-s of this process)."""
+        try:
+            with open("/proc/stat") as f:
+                ticks = [int(x) for x in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+        except (OSError, ValueError):
+            return None
+        busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+        return time.monotonic(), busy, time.process_time()
+
+    def threads(self) -> int | None:
+        """Set and return the thread count for the next batch; None when off."""
+        import torch
+
+        if not self.enabled:
+            return None
+        now = self._sample()
+        if now is None:
+            return None
+        wall = now[0] - self.last[0]
+        if wall >= 0.2:  # too short an interval (10 ms ticks) says nothing: keep the current count
+            others = max(0.0, (now[1] - self.last[1]) - (now[2] - self.last[2])) / wall
+            free = (os.cpu_count() or self.cap) - others
+            torch.set_num_threads(max(1, min(self.cap, int(free + 0.25))))
+            self.last = now
+        return torch.get_num_threads()
+
+
 def _batch_rows(prompts: list[Any], completions: list[list[Completion]], model_row: ModelRow,
-                params: SamplingParams, round: int, required_reviewers: int) -> Batch:
+                params: SamplingParams, round: int, required_reviewers: int, threads: int | None = None) -> Batch:
     """The prompts (already stored: reused by content hash), their responses and one comparison per prompt."""
     batch = Batch()
     for p, samples in zip(prompts, completions, strict=True):
@@ -287,6 +336,7 @@ def _batch_rows(prompts: list[Any], completions: list[list[Completion]], model_r
                     "temperature": params.temperature, "top_p": params.top_p, "top_k": params.top_k,
                     "max_new_tokens": params.max_new_tokens, "finished": c.finished, "new_tokens": c.new_tokens,
                     "batch": c.batch, "index": c.index, "k": params.k,
+                    **({"threads": threads} if threads is not None else {}),  # set by _CpuShare for this batch
                 },
             ))
         batch.comparisons.append(Comparison(
@@ -335,6 +385,7 @@ def generate_candidates(db: str | Path, model_row: ModelRow, *, n_prompts: int, 
         return SamplingResult(0, 0, 0, [], 0, 0, 0, 0, 0.0, 0.0, "none")
 
     choice = pick_device(device)
+    share = _CpuShare(choice.device)  # measures what others use while the model loads
     started = time.monotonic()
     model, tokenizer = load_policy(location, choice.device, choice.dtype, model_row.adapter_path)
     state = SamplingProgress(len(prompts), len(prompts) * params.k, load_s=time.monotonic() - started,
@@ -346,6 +397,7 @@ def generate_candidates(db: str | Path, model_row: ModelRow, *, n_prompts: int, 
     comparison_ids: list[int] = []
     skipped = 0
     for b, idx in enumerate(batches):
+        threads = share.threads()
         started = time.monotonic()
         # One batch's worth of prompts, already in length order: decoded as batch b with seed + b.
         samples = sample_completions(model, tokenizer, [conversations[i] for i in idx],
@@ -355,7 +407,7 @@ def generate_candidates(db: str | Path, model_row: ModelRow, *, n_prompts: int, 
             for c in cs:
                 c.batch = b
         chosen = [prompts[i] for i in idx]
-        rows = _batch_rows(chosen, samples, model_row, params, round, required_reviewers)
+        rows = _batch_rows(chosen, samples, model_row, params, round, required_reviewers, threads)
         written, taken = _write_new(db, rows, [p.id for p in chosen])
         skipped += taken
         comparison_ids += written.comparison_ids

@@ -175,3 +175,32 @@ def test_demo_entry_point_on_a_workspace_whose_candidates_exist_starts_nothing(w
     assert refresh(workspace.db) == []  # no job
     assert main([str(workspace.root)]) == 0
     assert "guidelines" not in capsys.readouterr().out  # written once
+
+
+def test_a_niced_cpu_job_decodes_with_the_threads_other_processes_leave_idle(monkeypatch):
+    import torch
+
+    import rl.sampling
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(rl.sampling.os, "cpu_count", lambda: 4)
+    samples = iter([(0.0, 0.0, 0.0),  # (wall s, machine busy CPU-s, this process's CPU-s)
+                    (1.0, 1.0, 1.0),  # only this process was busy: all 4 threads
+                    (2.0, 4.0, 1.5),  # others kept 2.5 cores busy: 1 thread (the 1.5 free cores round down)
+                    (2.1, 4.3, 1.5),  # 0.1 s: too short to say, the count stays
+                    (4.0, 6.0, 2.0)])  # others kept 0.75 core busy over 2 s: 3 threads
+    monkeypatch.setattr(rl.sampling._CpuShare, "_sample", staticmethod(lambda: next(samples)))
+    try:
+        torch.set_num_threads(4)
+        monkeypatch.setattr(rl.sampling.os, "nice", lambda inc: 10)  # a background job runs niced
+        share = rl.sampling._CpuShare("cpu")
+        assert [share.threads() for _ in range(4)] == [4, 1, 1, 3]
+        monkeypatch.setattr(rl.sampling.os, "nice", lambda inc: 0)  # a foreground command: left alone
+        assert rl.sampling._CpuShare("cpu").threads() is None
+        monkeypatch.setattr(rl.sampling.os, "nice", lambda inc: 10)
+        assert rl.sampling._CpuShare("cuda:0").threads() is None
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's own choice wins
+        assert rl.sampling._CpuShare("cpu").threads() is None
+    finally:
+        torch.set_num_threads(before)
