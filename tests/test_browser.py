@@ -90,6 +90,14 @@ def server(workspace):
         log.close()
 
 
+def log_in_page(page, url: str, name: str, password: str) -> None:
+    """Open the app at `url` and log in with the keyboard, as a reviewer does."""
+    page.goto(url)
+    page.get_by_label("Name").fill(name)
+    page.get_by_label("Password", exact=True).fill(password)
+    page.keyboard.press("Enter")
+
+
 def _rows(db, sql):
     """Read while the server may hold the file: store.db waits for it (and asks the server to give it up)."""
     return read(db, lambda con: con.execute(sql).fetchall())
@@ -109,10 +117,7 @@ def test_keyboard_ranking_and_untrusted_output(workspace, server):
         requests, dialogs = [], []
         page.on("request", lambda r: requests.append(r.url))
         page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-        page.goto(server)
-        page.get_by_label("Name").fill("rita")
-        page.get_by_label("Password", exact=True).fill("rita's password")
-        page.keyboard.press("Enter")
+        log_in_page(page, server, "rita", "rita's password")
 
         def see(text: str) -> None:
             """Wait for `text`, then for the script run to finish (keys pressed mid-run may hit stale buttons)."""

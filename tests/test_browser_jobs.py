@@ -8,7 +8,7 @@ import pytest
 from store.jobs import list_jobs
 from store.users import add_user
 from tests.reward_data import register_tiny, seed_pairs
-from tests.test_browser import ARTIFACTS, CHROME_ARGS, CHROMIUM, SETTLED, server  # noqa: F401 - the fixture
+from tests.test_browser import ARTIFACTS, CHROME_ARGS, CHROMIUM, SETTLED, log_in_page, server  # noqa: F401 - the fixture
 from tests.test_jobs import TINY
 
 pytestmark = pytest.mark.skipif(
@@ -33,10 +33,7 @@ def test_launch_follow_and_cancel_in_the_browser(workspace, tiny_lm, server):  #
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROME_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1400})
-        page.goto(server)
-        page.get_by_label("Name").fill("adam")
-        page.get_by_label("Password", exact=True).fill("adam's password")
-        page.keyboard.press("Enter")
+        log_in_page(page, server, "adam", "adam's password")
         page.get_by_role("link", name="Runs").click()
         page.get_by_text("Launch a job").first.wait_for(timeout=20_000)
         page.wait_for_function(SETTLED, timeout=20_000)

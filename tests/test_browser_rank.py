@@ -15,7 +15,7 @@ import pytest
 from scripts.app_client import start_server, stop_server
 from store.db import read
 from store.users import add_user, deactivate_user
-from tests.test_browser import ARTIFACTS, CHROME_ARGS, CHROMIUM, SETTLED
+from tests.test_browser import ARTIFACTS, CHROME_ARGS, CHROMIUM, SETTLED, log_in_page
 from tests.test_queue import seed_comparisons
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian chromium at /usr/bin/chromium")
@@ -60,10 +60,7 @@ def test_every_key_reload_and_restart_keep_the_draft(workspace, server):
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROME_ARGS)
         context = browser.new_context(viewport={"width": 1366, "height": 900})
         page = context.new_page()
-        page.goto(server.url)
-        page.get_by_label("Name").fill("rita")
-        page.get_by_label("Password", exact=True).fill("rita's password")
-        page.keyboard.press("Enter")
+        log_in_page(page, server.url, "rita", "rita's password")
 
         def see(text: str) -> None:
             page.get_by_text(text, exact=False).first.wait_for(timeout=30_000)
@@ -156,10 +153,7 @@ def test_cookie_is_secure_behind_https_and_dead_codes_are_refused(workspace, ser
         visited = []
         page.on("response", lambda r: "/rankloop/session/" in r.url and (
             visited.append(r.url), set_cookies.append(r.all_headers().get("set-cookie", ""))))
-        page.goto(server.url)
-        page.get_by_label("Name").fill("rita")
-        page.get_by_label("Password", exact=True).fill("rita's password")
-        page.keyboard.press("Enter")
+        log_in_page(page, server.url, "rita", "rita's password")
         page.get_by_text("Prompt · item").first.wait_for(timeout=30_000)
         deactivate_user(workspace.db, "rita", actor="test")  # her session ends on the server
         page.reload()
@@ -197,10 +191,7 @@ def test_the_first_item_arrives_while_candidates_are_generated(workspace, server
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROME_ARGS)
             page = browser.new_page()
-            page.goto(server.url)
-            page.get_by_label("Name").fill("rita")
-            page.get_by_label("Password", exact=True).fill("rita's password")
-            page.keyboard.press("Enter")
+            log_in_page(page, server.url, "rita", "rita's password")
             page.get_by_text("New answers are being generated: 1/4").first.wait_for(timeout=30_000)
             (cid,) = seed_comparisons(workspace.db, 1, k=2)
             page.get_by_text(f"Prompt · item {cid}").first.wait_for(timeout=15_000)  # no reload
