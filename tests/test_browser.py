@@ -91,11 +91,18 @@ def server(workspace):
 
 
 def log_in_page(page, url: str, name: str, password: str) -> None:
-    """Open the app at `url` and log in with the keyboard, as a reviewer does."""
+    """Open the app at `url` and log in with the keyboard, as a reviewer does; returns once the page has loaded
+    again with the login cookie (the hand-over reloads it: a key pressed before that would be lost)."""
     page.goto(url)
     page.get_by_label("Name").fill(name)
     page.get_by_label("Password", exact=True).fill(password)
-    page.keyboard.press("Enter")
+    with page.expect_navigation(timeout=60_000):  # /rankloop/session/{code} -> 303 -> /
+        page.keyboard.press("Enter")
+    page.wait_for_function(SETTLED, timeout=60_000)
+    # Right after that fresh load a key can still be dropped (seen: the first digit lost even with the page drawn
+    # and settled; any later key works): give the new page a second, as a person would take, and settle again.
+    page.wait_for_timeout(1000)
+    page.wait_for_function(SETTLED, timeout=60_000)
 
 
 def _rows(db, sql):
