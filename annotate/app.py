@@ -15,7 +15,6 @@ from store.users import end_session
 st.set_page_config(page_title="rankloop", layout="wide")
 
 
-
 def review_pages(default: bool) -> list:
     return [
         st.Page("app_pages/rank.py", title="Rank", default=default),

@@ -44,6 +44,11 @@ def hand_over(token: str) -> str:
     return code
 
 
+def keep_as_cookie(token: str) -> None:
+    """After a login on the page: send the browser through `/rankloop/session/{code}`, which sets the cookie."""
+    navigate(f"/rankloop/session/{hand_over(token)}")
+
+
 def redeem(code: str) -> str | None:
     """The token handed over under `code`, once; None when unknown, used or older than CODE_TTL_S."""
     with _lock:

@@ -59,7 +59,7 @@ def launch_form(command: str, actor: str, *, settings: bool = True) -> JobRow | 
     return job
 
 
-def _inside_workspace(path: str) -> bool:
+def inside_workspace(path: str) -> bool:
     return Path(path).resolve().is_relative_to(workspace_dir().resolve())
 
 
@@ -67,7 +67,7 @@ def show_job(job: JobRow, actor: str, *, lines: int = 200, height: int = 360) ->
     """Status, progress bar (from the log's newest progress bar), the log's tail, and a cancel button."""
     st.markdown(f"**Job {job.id}** `{job.status}` · `rankloop {shlex.join(job.argv)}` "
                 f"· by {job.created_by}")
-    view = read_log(job.log_path, lines) if _inside_workspace(job.log_path) else None
+    view = read_log(job.log_path, lines) if inside_workspace(job.log_path) else None
     if view is None:
         st.warning("This job's log lies outside the workspace: not shown.")
         return

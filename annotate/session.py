@@ -14,7 +14,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from annotate.cookies import COOKIE, NOTICES, hand_over, navigate
+from annotate.cookies import COOKIE, NOTICES, keep_as_cookie, navigate
 from store.migrations import migrate
 from store.settings import get_settings
 from store.users import User, session_context
@@ -85,11 +85,11 @@ def _single_sign_on() -> None:
     from annotate.sso import sso_section
     from store.users import sso_login
 
-    claim = sso_section(workspace_dir()).account_claim
+    claim = sso_section(str(workspace_dir())).account_claim
     result = sso_login(db_path(), str(identity.get(claim) or ""), str(identity.get("sub") or ""))
     if result.token:
         st.session_state["token"] = result.token
-        navigate(f"/rankloop/session/{hand_over(result.token)}")
+        keep_as_cookie(result.token)
     else:
         navigate("/rankloop/logout?notice=no_account")
 

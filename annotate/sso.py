@@ -14,6 +14,7 @@ one audit row per login, and logout.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import secrets
@@ -24,11 +25,13 @@ COOKIE_SECRET_ENV = "RANKLOOP_SSO_COOKIE_SECRET"
 COOKIE_SECRET_FILE = ".sso-cookie-secret"
 
 
-def sso_section(ws_root: Path):
-    """The workspace's `[sso]` section when single sign-on is configured, else None."""
+@functools.cache
+def sso_section(ws_root: str | Path):
+    """The workspace's `[sso]` section when single sign-on is configured, else None (read once per process: the
+    server reads its secrets at start too, so a change needs a restart either way)."""
     from rankloop.config import load_config
 
-    cfg = load_config(ws_root / "rankloop.toml").sso
+    cfg = load_config(Path(ws_root) / "rankloop.toml").sso
     return cfg if cfg.provider_url else None
 
 
@@ -48,7 +51,7 @@ def streamlit_secrets(ws_root: Path) -> dict | None:
 
     Raises ValueError naming the variable when the provider is configured but the client secret is not set.
     """
-    sso = sso_section(ws_root)
+    sso = sso_section(str(ws_root))
     if sso is None:
         return None
     if importlib.util.find_spec("authlib") is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from annotate.cookies import NOTICES, hand_over, navigate
+from annotate.cookies import NOTICES, keep_as_cookie
 from annotate.session import db_path, workspace_dir
 from annotate.sso import sso_section
 from store.users import login
@@ -16,7 +16,7 @@ def _submit() -> None:
     if result.token:
         st.session_state["token"] = result.token
         st.session_state.pop("login_notice", None)
-        navigate(f"/rankloop/session/{hand_over(result.token)}")  # the browser keeps it as a cookie
+        keep_as_cookie(result.token)
     else:
         st.session_state["login_error"] = result.message
 
@@ -34,6 +34,6 @@ with st.form("login", enter_to_submit=True, width=420):
     st.text_input("Name", key="login_name", autocomplete="username")
     st.text_input("Password", key="login_pw", type="password", autocomplete="current-password")
     st.form_submit_button("Log in", type="primary", on_click=_submit)
-sso = sso_section(workspace_dir())
+sso = sso_section(str(workspace_dir()))
 if sso is not None:
     st.button(sso.button_label, key="sso_login", on_click=st.login, icon=":material/key:")

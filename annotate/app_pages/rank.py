@@ -21,7 +21,7 @@ import time
 import streamlit as st
 
 from annotate import ranking as rk
-from annotate.jobs_panel import _inside_workspace as inside_workspace
+from annotate.jobs_panel import inside_workspace
 from annotate.render import safe_markdown, show_conversation, show_response
 from annotate.session import db_path, require_user, settings
 from rankloop.jobs import read_log
