@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from rankloop.loop_config import LoopConfig, ReviewersNotDone, check_trainer_settings, loop_config
-from training.models import DEFAULT_POLICY
+from rankloop.models import ensure_default_policy
 
 RUN_KIND = "loop"
 STEP_KIND = "loop_step"
@@ -128,10 +128,8 @@ class _Loop:
         from store.prompts import newest_round
 
         policy = self.policy_name(i)
-        if i == 0 and policy.lower() == DEFAULT_POLICY:
-            from rankloop.models import prepare_models
-
-            prepare_models(self.ws)
+        if i == 0:
+            ensure_default_policy(self.ws, policy)
         before = newest_round(self.ws.db)
         adopted = self._adopt_round(policy)  # a kill after the comparisons were written, before the step closed
         if adopted is not None:
@@ -219,7 +217,6 @@ class _Loop:
         return [state[(j, "sample")]["round_number"] for j in range(i + 1)]
 
     def _reward(self, i: int, state: dict) -> dict[str, Any]:
-        from rankloop.commands.reward import _prepare_base
         from reward.config import load_reward_config
         from reward.train import train_reward_model
 
@@ -231,7 +228,7 @@ class _Loop:
             if self.config.max_steps:
                 overrides["max_steps"] = self.config.max_steps
             cfg = load_reward_config(self.ws.config.extra, self.ws.root / "rankloop.toml", None, overrides)
-            _prepare_base(self.ws, cfg.base)
+            ensure_default_policy(self.ws, cfg.base)
             train_reward_model(self.ws, cfg, progress=_show_progress())
             existing = _model(self.ws, name)
         return {"model": name, "rounds": rounds, "run_id": existing.run_id,

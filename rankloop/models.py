@@ -14,6 +14,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,6 +154,21 @@ def prepare_models(ws: Workspace, cache_dir: str | Path | None = None) -> list[P
     except ValueError:  # another process registered it meanwhile: keep theirs
         return [PreparedModel(get_model(ws.db, DEFAULT_POLICY_NAME), folder, time.monotonic() - started, False)]
     return [PreparedModel(get_model(ws.db, DEFAULT_POLICY_NAME), folder, time.monotonic() - started, True)]
+
+
+def ensure_default_policy(ws: Workspace, name: str, log: Callable[[str], None] | None = None) -> None:
+    """The default policy is converted and registered on first use: a no-op for any other `name`, instant once
+    done. `log` hears one line before a conversion that has to run (about 20 s)."""
+    if name.lower() != DEFAULT_POLICY_NAME:
+        return
+    if log is not None:
+        try:
+            get_model(ws.db, DEFAULT_POLICY_NAME)
+        except UnknownModel:
+            cache = model_cache_dir()
+            if not (cache / DEFAULT_POLICY_NAME / PROVENANCE_FILE).is_file():
+                log(f"converting the default policy from GGUF into {cache} (once, ~20 s) ...")
+    prepare_models(ws)
 
 
 def is_hub_id(source: str) -> bool:

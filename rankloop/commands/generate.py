@@ -13,17 +13,10 @@ from rankloop.workspace import Workspace
 
 
 def _policy_row(ws: Workspace, name: str, quiet: bool = False):
-    from rankloop.models import DEFAULT_POLICY_NAME, PROVENANCE_FILE, model_cache_dir, model_location, prepare_models
-    from store.models import UnknownModel, get_model
+    from rankloop.models import ensure_default_policy, model_location
+    from store.models import get_model
 
-    if name == DEFAULT_POLICY_NAME:
-        try:
-            get_model(ws.db, name)
-        except UnknownModel:
-            cache = model_cache_dir()
-            if not quiet and not (cache / DEFAULT_POLICY_NAME / PROVENANCE_FILE).is_file():
-                click.echo(f"converting the default policy from GGUF into {cache} (once, ~20 s) ...", err=True)
-        prepare_models(ws)  # instant once converted and registered
+    ensure_default_policy(ws, name, None if quiet else lambda line: click.echo(line, err=True))
     row = get_model(ws.db, name)
     model_location(row)  # a missing folder fails here, before any work
     return row

@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from rankloop.commands.common import echo_json, guarded, workspace_option
-from rankloop.commands.reward import _overrides, _prepare_base, eval_group, train_group
+from rankloop.commands.reward import _overrides, eval_group, train_group
 from rankloop.workspace import Workspace
 
 
@@ -44,6 +44,7 @@ def _common(fn: Callable) -> Callable:
 def _run(ws: Workspace, section: str, cls: type, kind: str, train: Callable, config_file: Path | None,
          resume: str | None, assignments: tuple[str, ...], no_progress: bool, as_json: bool,
          options: dict[str, Any], **extra: Any) -> Any:
+    from rankloop.models import ensure_default_policy
     from rl.config import load_section
     from rl.training import resume_config
 
@@ -55,7 +56,7 @@ def _run(ws: Workspace, section: str, cls: type, kind: str, train: Callable, con
         run_id = None
         config = guarded(load_section, cls, section, ws.config.extra, ws.root / "rankloop.toml", config_file,
                          overrides)
-    guarded(_prepare_base, ws, config.policy)
+    guarded(ensure_default_policy, ws, config.policy)
     result = guarded(train, ws, config, resume_from=run_id, progress=not no_progress, **extra)
     if as_json:
         echo_json({"run_id": result.run_id, "model": result.model_name, "model_dir": result.model_dir,

@@ -32,16 +32,6 @@ def _newest_reward_model(ws: Workspace, name: str | None) -> str:
     return newest_model(ws.db, "reward", name).name
 
 
-def _prepare_base(ws: Workspace, base: str) -> None:
-    """The default policy is converted and registered on first use (as `rankloop generate` does)."""
-    from training.models import DEFAULT_POLICY
-
-    if base.lower() == DEFAULT_POLICY:
-        from rankloop.models import prepare_models
-
-        prepare_models(ws)
-
-
 def _overrides(options: dict[str, Any], assignments: tuple[str, ...]) -> dict[str, Any]:
     from reward.config import parse_assignment
 
@@ -94,6 +84,7 @@ def train_reward_command(ws: Workspace, config_file: Path | None, resume: str | 
     sides) are measured (and drive early stopping when fine-tuning); the model, its run and its data snapshot
     are recorded in the workspace. Settings: defaults < [reward] in rankloop.toml < --config FILE < flags.
     """
+    from rankloop.models import ensure_default_policy
     from reward.config import load_reward_config
     from reward.train import resume_config, train_reward_model
 
@@ -113,7 +104,7 @@ def train_reward_command(ws: Workspace, config_file: Path | None, resume: str | 
             f"{flags}: method 'probe' (the default) fits a linear reward on frozen features and never reads "
             f"{'this' if len(unused) == 1 else 'these'}; fine-tune with --full (or --set method=lora) to use "
             f"{'it' if len(unused) == 1 else 'them'}, or leave {'it' if len(unused) == 1 else 'them'} out")
-    guarded(_prepare_base, ws, config.base)
+    guarded(ensure_default_policy, ws, config.base)
     result = guarded(train_reward_model, ws, config, resume_from=run_id, progress=not no_progress)
     if result.model_name is None:  # a non-main process under accelerate launch
         return
