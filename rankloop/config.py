@@ -7,7 +7,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-DEFAULT_POLICY = "smollm2-135m-instruct"
+from rl.config import SamplingParams
+from training.config import option
+from training.models import DEFAULT_POLICY
 
 
 class ConfigError(ValueError):
@@ -28,29 +30,11 @@ class WorkspaceSection:
 
 @dataclass
 class ModelsSection:
-    policy: str = field(default=DEFAULT_POLICY, metadata={"help": "Model row `generate` samples from by default."})
+    policy: str = option(DEFAULT_POLICY, "Model row `generate` samples from by default.")
 
 
-@dataclass
-class GenerationSection:
-    k: int = field(default=4, metadata={"help": "Candidates per prompt (one comparison of k responses)."})
-    max_new_tokens: int = field(default=128, metadata={"help": "Longest response, in tokens."})
-    temperature: float = field(default=0.8, metadata={"help": "Sampling temperature (> 0)."})
-    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling mass, in (0, 1]."})
-    batch_size: int = field(default=16, metadata={"help": "Sequences decoded together (prompts x k)."})
-    seed: int = field(default=0, metadata={"help": "Base seed; each batch's seed is stored with its responses."})
-
-    def __post_init__(self) -> None:
-        if not 2 <= self.k <= 16:
-            raise ValueError("k: must be between 2 and 16")
-        if self.max_new_tokens < 1:
-            raise ValueError("max_new_tokens: must be >= 1")
-        if self.temperature <= 0:
-            raise ValueError("temperature: must be > 0")
-        if not 0 < self.top_p <= 1:
-            raise ValueError("top_p: must be in (0, 1]")
-        if self.batch_size < 1:
-            raise ValueError("batch_size: must be >= 1")
+# [generation]: how `rankloop generate` samples; the fields are rl.config.SamplingParams' (declared once there).
+GenerationSection = SamplingParams
 
 
 @dataclass
@@ -86,7 +70,7 @@ class Config:
     models: ModelsSection = field(default_factory=ModelsSection)
     generation: GenerationSection = field(default_factory=GenerationSection)
     sso: SsoSection = field(default_factory=SsoSection)
-    extra: dict[str, Any] = field(default_factory=dict)  # sections owned by later stages (training, ...)
+    extra: dict[str, Any] = field(default_factory=dict)  # the trainers' and the loop's sections ([reward], ...)
 
     def to_dict(self) -> dict[str, Any]:
         out = {name: asdict(getattr(self, name)) for name in SECTIONS}

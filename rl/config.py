@@ -3,6 +3,8 @@
 CLI flags. Fields left at `None` are chosen per device when training starts and recorded on the run row.
 
 The loader is generic (`load_section(cls, "dpo", ...)`) so that the PPO config (rl/ppo_config.py) shares it.
+`SamplingParams` (also the `[generation]` section of rankloop.toml) and `RoundConfig` (`rankloop round next`) are
+declared here too, so the fields of sampling exist once.
 """
 
 from __future__ import annotations
@@ -11,7 +13,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from training.config import TrainerConfig, dataclass_from_dict, load_toml_section, render_toml_section
+from training.config import (
+    TrainerConfig,
+    dataclass_from_dict,
+    load_toml_section,
+    option,
+    render_toml_section,
+    shared,
+)
 from training.models import DEFAULT_POLICY
 
 DPO_LOSSES = ("sigmoid", "ipo", "robust", "hinge", "sigmoid_norm", "exo_pair", "nca_pair", "bco_pair", "sppo_hard",
@@ -22,6 +31,61 @@ QUANTIZATION_HELP = (
     "bf16 compute), LoRA adapters trained on top. CUDA only (bitsandbytes' 4-bit kernels); needs lora and "
     "`pip install 'rankloop[gpu]'`. The saved policy is merged into a bf16 copy of the base.")
 T = TypeVar("T")
+
+
+def check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{name}: must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"{name}: must be " + (f"between {low} and {high}" if high is not None else f">= {low}")
+                         + f", got {value}")
+
+
+@dataclass
+class SamplingParams:
+    """How candidates are sampled (rl/sampling.py); also the `[generation]` section of rankloop.toml."""
+
+    k: int = option(4, "Candidates per prompt (one comparison of k responses).", ge=2, le=16)
+    max_new_tokens: int = option(128, "Longest response, in tokens.", ge=1)
+    temperature: float = option(0.8, "Sampling temperature.", gt=0)
+    top_p: float = option(0.95, "Nucleus sampling mass.", gt=0, le=1)
+    batch_size: int = option(16, "Sequences decoded together (prompts x k).", ge=1)
+    seed: int = option(0, "Base seed; batch b samples with seed + b (each batch's seed is stored with its "
+                          "responses).", ge=0)
+    top_k: int = option(0, "Keep only the k most likely tokens; 0 turns it off.", ge=0)
+
+    def __post_init__(self) -> None:
+        check_int("k", self.k, 2, 16)
+        check_int("max_new_tokens", self.max_new_tokens, 1)
+        check_int("batch_size", self.batch_size, 1)
+        check_int("seed", self.seed, 0)
+        check_int("top_k", self.top_k, 0)
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, int | float) \
+                or not self.temperature > 0:
+            raise ValueError(f"temperature: must be > 0, got {self.temperature!r}")
+        if isinstance(self.top_p, bool) or not isinstance(self.top_p, int | float) or not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p: must be in (0, 1], got {self.top_p!r}")
+
+    @property
+    def prompts_per_batch(self) -> int:
+        return max(1, self.batch_size // self.k)
+
+
+@dataclass
+class RoundConfig(SamplingParams):
+    """`rankloop round next` (rl/rounds.py): the sampling fields above, and which prompts, for how many reviewers."""
+
+    policy: str | None = option(None, "Policy to sample from (default: the newest policy).")
+    prompts: int = option(32, "Prompts to queue (one comparison each).", ge=1)
+    mix_previous: bool = option(False, "One candidate per comparison from the policy's parent.")
+    split: str | None = option(None, "Only prompts of this split.")
+    required_reviewers: int = option(1, "Reviewers wanted per comparison.", flag="--reviewers", ge=1)
+    device: str | None = shared("device")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int("prompts", self.prompts, 1)
+        check_int("required_reviewers", self.required_reviewers, 1)
 
 
 class PolicyConfigError(ValueError):
@@ -44,20 +108,21 @@ def check_quantization(quantization: str, lora: bool) -> None:
 class PolicyTrainingConfig(TrainerConfig):
     """What DPO and SFT share: data filters, LoRA, optimisation, device and bookkeeping."""
 
-    policy: str = field(default=DEFAULT_POLICY, metadata={"help": (
+    policy: str = option(DEFAULT_POLICY, (
         "Policy to start from: a workspace model name (an earlier policy), a local folder or a hub id. "
-        "A LoRA policy is merged first; the reference is this policy (LoRA adapters disabled).")})
-    name: str = field(default="", metadata={"help": "Name of the new policy row (default: <kind>-run<ID>)."})
+        "A LoRA policy is merged first; the reference is this policy (LoRA adapters disabled)."))
+    name: str = option("", "Name of the new policy row (default: <kind>-run<ID>).")
     eval_fraction: float = field(default=0.1, metadata={"help": (
         "Share of prompts held out (split by prompt, no prompt on both sides) for evaluation and early stopping.")})
-    max_pairs: int = field(default=0, metadata={"help": "Train on at most this many rows (0: all); bounds a run."})
+    max_pairs: int = option(0, "Train on at most this many rows (0: all); bounds a run.", ge=0)
     max_length: int = field(default=512, metadata={"help": "Longest prompt + response in tokens."})
     lora: bool = field(default=True, metadata={"help": "Train LoRA adapters (merged into the saved policy)."})
     lora_target_modules: list[str] = field(default_factory=list, metadata={"help": (
         "Module names LoRA adapts (empty: 'all-linear').")})
     quantization: str = field(default="none", metadata={"help": QUANTIZATION_HELP})
-    learning_rate: float | None = field(default=None, metadata={"help": (
-        "AdamW learning rate (default: 5e-5 with LoRA, 5e-7 for full fine-tuning with DPO, 2e-5 with SFT).")})
+    learning_rate: float | None = option(None, (
+        "AdamW learning rate (default: 5e-5 with LoRA, 5e-7 for full fine-tuning with DPO, 1e-4 with LoRA and 2e-5 "
+        "in full with SFT)."), flag="--lr", gt=0, lt=1)
     per_device_eval_batch_size: int = field(default=8, metadata={"help": "Rows per evaluation batch."})
     warmup_ratio: float = field(default=0.0, metadata={"help": "Share of steps with a linear learning-rate warmup."})
     seed: int = field(default=0, metadata={"help": "Seed for LoRA initialisation, shuffling and the split."})
@@ -94,14 +159,15 @@ class PolicyTrainingConfig(TrainerConfig):
 
 @dataclass
 class DPOTrainingConfig(PolicyTrainingConfig):
-    beta: float = field(default=0.1, metadata={"help": (
-        "Strength of the KL anchor to the reference: higher keeps the policy closer (TRL's default 0.1).")})
-    loss_type: list[str] = field(default_factory=lambda: ["sigmoid"], metadata={"help": (
+    beta: float = option(0.1, (
+        "Strength of the KL anchor to the reference: higher keeps the policy closer (TRL's default 0.1)."), gt=0)
+    loss_type: list[str] = option(["sigmoid"], (
         "DPO loss(es): 'sigmoid' (DPO), 'ipo', 'robust' (with label_smoothing), 'hinge' (SLiC), 'sigmoid_norm' "
-        "(length-normalised, SimPO-style log-probs), 'apo_zero', ... Several are summed with loss_weights.")})
+        "(length-normalised, SimPO-style log-probs), 'apo_zero', ... Several are summed with loss_weights."),
+        flag="--loss", choices=DPO_LOSSES)
     loss_weights: list[float] = field(default_factory=list, metadata={"help": "Weights of the losses (empty: 1s)."})
-    label_smoothing: float = field(default=0.0, metadata={"help": (
-        "Robust DPO / cDPO: assumed probability that a preference label is flipped, in [0, 0.5).")})
+    label_smoothing: float = option(0.0, (
+        "Robust DPO / cDPO: assumed probability that a preference label is flipped."), ge=0, lt=0.5)
     precompute_ref_log_probs: bool | None = field(default=None, metadata={"help": (
         "Compute the reference log-probs once before training (default: when each pair is seen more than once, "
         "i.e. num_train_epochs > 1; otherwise it is the same number of forward passes, paid up front).")})
@@ -131,9 +197,9 @@ class DPOTrainingConfig(PolicyTrainingConfig):
 
 @dataclass
 class SFTTrainingConfig(PolicyTrainingConfig):
-    source: str = field(default="both", metadata={"help": (
+    source: str = option("both", (
         "What to imitate: 'edits' (reviewers' rewritten answers), 'top' (each judgment's single best response), "
-        "or 'both'. The loss is on the response tokens only.")})
+        "or 'both'. The loss is on the response tokens only."), choices=("edits", "top", "both"))
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from rl.config import RoundConfig
+
 RUN_KIND = "round"
 
 
@@ -38,9 +40,13 @@ def lineage_of(db: Any, policy: Any) -> dict[str, Any]:
     return out
 
 
-def next_round(ws: Any, *, policy: str | None = None, k: int = 4, n_prompts: int = 32, mix_previous: bool = False,
-               max_new_tokens: int = 128, temperature: float = 0.8, seed: int = 0, split: str | None = None,
-               required_reviewers: int = 1, device: str | None = None) -> RoundResult:
+_D = RoundConfig()  # the defaults, declared once (rl/config.py)
+
+
+def next_round(ws: Any, *, policy: str | None = _D.policy, k: int = _D.k, n_prompts: int = _D.prompts,
+               mix_previous: bool = _D.mix_previous, max_new_tokens: int = _D.max_new_tokens,
+               temperature: float = _D.temperature, seed: int = _D.seed, split: str | None = _D.split,
+               required_reviewers: int = _D.required_reviewers, device: str | None = _D.device) -> RoundResult:
     from rl.sampling import SamplingParams, generate_candidates
     from store.models import ModelRow, newest_model
     from store.prompts import newest_round

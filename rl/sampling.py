@@ -14,10 +14,12 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rl.config import SamplingParams  # noqa: F401  (declared with the other configs; imported from here too)
+from rl.config import check_int as _check_int
 from rl.device import pick_device
 from store.batch import Batch, Comparison, Prompt, Response, write_batch
 from store.db import write
@@ -29,41 +31,6 @@ if TYPE_CHECKING:
 
 SOURCE = "sample"
 logger = logging.getLogger(__name__)
-
-
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"{name}: must be an integer, got {value!r}")
-    if value < low or (high is not None and value > high):
-        raise ValueError(f"{name}: must be " + (f"between {low} and {high}" if high is not None else f">= {low}")
-                         + f", got {value}")
-
-
-@dataclass
-class SamplingParams:
-    k: int = field(default=4, metadata={"help": "Candidates per prompt (one comparison of k responses), 2 to 16."})
-    max_new_tokens: int = field(default=128, metadata={"help": "Longest response, in tokens."})
-    temperature: float = field(default=0.8, metadata={"help": "Sampling temperature (> 0)."})
-    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling mass, in (0, 1]."})
-    batch_size: int = field(default=16, metadata={"help": "Sequences decoded together (prompts x k)."})
-    seed: int = field(default=0, metadata={"help": "Base seed; batch b samples with seed + b."})
-    top_k: int = field(default=0, metadata={"help": "Keep only the k most likely tokens; 0 turns it off."})
-
-    def __post_init__(self) -> None:
-        _check_int("k", self.k, 2, 16)
-        _check_int("max_new_tokens", self.max_new_tokens, 1)
-        _check_int("batch_size", self.batch_size, 1)
-        _check_int("seed", self.seed, 0)
-        _check_int("top_k", self.top_k, 0)
-        if isinstance(self.temperature, bool) or not isinstance(self.temperature, int | float) \
-                or not self.temperature > 0:
-            raise ValueError(f"temperature: must be > 0, got {self.temperature!r}")
-        if isinstance(self.top_p, bool) or not isinstance(self.top_p, int | float) or not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p: must be in (0, 1], got {self.top_p!r}")
-
-    @property
-    def prompts_per_batch(self) -> int:
-        return max(1, self.batch_size // self.k)
 
 
 @dataclass

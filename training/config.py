@@ -12,38 +12,80 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-# Fields every trainer config declares alike: name -> (default, or a factory for a list; help).
-SHARED_FIELDS: dict[str, tuple[Any, str]] = {
-    "aggregate": (False, "Train on one majority row per comparison instead of one per reviewer judgment."),
-    "rounds": (list, "Only comparisons of these rounds (none: all)."),
-    "models": (list, "Only data with a response written by one of these models (empty: all)."),
-    "reviewers": (list, "Only these reviewers' judgments."),
-    "splits": (list, "Only prompts of these splits (empty: all)."),
-    "min_agreement": (None, "Drop data that fewer than this share of the reviewers agree with (0..1)."),
-    "lora_r": (16, "LoRA rank."),
-    "lora_alpha": (32, "LoRA scaling numerator (scale = alpha / r)."),
-    "num_train_epochs": (1.0, "Passes over the training data."),
-    "max_steps": (-1, "Stop after this many optimizer steps (-1: epochs decide)."),
-    "per_device_train_batch_size": (8, "Examples (pairs or rows) per step per device."),
-    "gradient_accumulation_steps": (1, "Micro-batches per optimizer step."),
-    "device": (None, "'cpu', 'cuda', 'cuda:N' or 'mps' (default: best)."),
-    "bf16": (None, "bf16 mixed precision (default: on with CUDA; off on CPU, where bf16 is emulated and ~20x "
-                   "slower)."),
-    "gradient_checkpointing": (None, "Recompute activations to save memory (default: only on CUDA for models over "
-                                     "1B parameters)."),
-    "early_stopping_patience": (3, "Stop when the held-out metric has not improved for N evaluations (0: never)."),
-    "save_total_limit": (2, "Checkpoints kept on disk."),
+def option(default: Any, help: str, *, flag: str | None = None, ge: float | None = None, gt: float | None = None,
+           le: float | None = None, lt: float | None = None, unset: Any = None, choices: tuple[str, ...] = (),
+           only: tuple[str, ...] = ()) -> Any:
+    """A config field declared once, for every place that shows it: its default (a list is copied per instance),
+    its help, and what the CLI option (rankloop/commands/options.py), the Runs form (rankloop/job_commands.py),
+    the TOML comments and the README reference derive from it:
+
+    - `flag`: the command-line flag when it is not `--field-name` (e.g. "--lr"; "--x/--no-x" for a bool pair);
+    - `ge`/`gt`/`le`/`lt`: the bounds the config's `__post_init__` enforces (tests/test_options.py checks both
+      agree); `unset`: one more value allowed outside them, meaning "not set" (max_steps' -1);
+    - `choices`: the allowed texts; `only`: the values of the config's method field (`algo`, `method`) that read
+      this field (an option given to another method is refused, naming it).
+    """
+    meta = {"help": help, "flag": flag, "ge": ge, "gt": gt, "le": le, "lt": lt, "unset": unset,
+            "choices": tuple(choices), "only": tuple(only)}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def bounds_text(meta: Any) -> str:
+    """A field's bounds as text, e.g. "2<=x<=16", "0<x<=1", "x>=1" (empty: none)."""
+    def num(key: str) -> str:
+        return f"{meta[key]:g}" if meta.get(key) is not None else ""
+
+    low = f"{num('ge')}<=" if num("ge") else f"{num('gt')}<" if num("gt") else ""
+    high = f"<={num('le')}" if num("le") else f"<{num('lt')}" if num("lt") else ""
+    if not high and low:  # "x>=1" reads better than "1<=x"
+        text = f"x>={num('ge')}" if num("ge") else f"x>{num('gt')}"
+    else:
+        text = f"{low}x{high}" if low or high else ""
+    return f"{text} or {meta['unset']}" if text and meta.get("unset") is not None else text
+
+
+def within_bounds(meta: Any, value: Any) -> bool:
+    """Whether `value` meets the field's declared bounds (None and the `unset` value always do)."""
+    if value is None or (meta.get("unset") is not None and value == meta["unset"]):
+        return True
+    checks = (("ge", lambda b: value >= b), ("gt", lambda b: value > b), ("le", lambda b: value <= b),
+              ("lt", lambda b: value < b))
+    return all(meta.get(key) is None or ok(meta[key]) for key, ok in checks)
+
+
+# Fields every trainer config declares alike: name -> option(...)'s arguments.
+SHARED_FIELDS: dict[str, dict[str, Any]] = {
+    "aggregate": dict(default=False, flag="--aggregate/--per-reviewer", help=(
+        "Train on one majority row per comparison instead of one per reviewer judgment.")),
+    "rounds": dict(default=[], flag="--round", help="Only comparisons of these rounds (none: all)."),
+    "models": dict(default=[], flag="--model", help=(
+        "Only data with a response written by one of these models (empty: all).")),
+    "reviewers": dict(default=[], flag="--reviewer", help="Only these reviewers' judgments."),
+    "splits": dict(default=[], flag="--split", help="Only prompts of these splits (empty: all)."),
+    "min_agreement": dict(default=None, ge=0, le=1, help=(
+        "Drop data that fewer than this share of the reviewers agree with (0..1).")),
+    "lora_r": dict(default=16, ge=1, help="LoRA rank."),
+    "lora_alpha": dict(default=32, ge=1, help="LoRA scaling numerator (scale = alpha / r)."),
+    "num_train_epochs": dict(default=1.0, gt=0, flag="--epochs", help="Passes over the training data."),
+    "max_steps": dict(default=-1, ge=1, unset=-1, help="Stop after this many optimizer steps (-1: epochs decide)."),
+    "per_device_train_batch_size": dict(default=8, ge=1, help="Examples (pairs or rows) per step per device."),
+    "gradient_accumulation_steps": dict(default=1, ge=1, help="Micro-batches per optimizer step."),
+    "device": dict(default=None, help="'cpu', 'cuda', 'cuda:N' or 'mps' (default: best)."),
+    "bf16": dict(default=None, help=(
+        "bf16 mixed precision (default: on with CUDA; off on CPU, where bf16 is emulated and ~20x slower).")),
+    "gradient_checkpointing": dict(default=None, help=(
+        "Recompute activations to save memory (default: only on CUDA for models over 1B parameters).")),
+    "early_stopping_patience": dict(default=3, ge=0, help=(
+        "Stop when the held-out metric has not improved for N evaluations (0: never).")),
+    "save_total_limit": dict(default=2, ge=1, help="Checkpoints kept on disk."),
 }
 
 
 def shared(name: str) -> Any:
     """The dataclass field `name` of SHARED_FIELDS (declare its type in the config class)."""
-    default, help_text = SHARED_FIELDS[name]
-    if default is list:
-        return field(default_factory=list, metadata={"help": help_text})
-    return field(default=default, metadata={"help": help_text})
-
-
+    return option(**SHARED_FIELDS[name])
 
 
 @dataclass
