@@ -1,5 +1,5 @@
-"""Reward-model data: prompts as the reward model reads them, tokenization, and pairs files. (The pairs snapshot
-a run trains on, split by prompt, is training/snapshot.py's: DPO shares it.)
+"""Reward-model data: tokenization and pairs files. (The prompt as text is `store.rows.prompt_string`; the pairs
+snapshot a run trains on, split by prompt, is training/snapshot.py's: every trainer shares it.)
 
 Every text the reward model sees, in training and in scoring, goes through `encode`: prompt + response (+ EOS for
 decoders), truncated from the left so the response's end (where a decoder reads its score) always survives; or,
@@ -15,21 +15,7 @@ from typing import Any
 import pandas as pd
 
 from store.reading import jsonl_records, require
-
-
-def prompt_string(text: str | None, messages: Any, tokenizer: Any = None) -> str:
-    """The prompt as the reward model reads it: its original text when it had one, else its chat messages
-    rendered with the tokenizer's chat template, else in the HH transcript style."""
-    if text:
-        return text
-    if isinstance(messages, str):
-        messages = json.loads(messages)
-    messages = list(messages or [])
-    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    names = {"user": "Human", "assistant": "Assistant", "system": "System"}
-    turns = "".join(f"\n\n{names.get(m['role'], m['role'].title())}: {m['content']}" for m in messages)
-    return turns + "\n\nAssistant:"
+from store.rows import prompt_string  # the prompt as the reward model reads it (with its tokenizer's template)
 
 
 def encode(tokenizer: Any, prompts: list[str], responses: list[str], max_length: int,

@@ -111,13 +111,13 @@ class RewardEvaluation:
 def _held_out_pairs(ws: Any, row: Any) -> Any:
     from reward.config import config_from_dict
     from store.runs import get_run
-    from training.snapshot import reproduce_snapshot
+    from training.snapshot import run_rows
 
     if row.run_id is None:
         raise ValueError(f"model {row.name!r} has no training run in this workspace: evaluate it with --pairs FILE")
     run = get_run(ws.db, row.run_id)
     config = config_from_dict(run.config["config"], where=f"run {run.id} config: ")
-    pairs = reproduce_snapshot(ws.db, run.data_snapshot, config)
+    pairs = run_rows(ws.db, run, config)
     held = pairs[pairs["part"] == "eval"]
     if held.empty:
         raise ValueError(f"model {row.name!r}: its training run held out no pairs; evaluate it with --pairs FILE")

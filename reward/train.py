@@ -25,7 +25,7 @@ from reward.pooling import check_pooling
 from training.device import training_defaults
 from training.hf import fit, history_callback, step_metrics, trainer_callbacks, trainer_kwargs
 from training.models import count_parameters
-from training.snapshot import describe_snapshot, parts, reproduce_snapshot, take_snapshot
+from training.snapshot import describe_snapshot, parts, snapshot_rows
 
 RUN_KIND = "reward"
 
@@ -87,7 +87,6 @@ def resume_config(ws: Any, run: int | str,
 def _prepare_run(ws: Any, config: RewardTrainingConfig, resume_from: int | None) -> dict[str, Any]:
     """Main process: snapshot, base, run row (status running) and run folder."""
     from store.models import UnknownModel, get_model
-    from store.runs import get_run
     from training.runs import open_run
 
     if config.name:  # fail now, not after training
@@ -97,13 +96,9 @@ def _prepare_run(ws: Any, config: RewardTrainingConfig, resume_from: int | None)
         except UnknownModel:
             pass
     base = resolve_base(ws.db, config.base)
-    if resume_from is not None:
-        snapshot = get_run(ws.db, resume_from).data_snapshot
-        pairs = reproduce_snapshot(ws.db, snapshot, config)
-    else:
-        pairs, snapshot = take_snapshot(ws.db, config)
+    pairs, snapshot = snapshot_rows(ws.db, config, "pairs", resume_from)
     record = {"config": config.to_dict(), "base_location": base.location, "resumed_from": resume_from}
-    run_id, run_dir = open_run(ws, RUN_KIND, record, snapshot, resume_from)
+    run_id, run_dir = open_run(ws, RUN_KIND, record, snapshot, resume_from, rows=pairs)
     return {"pairs": pairs, "snapshot": snapshot, "run_id": run_id, "run_dir": run_dir, "base": base}
 
 

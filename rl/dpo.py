@@ -1,7 +1,8 @@
 """DPO on the workspace's preference pairs with TRL's `DPOTrainer`.
 
 `train_dpo(ws, config)`:
-  1. read the pairs snapshot (split by prompt, as the reward model's), record it on a new run row;
+  1. take the pairs snapshot (split by prompt, as the reward model's), record it on a new run row and save its rows
+     in the run folder (training/snapshot.py; `--resume` trains on those rows);
   2. load the starting policy (a LoRA policy merged), wrap it in LoRA: with `ref_model=None` TRL uses the same
      model with the adapters disabled as the reference, so no second copy of the weights is held;
   3. train with per-device defaults (training/device.py), TensorBoard logs, checkpoints every `save_steps`,
@@ -30,29 +31,20 @@ from rl.training import (
 )
 from training.checks import resume_checkpoint
 from training.hf import fit, history_callback, step_metrics, trainer_callbacks
-from training.snapshot import parts
+from training.snapshot import parts, snapshot_rows
 
 RUN_KIND = "dpo"
 LOGGED = ("loss", "rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected", "logps/chosen",
           "logps/rejected")
 
 
-def prompt_messages(text: str | None, messages: Any) -> list[dict[str, str]]:
-    """The prompt as chat messages (an imported plain-text prompt becomes one user turn)."""
-    if messages is not None and len(messages):
-        return [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
-    return [{"role": "user", "content": text or ""}]
-
-
 def pairs_dataset(pairs: Any) -> Any:
-    """Conversational preference rows: {"prompt": messages, "chosen": [assistant], "rejected": [assistant]}."""
+    """Conversational preference rows (`store.rows.trl_rows`, as `rankloop export pairs --style conversational`)."""
     from datasets import Dataset
 
-    rows = [{"prompt": prompt_messages(t, m), "chosen": [{"role": "assistant", "content": str(c)}],
-             "rejected": [{"role": "assistant", "content": str(r)}]}
-            for t, m, c, r in zip(pairs["prompt_text"], pairs["prompt_messages"], pairs["chosen"], pairs["rejected"],
-                                  strict=True)]
-    return Dataset.from_list(rows)
+    from store.rows import trl_rows
+
+    return Dataset.from_list(trl_rows("pairs", pairs, "conversational"))
 
 
 def dpo_args(config: DPOTrainingConfig, run_dir: Path, dev: Any, has_eval: bool, progress: bool) -> Any:
@@ -73,16 +65,9 @@ def dpo_args(config: DPOTrainingConfig, run_dir: Path, dev: Any, has_eval: bool,
 def train_dpo(ws: Any, config: DPOTrainingConfig, *, resume_from: int | None = None, progress: bool = True,
               callbacks: list[Any] | None = None) -> PolicyTrainingResult:
     """Train, save and register a DPO policy; the run row records config, snapshot, metrics and status."""
-    from store.runs import get_run
-    from training.snapshot import reproduce_snapshot, take_snapshot
-
     start = resolve_policy(ws.db, config.policy)
-    if resume_from is not None:
-        pairs = reproduce_snapshot(ws.db, get_run(ws.db, resume_from).data_snapshot, config)
-        snapshot = get_run(ws.db, resume_from).data_snapshot
-    else:
-        pairs, snapshot = take_snapshot(ws.db, config)
-    with policy_run(ws, RUN_KIND, config, snapshot, start, resume_from) as (run_id, run_dir, quantization):
+    pairs, snapshot = snapshot_rows(ws.db, config, "pairs", resume_from)
+    with policy_run(ws, RUN_KIND, config, snapshot, start, resume_from, pairs) as (run_id, run_dir, quantization):
         return _train(ws, config, pairs, start, run_id, run_dir, resume_from, progress, callbacks, quantization)
 
 

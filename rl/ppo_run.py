@@ -1,12 +1,12 @@
 """`train_ppo(ws, config)`: PPO on the workspace's prompts against a reward model, with a run row, TensorBoard
 logs, checkpoints that resume (`resume_from=RUN`) and the new policy registered with its lineage (parent policy,
-reward model, prompts snapshot). `config.algo` 'rloo' or 'grpo' swaps our PPO loop for TRL's RLOOTrainer or
-GRPOTrainer (rl/rloo_grpo.py) with the same prompts, reward model and bookkeeping; the run kind stays 'ppo' (the
-run's config and the model row's `trainer` metric name the algorithm)."""
+reward model, prompts snapshot; the prompts are saved in the run folder, training/snapshot.py kind "prompts").
+`config.algo` 'rloo' or 'grpo' swaps our PPO loop for TRL's RLOOTrainer or GRPOTrainer (rl/rloo_grpo.py) with the
+same prompts, reward model and bookkeeping; the run kind stays 'ppo' (the run's config and the model row's
+`trainer` metric name the algorithm)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -47,28 +47,23 @@ def train_ppo(ws: Any, config: PPOTrainingConfig, *, reward_fn: RewardFn | None 
     """Train, save and register a PPO (or RLOO / GRPO, by `config.algo`) policy. `reward_fn(prompts, responses) ->
     scores` replaces the reward model (tests use a toy reward); by default the reward model `config.reward` (or the
     newest) scores."""
-    from store.prompts import list_prompts
+    from store.rows import prompt_messages
     from store.runs import get_run, update_run
     from training.device import training_defaults
+    from training.snapshot import snapshot_rows
 
     start = resolve_policy(ws.db, config.policy)
-    rows = list_prompts(ws.db, config.splits, config.max_prompts)
-    if not rows:
-        raise ValueError(f"no prompts of splits {config.splits or 'any'} in this workspace: import prompts first")
-    reward_row = newest_model(ws.db, "reward", config.reward) if reward_fn is None else None
-    snapshot = {"source": "workspace", "prompts": len(rows), "splits": config.splits,
-                "prompt_ids_sha256": hashlib.sha256(json.dumps([r.id for r in rows]).encode()).hexdigest(),
-                "max_prompt_id": max(r.id for r in rows),
-                "reward_model": reward_row.name if reward_row else "custom", "reward_model_id":
-                reward_row.id if reward_row else None, "reward_round": reward_row.round if reward_row else None}
     if resume_from is not None:
-        old = get_run(ws.db, resume_from)
-        if old.data_snapshot.get("prompt_ids_sha256") != snapshot["prompt_ids_sha256"]:
-            raise ValueError(f"--resume: the workspace's prompts no longer match run {resume_from}'s snapshot")
-        old_algo = old.config.get("config", {}).get("algo", "ppo")
+        old_algo = get_run(ws.db, resume_from).config.get("config", {}).get("algo", "ppo")
         if old_algo != config.algo:
             raise ValueError(f"--resume: run {resume_from} trained with algo {old_algo!r}, not {config.algo!r}")
-    with policy_run(ws, RUN_KIND, config, snapshot, start, resume_from) as (run_id, run_dir, quantization):
+    reward_row = newest_model(ws.db, "reward", config.reward) if reward_fn is None else None
+    rows, snapshot = snapshot_rows(ws.db, config, "prompts", resume_from)
+    if resume_from is None:
+        snapshot.update({"reward_model": reward_row.name if reward_row else "custom", "reward_model_id":
+                         reward_row.id if reward_row else None,
+                         "reward_round": reward_row.round if reward_row else None})
+    with policy_run(ws, RUN_KIND, config, snapshot, start, resume_from, rows) as (run_id, run_dir, quantization):
         model, tokenizer = load_causal_lm(start, quantization=quantization, device=config.device)
         # our PPO loop has no gradient checkpointing; TRL's trainers get the per-device default
         dev = training_defaults(config.device, sum(p.numel() for p in model.parameters()), config.bf16,
@@ -77,7 +72,7 @@ def train_ppo(ws: Any, config: PPOTrainingConfig, *, reward_fn: RewardFn | None 
             from reward.score import RewardScorer
 
             reward_fn = RewardScorer.from_row(reward_row, device=dev.device).score
-        prompts = [r.messages for r in rows]
+        prompts = [prompt_messages(None, m) for m in rows["prompt_messages"]]
         if config.algo != "ppo":
             from rl.rloo_grpo import train_rloo_grpo
 

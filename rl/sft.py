@@ -1,6 +1,7 @@
 """SFT on reviewers' edited answers and top-ranked responses with TRL's `SFTTrainer` (completion-only loss).
 
-The rows are `store.labels.sft_records` (the same rows `rankloop export sft` writes): one per reviewer edit and
+The rows are `store.labels.sft_records` (the same rows `rankloop export sft` writes), taken and saved in the run
+folder by training/snapshot.py (kind "sft"): one per reviewer edit and
 one per judgment's single best response (or per comparison's majority best with `aggregate`). They become
 conversational prompt-completion rows, so TRL masks the prompt and the loss covers only the answer's tokens.
 The usual first step before preference training; DPO's `sft_replay` mixes the same idea into DPO.
@@ -8,13 +9,10 @@ The usual first step before preference training; DPO's `sft_replay` mixes the sa
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 from rl.config import SFTTrainingConfig
-from rl.dpo import prompt_messages
 from rl.training import (
     PolicyTrainingResult,
     StartPolicy,
@@ -27,63 +25,26 @@ from rl.training import (
 )
 from training.checks import resume_checkpoint
 from training.hf import fit, history_callback, step_metrics, trainer_callbacks
-from training.snapshot import parts
+from training.snapshot import parts, snapshot_rows
 
 RUN_KIND = "sft"
 
 
-def sft_rows(db: str | Path, config: SFTTrainingConfig) -> tuple[Any, dict[str, Any]]:
-    """(frame of rows with a `part` column, snapshot record) for the config's filters and source."""
-    import pandas as pd
-
-    from store.labels import sft_records
-    from store.pairs import PairFilter, read_scoped
-    from training.snapshot import split_by_prompt
-
-    f = PairFilter(round=list(config.rounds) or None, model=list(config.models) or None,
-                   reviewer=list(config.reviewers) or None, split=list(config.splits) or None,
-                   min_agreement=config.min_agreement)
-    records, left = sft_records(read_scoped(db, f), f, config.aggregate, config.source)  # type: ignore[arg-type]
-    if not records:
-        raise ValueError(f"no SFT rows (source {config.source!r}) in this workspace match the filters: "
-                         "collect judgments with edits or a single best response first")
-    frame = pd.DataFrame(records)
-    frame["prompt_key"] = frame["prompt_id"]
-    frame["_id"] = [f"{r.get('judgment_id', r.get('judgment_ids'))}|{r['source']}|{r['completion']}"
-                    for r in records]
-    frame = frame.sort_values("_id", key=lambda s: s.map(lambda v: hashlib.sha256(
-        f"{config.seed}:{v}".encode()).hexdigest())).reset_index(drop=True)
-    if config.max_pairs:
-        frame = frame.head(config.max_pairs).reset_index(drop=True)
-    frame["part"] = split_by_prompt(frame, config.eval_fraction, config.seed).values
-    digest = hashlib.sha256(json.dumps(sorted(frame["_id"])).encode()).hexdigest()
-    snapshot = {"source": "workspace", "sft_source": config.source, "aggregate": config.aggregate,
-                "filters": f.as_dict(), "rows": len(frame), "train_rows": int((frame["part"] == "train").sum()),
-                "eval_rows": int((frame["part"] == "eval").sum()), "left_out": dict(left),
-                "by_source": frame["source"].value_counts().to_dict(), "sha256": digest,
-                "rounds": sorted({int(r) for r in frame["round"].dropna()})}
-    return frame, snapshot
-
-
 def sft_dataset(frame: Any) -> Any:
-    """Conversational prompt-completion rows: TRL computes the loss on the completion only."""
+    """Conversational prompt-completion rows (`store.rows`): TRL computes the loss on the completion only."""
     from datasets import Dataset
 
-    return Dataset.from_list([
-        {"prompt": prompt_messages(t, m), "completion": [{"role": "assistant", "content": str(c)}]}
-        for t, m, c in zip(frame["prompt_text"], frame["prompt_messages"], frame["completion"], strict=True)])
+    from store.rows import trl_rows
+
+    return Dataset.from_list(trl_rows("sft", frame, "prompt-completion"))
 
 
 def train_sft(ws: Any, config: SFTTrainingConfig, *, resume_from: int | None = None, progress: bool = True,
               callbacks: list[Any] | None = None) -> PolicyTrainingResult:
     """Train, save and register an SFT policy; the run row records config, snapshot, metrics and status."""
-    from store.runs import get_run
-
     start = resolve_policy(ws.db, config.policy)
-    frame, snapshot = sft_rows(ws.db, config)
-    if resume_from is not None and snapshot["sha256"] != get_run(ws.db, resume_from).data_snapshot.get("sha256"):
-        raise ValueError(f"--resume: the workspace's SFT rows no longer match run {resume_from}'s snapshot")
-    with policy_run(ws, RUN_KIND, config, snapshot, start, resume_from) as (run_id, run_dir, quantization):
+    frame, snapshot = snapshot_rows(ws.db, config, "sft", resume_from)
+    with policy_run(ws, RUN_KIND, config, snapshot, start, resume_from, frame) as (run_id, run_dir, quantization):
         return _train(ws, config, frame, start, run_id, run_dir, resume_from, progress, callbacks, quantization)
 
 

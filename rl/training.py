@@ -153,15 +153,15 @@ def resume_config(ws: Any, kind: str, cls: type, run: int | str,
 
 @contextlib.contextmanager
 def policy_run(ws: Any, kind: str, config: Any, snapshot: dict[str, Any], start: StartPolicy,
-               resume_from: int | None) -> Iterator[tuple[int, Path, Any]]:
+               resume_from: int | None, rows: Any = None) -> Iterator[tuple[int, Path, Any]]:
     """(run id, run folder, QLoRA quantization config or None) for the body that trains; the run row is closed as
     failed (cancelled on Ctrl-C) when the body raises. QLoRA's errors (no CUDA, no bitsandbytes) come before the row
-    exists."""
+    exists. `rows`, the snapshot's frame, is saved in the run folder (training.snapshot)."""
     from training.runs import closed_on_error, open_run
 
     quantization = qlora(config)
     record = {"config": asdict(config), "policy_location": start.location, "resumed_from": resume_from}
-    run_id, run_dir = open_run(ws, kind, record, snapshot, resume_from)
+    run_id, run_dir = open_run(ws, kind, record, snapshot, resume_from, rows=rows)
     with closed_on_error(ws.db, run_id):
         yield run_id, run_dir, quantization
 

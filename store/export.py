@@ -1,6 +1,6 @@
 """Exporting judgments as training rows for TRL: preference pairs, KTO labels and SFT targets, with a manifest.
 
-Row shapes (TRL's dataset formats):
+Row shapes (TRL's dataset formats), built by `store.rows.trl_row` (the trainers build theirs with it too):
 - pairs: {"prompt", "chosen", "rejected"[, "margin"]}; kto: {"prompt", "completion", "label"};
   sft: {"prompt", "completion"} or {"messages"} (conversational) or {"text"} (implicit).
 - style "standard": `prompt` is a string (the prompt's original text when it had one, else its messages as an
@@ -33,32 +33,13 @@ import pyarrow.parquet as pq
 
 from store.labels import SFT_SOURCES, SftSource, kto_records, sft_records
 from store.pairs import PairFilter, aggregated_records, per_reviewer_records, read_scoped
+from store.rows import trl_row
 
 KINDS = ("pairs", "kto", "sft")
 STYLES = ("standard", "conversational", "implicit", "implicit-conversational")
 SUFFIXES = (".jsonl", ".parquet")
-_ROLES = {"user": "Human", "assistant": "Assistant", "system": "System"}
 _ALWAYS_COUNTED = {"pairs": ("skipped_judgments", "all_bad_judgments", "tied_pairs"),
                    "kto": ("skipped_judgments",), "sft": ("skipped_judgments",)}
-
-
-def render_transcript(messages: list[dict[str, str]]) -> str:
-    """Chat messages as an HH-RLHF style transcript ending in "\\n\\nAssistant:"."""
-    turns = "".join(f"\n\n{_ROLES.get(m['role'], m['role'].capitalize())}: {m['content']}" for m in messages)
-    return turns + "\n\nAssistant:"
-
-
-def prompt_string(record: dict[str, Any]) -> str:
-    text = record["prompt_text"]
-    return text if text is not None else render_transcript(record["prompt_messages"])
-
-
-def _assistant(text: str) -> list[dict[str, str]]:
-    return [{"role": "assistant", "content": text}]
-
-
-def _messages(record: dict[str, Any]) -> list[dict[str, str]]:
-    return [dict(m) for m in record["prompt_messages"]]
 
 
 def _meta(record: dict[str, Any], aggregate: bool) -> dict[str, Any]:
@@ -69,41 +50,13 @@ def _meta(record: dict[str, Any], aggregate: bool) -> dict[str, Any]:
     return {k: record[k] for k in keys}
 
 
-def _pair_row(r: dict[str, Any], style: str) -> dict[str, Any]:
-    if style == "standard":
-        return {"prompt": prompt_string(r), "chosen": r["chosen"], "rejected": r["rejected"]}
-    if style == "conversational":
-        return {"prompt": _messages(r), "chosen": _assistant(r["chosen"]), "rejected": _assistant(r["rejected"])}
-    if style == "implicit":
-        p = prompt_string(r)
-        return {"chosen": p + r["chosen"], "rejected": p + r["rejected"]}
-    return {"chosen": _messages(r) + _assistant(r["chosen"]), "rejected": _messages(r) + _assistant(r["rejected"])}
-
-
-def _kto_row(r: dict[str, Any], style: str) -> dict[str, Any]:
-    if style == "standard":
-        return {"prompt": prompt_string(r), "completion": r["completion"], "label": bool(r["label"])}
-    return {"prompt": _messages(r), "completion": _assistant(r["completion"]), "label": bool(r["label"])}
-
-
-def _sft_row(r: dict[str, Any], style: str) -> dict[str, Any]:
-    if style == "standard":
-        return {"prompt": prompt_string(r), "completion": r["completion"]}
-    if style == "implicit":
-        return {"text": prompt_string(r) + r["completion"]}
-    return {"messages": _messages(r) + _assistant(r["completion"])}
-
-
 def _rows(kind: str, records: list[dict[str, Any]], style: str, aggregate: bool, with_meta: bool,
           with_margin: bool) -> list[dict[str, Any]]:
     rows = []
     for r in records:
-        if kind == "pairs":
-            row = _pair_row(r, style)
-            if with_margin:
-                row["margin"] = float(r["margin"])
-        else:
-            row = _kto_row(r, style) if kind == "kto" else _sft_row(r, style)
+        row = trl_row(kind, r, style)
+        if with_margin:
+            row["margin"] = float(r["margin"])
         if with_meta:
             row.update(_meta(r, aggregate))
             if kind == "sft":

@@ -8,8 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 from rankloop.commands.export import export_group
-from store.export import export, render_transcript
+from store.export import export
 from store.pairs import PairFilter
+from store.rows import render_transcript
 from tests.preferences import Seed
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},

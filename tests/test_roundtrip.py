@@ -6,8 +6,9 @@ from collections import Counter
 import pytest
 
 from rankloop.workspace import init_workspace
-from store.export import export, prompt_string
+from store.export import export
 from store.pairs import preference_pairs
+from store.rows import prompt_string
 from tests.preferences import Seed
 
 imports = pytest.importorskip("store.imports", reason="the TRL importer (store/imports.py) is not there yet")
@@ -21,8 +22,8 @@ def _pairs(db, style):
     frame = preference_pairs(db)
     out = Counter()
     for r in frame.to_dict("records"):
-        record = {"prompt_text": r["prompt_text"], "prompt_messages": r["prompt_messages"]}
-        prompt = prompt_string(record) if style == "standard" else json.dumps(r["prompt_messages"], sort_keys=True)
+        prompt = prompt_string(r["prompt_text"], r["prompt_messages"]) if style == "standard" else \
+            json.dumps(r["prompt_messages"], sort_keys=True)
         out[r["reviewer"], prompt, r["chosen"], r["rejected"]] += 1
     return out
 

@@ -33,7 +33,10 @@ def tiny_sft(**kw) -> SFTTrainingConfig:
 
 
 def test_sft_rows_come_from_edits_and_single_tops(workspace):
-    from rl.sft import sft_rows
+    from training.snapshot import take_snapshot
+
+    def sft_rows(db, config):
+        return take_snapshot(db, config, "sft")
 
     seed_sft(workspace.db)
     frame, snapshot = sft_rows(workspace.db, tiny_sft())

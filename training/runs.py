@@ -14,10 +14,11 @@ ERROR_CHARS = 2000  # what a run row keeps of an error
 
 def open_run(ws: Any, kind: str, record: dict[str, Any], snapshot: dict[str, Any] | None = None,
              resume_from: int | None = None, prefix: str | None = None,
-             parent: Path | None = None) -> tuple[int, Path]:
+             parent: Path | None = None, rows: Any = None) -> tuple[int, Path]:
     """(run id, run folder) of a new row (status running). A resumed run reuses the old run's folder and closes the
     old row as cancelled when a kill left it running; otherwise the folder is <parent>/<prefix>-<id> (default:
-    runs/<kind>-<id>)."""
+    runs/<kind>-<id>). `rows` (the snapshot's frame) are saved in the folder (`training.snapshot.save_rows`) and
+    `snapshot` gains the file's name and sha256, on the row and in place."""
     from store.runs import finish_run, get_run, start_run, update_run
 
     run_id = start_run(ws.db, kind, record, snapshot)
@@ -25,7 +26,11 @@ def open_run(ws: Any, kind: str, record: dict[str, Any], snapshot: dict[str, Any
         run_dir = Path(get_run(ws.db, resume_from).output_path)
     else:
         run_dir = (parent or ws.runs_dir) / f"{prefix or kind}-{run_id}"
-    update_run(ws.db, run_id, output_path=str(run_dir))
+    if rows is not None and snapshot is not None:
+        from training.snapshot import save_rows
+
+        snapshot.update(save_rows(run_dir, rows, snapshot))
+    update_run(ws.db, run_id, output_path=str(run_dir), data_snapshot=snapshot if rows is not None else None)
     if resume_from is not None and get_run(ws.db, resume_from).status == "running":
         finish_run(ws.db, resume_from, "cancelled", error=f"interrupted; resumed by run {run_id}")
     return run_id, run_dir

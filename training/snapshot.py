@@ -1,20 +1,30 @@
-"""The preference pairs a run trains on (reward models, DPO): a reproducible snapshot of the workspace's pairs,
-split by prompt.
+"""The rows a run trains on, one scheme for every trainer: a snapshot of the workspace's data, split by prompt,
+saved in the run folder.
 
-A snapshot is what the run row records: the filters, the newest judgment id it saw, the pair count and a hash of
-the pair identities. `reproduce_snapshot` reads the same pairs again (for `--resume` and `eval reward`) and
-refuses when they changed (a judgment retracted since). `config` is any training config with the pair-selection
-fields (aggregate, rounds, models, reviewers, splits, min_agreement, max_pairs, eval_fraction, seed).
+Kinds: "pairs" (reward models, DPO: `store.pairs`), "sft" and "kto" (`store.labels`; SFT trains on them) and
+"prompts" (PPO, RLOO, GRPO: the prompts it samples on). `take_snapshot(db, config, kind)` reads them: a frame (column
+`part`: "train" or "eval") and the record the run row keeps (filters, counts, the newest judgment id, `sha256` of
+the row identities). `training.runs.open_run(..., rows=frame)` writes the frame to `<run folder>/snapshot.parquet`
+and adds the file and its sha256 to the record, so the run keeps its rows: `snapshot_rows(..., resume_from=RUN)`
+(`--resume`) and `run_rows` (`eval reward`) read that file back, checked against both hashes, whatever was edited
+or undone in the workspace since. A run recorded before the file existed is reproduced from the workspace
+(`reproduce_snapshot`), which refuses when its rows changed. `config` is a training config with the selection
+fields (aggregate, rounds, models, reviewers, splits, min_agreement, max_pairs, eval_fraction, seed; SFT: source;
+prompts: splits, max_prompts).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+KINDS = ("pairs", "sft", "kto", "prompts")
+ROWS_FILE = "snapshot.parquet"
 
 
 def _split_of(prompt_key: Any, fraction: float, seed: int) -> str:
@@ -103,8 +113,14 @@ def _identity_rows(frame: pd.DataFrame) -> list[str]:
     return ["|".join(str(v) for v in row) for row in frame[cols].itertuples(index=False)]
 
 
-def take_snapshot(db: str | Path, config: Any) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """The pairs a run trains on (column `part`: "train" or "eval") and the snapshot record that reproduces them."""
+def take_snapshot(db: str | Path, config: Any, kind: str = "pairs") -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The rows a run trains on (column `part`: "train" or "eval") and the snapshot record that describes them."""
+    if kind not in KINDS:
+        raise ValueError(f"snapshot kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if kind == "prompts":
+        return _prompts(db, config)
+    if kind != "pairs":
+        return _labels(db, config, kind)
     raw = _read_pairs(db, config)
     if raw.empty:
         shown = {k: v for k, v in _pair_filter_kwargs(config).items() if v is not None}
@@ -146,3 +162,136 @@ def parts(frame: pd.DataFrame, what: str = "training pairs") -> tuple[pd.DataFra
     if train.empty:
         raise ValueError(f"no {what} after the split by prompt: collect them on more prompts")
     return train, held
+
+
+def _filter(config: Any) -> Any:
+    from store.pairs import PairFilter
+
+    return PairFilter(**_pair_filter_kwargs(config))
+
+
+def _labels(db: str | Path, config: Any, kind: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """SFT targets or KTO labels (`store.labels`), in a seeded order, capped at max_pairs, split by prompt."""
+    from store.labels import kto_records, sft_records
+    from store.pairs import read_scoped
+
+    f = _filter(config)
+    source = getattr(config, "source", "both")
+    if kind == "sft":
+        records, left = sft_records(read_scoped(db, f), f, config.aggregate, source)
+    else:
+        records, left = kto_records(read_scoped(db, f), f, config.aggregate)
+    if not records:
+        what = f"SFT rows (source {source!r})" if kind == "sft" else "KTO labels"
+        raise ValueError(f"no {what} in this workspace match the filters: collect judgments "
+                         f"{'with edits or a single best response' if kind == 'sft' else 'with rankings'} first")
+    frame = pd.DataFrame(records)
+    frame["prompt_key"] = frame["prompt_id"]
+    frame["_id"] = [f"{r.get('judgment_id', r.get('judgment_ids'))}|{r.get('source', r.get('label'))}|"
+                    f"{r.get('response_id') if kind == 'kto' else r['completion']}" for r in records]
+    frame = frame.sort_values("_id", key=lambda s: s.map(lambda v: hashlib.sha256(
+        f"{config.seed}:{v}".encode()).hexdigest())).reset_index(drop=True)
+    if config.max_pairs:
+        frame = frame.head(config.max_pairs).reset_index(drop=True)
+    frame["part"] = split_by_prompt(frame, config.eval_fraction, config.seed).values
+    record: dict[str, Any] = {"source": "workspace", "kind": kind, "aggregate": config.aggregate,
+                              "filters": f.as_dict(), "rows": len(frame),
+                              "train_rows": int((frame["part"] == "train").sum()),
+                              "eval_rows": int((frame["part"] == "eval").sum()), "left_out": dict(left),
+                              "sha256": digest(frame, kind),
+                              "rounds": sorted({int(r) for r in frame["round"].dropna()})}
+    if kind == "sft":
+        record.update({"sft_source": source, "by_source": frame["source"].value_counts().to_dict()})
+    return frame, record
+
+
+def _prompts(db: str | Path, config: Any) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The prompts a sampling trainer (PPO, RLOO, GRPO) draws from, all 'train'."""
+    from store.prompts import list_prompts
+
+    rows = list_prompts(db, config.splits, config.max_prompts)
+    if not rows:
+        raise ValueError(f"no prompts of splits {config.splits or 'any'} in this workspace: import prompts first")
+    frame = pd.DataFrame({"prompt_id": [r.id for r in rows], "prompt_messages": [r.messages for r in rows],
+                          "part": "train"})
+    sha = digest(frame, "prompts")
+    return frame, {"source": "workspace", "kind": "prompts", "prompts": len(rows), "splits": config.splits,
+                   "prompt_ids_sha256": sha, "sha256": sha, "max_prompt_id": max(r.id for r in rows)}
+
+
+def digest(frame: pd.DataFrame, kind: str = "pairs") -> str:
+    """sha256 of the rows' identities (judgments, comparisons and responses; prompts for "prompts")."""
+    if kind == "pairs":
+        return _hash(frame)
+    if kind == "prompts":
+        return hashlib.sha256(json.dumps([int(i) for i in frame["prompt_id"]]).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(sorted(frame["_id"])).encode()).hexdigest()
+
+
+def _kind(snapshot: dict[str, Any]) -> str:
+    return snapshot.get("kind") or ("sft" if "sft_source" in snapshot else "prompts"
+                                    if "prompt_ids_sha256" in snapshot else "pairs")
+
+
+def save_rows(run_dir: Path, frame: pd.DataFrame, snapshot: dict[str, Any]) -> dict[str, Any]:
+    """Write `frame` to `<run_dir>/snapshot.parquet` (a temporary name, then renamed) unless the snapshot already
+    names a file there (a resumed run keeps its rows); the snapshot with the file's name and sha256."""
+    from store.export import file_sha256
+
+    path = Path(run_dir) / ROWS_FILE
+    if snapshot.get("rows_file") == ROWS_FILE and path.is_file():
+        return snapshot
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{ROWS_FILE}.{os.getpid()}.tmp")
+    try:
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {**snapshot, "rows_file": ROWS_FILE, "rows_file_sha256": file_sha256(path)}
+
+
+def saved_rows(run_dir: Path, snapshot: dict[str, Any]) -> pd.DataFrame:
+    """The rows a run saved, checked against the recorded file hash and row hash."""
+    from store.export import file_sha256
+
+    path = Path(run_dir) / snapshot["rows_file"]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the run's data snapshot is missing from its folder")
+    if file_sha256(path) != snapshot.get("rows_file_sha256"):
+        raise ValueError(f"{path}: the run's data snapshot was changed after the run wrote it")
+    frame = pd.read_parquet(path)
+    if "prompt_text" in frame:  # a missing original text reads back as NaN: keep None, as the store gives it
+        frame["prompt_text"] = pd.Series([t if isinstance(t, str) else None for t in frame["prompt_text"]],
+                                         dtype=object, index=frame.index)
+    kind = _kind(snapshot)
+    if digest(frame, kind) != snapshot.get("prompt_ids_sha256" if kind == "prompts" else "sha256"):
+        raise ValueError(f"{path}: its rows do not match the run's recorded snapshot")
+    return frame
+
+
+def run_rows(db: str | Path, run: Any, config: Any) -> pd.DataFrame:
+    """The rows run `run` (a store.runs row) trained on: its saved file, else (a run from before the file) the
+    workspace's rows reproduced, refused when they changed."""
+    snap = run.data_snapshot
+    if snap.get("rows_file"):
+        return saved_rows(Path(run.output_path), snap)
+    kind = _kind(snap)
+    if kind == "pairs":
+        return reproduce_snapshot(db, snap, config)
+    frame, again = take_snapshot(db, config, kind)
+    if again["sha256"] != snap.get("prompt_ids_sha256" if kind == "prompts" else "sha256"):
+        raise ValueError(f"--resume: the workspace's {'prompts' if kind == 'prompts' else 'SFT rows'} no longer "
+                         f"match run {run.id}'s snapshot")
+    return frame
+
+
+def snapshot_rows(db: str | Path, config: Any, kind: str = "pairs",
+                  resume_from: int | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """(rows, snapshot record) for a run: a new snapshot, or with `resume_from` the rows and record of that run."""
+    if resume_from is None:
+        return take_snapshot(db, config, kind)
+    from store.runs import get_run
+
+    run = get_run(db, resume_from)
+    return run_rows(db, run, config), run.data_snapshot
