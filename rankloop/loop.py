@@ -276,6 +276,8 @@ class _Loop:
         from rankloop import loop_eval
         from rankloop.loop_report import write_loop_report
         from reward.score import RewardScorer
+        from rl.evaluate import PolicySamples, eval_prompts, evaluate_policy
+        from rl.sampling import SamplingParams
         from store.models import get_model
 
         c = self.config
@@ -287,15 +289,16 @@ class _Loop:
                                    "agreement": state[(i, "judge")].get("agreement"),
                                    "sample_words": state[(i, "judge")].get("sample_words"),
                                    "sample_oracle_mean": state[(i, "judge")].get("sample_oracle_mean")}
-        if c.eval_policy_runs:  # `rankloop eval policy`'s own run and report (samples again: off in the CPU demo)
-            from rl.evaluate import evaluate_policy
-
+        # every policy is sampled once, here or inside evaluate_policy (same prompts, same parameters)
+        prompts = eval_prompts(self.ws.db, c.eval_prompts)
+        sampler = PolicySamples(self.ws.db, c.device, self.folder / "samples")
+        params = SamplingParams(k=c.eval_k, max_new_tokens=c.eval_tokens, temperature=0.7, seed=c.seed)
+        if c.eval_policy_runs:  # `rankloop eval policy`'s own run and report, on the same samples
             run = evaluate_policy(self.ws, new, prev, reward=rm, max_prompts=c.eval_prompts, k=c.eval_k,
-                                  max_new_tokens=c.eval_tokens, seed=c.seed, device=c.device)
+                                  max_new_tokens=c.eval_tokens, temperature=params.temperature, seed=c.seed,
+                                  device=c.device, sampler=sampler)
             metrics.update({"eval_run_vs_previous": run.run_id, "eval_report_vs_previous": str(run.report_dir)})
-        prompts = loop_eval.eval_prompts(self.ws, c.eval_prompts)
-        cache, policies = self.folder / "samples", loop_eval.Policies(self.ws, c.device)
-        samples = {name: loop_eval.policy_samples(policies, cache, name, prompts, c.eval_k, c.eval_tokens, c.seed)
+        samples = {name: [[x.text for x in cs] for cs in sampler.samples(name, prompts, params)]
                    for name in dict.fromkeys((new, prev, base))}
         scorer = RewardScorer.from_row(get_model(self.ws.db, rm), device=c.device)
         rm_scores = {name: loop_eval.scores_of(scorer, prompts, s) for name, s in samples.items()}
@@ -303,8 +306,8 @@ class _Loop:
             w = loop_eval.win_rate(rm_scores[new], rm_scores[other])
             metrics.update({f"rm_win_rate_vs_{label}": w["win_rate"], f"rm_win_rate_vs_{label}_low": w["low"],
                             f"rm_win_rate_vs_{label}_high": w["high"],
-                            f"kl_vs_{label}": loop_eval.kl(policies, new, other, prompts, samples[new])})
-        del policies  # the models are not needed past here
+                            f"kl_vs_{label}": loop_eval.kl(sampler, new, other, prompts, samples[new])})
+        del sampler  # the models are not needed past here
         metrics["eval_samples"] = sum(len(s) for s in samples[new])
         metrics["eval_words"] = loop_eval.mean_words(samples[new])
         metrics["eval_words_base"] = loop_eval.mean_words(samples[base])

@@ -1,7 +1,8 @@
-"""What the loop measures beyond `rl.evaluate.evaluate_policy`: held-out samples of each policy (cached in the loop
-folder, so each policy is sampled once), the oracle's win rate of one policy over another on them, and drift: how
-far the reward-model scores and lengths of a new policy's samples moved from the responses its reward model was
-trained on.
+"""What the loop measures beyond `rl.evaluate.evaluate_policy`, on the same samples: the loop's evaluation step
+samples each policy once through one `rl.evaluate.PolicySamples` (cached in the loop folder) that `evaluate_policy`
+shares, then measures here the win rate of one policy over another by the reward model or the oracle, the KL
+between them, and drift: how far the reward-model scores and lengths of a new policy's samples moved from the
+responses its reward model was trained on.
 
 Win rate: sample j of prompt i from NEW against sample j of prompt i from OLD, scored by the oracle; a tie counts
 one half; Wilson 95% interval. Drift, per quantity (reward score, length in words): the standardised mean shift
@@ -11,58 +12,8 @@ empirical distribution functions, 0 = same, 1 = disjoint), and the share of new 
 
 from __future__ import annotations
 
-import json
 import statistics
-from pathlib import Path
 from typing import Any
-
-
-def eval_prompts(ws: Any, n: int) -> list[Any]:
-    """The held-out prompts (split 'eval'; all prompts when there are none), as evaluate_policy chooses them."""
-    from store.prompts import list_prompts
-
-    return list_prompts(ws.db, ["eval"], n) or list_prompts(ws.db, [], n)
-
-
-class Policies:
-    """Policies loaded once per evaluation (sampling and KL use the same copy): name -> (model, tokenizer)."""
-
-    def __init__(self, ws: Any, device: str | None = None):
-        from training.device import pick_device
-
-        self.ws, self.choice, self.loaded = ws, pick_device(device), {}
-
-    def get(self, name: str) -> tuple[Any, Any]:
-        if name not in self.loaded:
-            from rl.sampling import load_policy, policy_location
-            from store.models import get_model
-
-            row = get_model(self.ws.db, name)
-            self.loaded[name] = load_policy(policy_location(row), self.choice.device, self.choice.dtype,
-                                            row.adapter_path)
-        return self.loaded[name]
-
-
-def policy_samples(policies: Policies, folder: Path, policy: str, prompts: list[Any], k: int, max_new_tokens: int,
-                   seed: int = 0) -> list[list[str]]:
-    """k samples per prompt from `policy` (temperature 0.7, as evaluate_policy), cached in `folder`."""
-    cache = folder / f"{policy}.json"
-    key = {"prompt_ids": [p.id for p in prompts], "k": k, "max_new_tokens": max_new_tokens, "seed": seed}
-    if cache.is_file():
-        saved = json.loads(cache.read_text(encoding="utf-8"))
-        if saved.get("key") == key:
-            return saved["samples"]
-    from rl.sampling import SamplingParams, sample_completions
-
-    model, tok = policies.get(policy)
-    params = SamplingParams(k=k, max_new_tokens=max_new_tokens, temperature=0.7, seed=seed)
-    samples = [[c.text for c in cs] for cs in sample_completions(model, tok, [p.messages for p in prompts], params,
-                                                                 policies.choice.device)]
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"key": key, "samples": samples}), encoding="utf-8")
-    tmp.replace(cache)  # a kill never leaves half a cache
-    return samples
 
 
 def scores_of(scorer: Any, prompts: list[Any], samples: list[list[str]]) -> list[list[float]]:
@@ -115,7 +66,7 @@ def shift(train: list[float], new: list[float]) -> dict[str, float]:
             "outside": sum(not low <= x <= high for x in new) / len(new)}
 
 
-def kl(policies: Policies, new: str, old: str, prompts: list[Any], samples: list[list[str]]) -> float:
+def kl(sampler: Any, new: str, old: str, prompts: list[Any], samples: list[list[str]]) -> float:
     """Mean over NEW's samples of log p_new - log p_old summed over the response (rl.evaluate.sequence_kl)."""
     import statistics
 
@@ -123,9 +74,9 @@ def kl(policies: Policies, new: str, old: str, prompts: list[Any], samples: list
 
     if new == old:
         return 0.0
-    (new_model, tok), (old_model, _) = policies.get(new), policies.get(old)
+    (new_model, tok), (old_model, _) = sampler.model(new), sampler.model(old)
     convs = [p.messages for p, ss in zip(prompts, samples, strict=True) for _ in ss]
-    values = sequence_kl(new_model, old_model, tok, convs, [s for ss in samples for s in ss], policies.choice.device)
+    values = sequence_kl(new_model, old_model, tok, convs, [s for ss in samples for s in ss], sampler.choice.device)
     return statistics.fmean(values) if values else 0.0
 
 

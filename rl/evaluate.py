@@ -10,6 +10,7 @@ sample, no sampling."""
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from dataclasses import dataclass
@@ -17,6 +18,62 @@ from pathlib import Path
 from typing import Any
 
 RUN_KIND = "eval_policy"
+
+
+def eval_prompts(db: Any, n: int, splits: list[str] | None = None) -> list[Any]:
+    """The held-out prompts evaluation samples on: up to `n` of `splits` (default 'eval'), all prompts when none."""
+    from store.prompts import list_prompts
+
+    return list_prompts(db, ["eval"] if splits is None else splits, n) or list_prompts(db, [], n)
+
+
+class PolicySamples:
+    """Each policy loaded once and sampled once per set of prompts and sampling parameters: `evaluate_policy` and
+    the loop's evaluation (rankloop/loop_eval.py) share one, so a policy of a loop round is sampled once. With a
+    `cache` folder the samples are kept there as JSON (`<policy>.json`), so a rerun samples nothing again."""
+
+    def __init__(self, db: Any, device: str | None = None, cache: Path | None = None):
+        from training.device import pick_device
+
+        self.db, self.choice, self.cache = db, pick_device(device), cache
+        self.loaded: dict[str, tuple[Any, Any]] = {}
+        self.drawn: dict[tuple, list[list[Any]]] = {}
+
+    def model(self, name: str) -> tuple[Any, Any]:
+        """(model, tokenizer) of the workspace policy `name`, loaded on first use."""
+        if name not in self.loaded:
+            from rl.sampling import load_policy, policy_location
+            from store.models import get_model
+
+            row = get_model(self.db, name)
+            self.loaded[name] = load_policy(policy_location(row), self.choice.device, self.choice.dtype,
+                                            row.adapter_path)
+        return self.loaded[name]
+
+    def samples(self, name: str, prompts: list[Any], params: Any) -> list[list[Any]]:
+        """`params.k` completions (rl.sampling.Completion) per prompt from policy `name`."""
+        from rl.sampling import Completion, sample_completions
+
+        key = {"prompt_ids": [p.id for p in prompts], "k": params.k, "max_new_tokens": params.max_new_tokens,
+               "temperature": params.temperature, "seed": params.seed}
+        memo = (name, json.dumps(key))
+        if memo in self.drawn:
+            return self.drawn[memo]
+        path = self.cache / f"{name}.json" if self.cache is not None else None
+        saved = json.loads(path.read_text(encoding="utf-8")) if path is not None and path.is_file() else {}
+        if saved.get("key") == key:
+            drawn = [[Completion(**c) for c in cs] for cs in saved["samples"]]
+        else:
+            model, tok = self.model(name)
+            drawn = sample_completions(model, tok, [p.messages for p in prompts], params, self.choice.device)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps({"key": key, "samples": [[c.__dict__ for c in cs] for cs in drawn]}),
+                               encoding="utf-8")
+                tmp.replace(path)  # a kill never leaves half a cache
+        self.drawn[memo] = drawn
+        return drawn
 
 
 @dataclass
@@ -90,14 +147,14 @@ def _cell(text: str, limit: int = 120) -> str:
 def evaluate_policy(ws: Any, new: str, against: str, *, reward: str = "", max_prompts: int = 32,
                     splits: list[str] | None = None, k: int = 2, max_new_tokens: int = 64, temperature: float = 0.7,
                     seed: int = 0, device: str | None = None, samples_shown: int = 5,
-                    reference: str = "") -> PolicyEvalResult:
-    """Win rate of `new` over `against` by the reward model on held-out prompts (split 'eval', else all)."""
+                    reference: str = "", sampler: PolicySamples | None = None) -> PolicyEvalResult:
+    """Win rate of `new` over `against` by the reward model on held-out prompts (split 'eval', else all).
+    `sampler` (default: a new one on `device`) loads and samples the policies; pass the caller's to reuse its
+    samples."""
     from reward.score import RewardScorer
-    from rl.sampling import SamplingParams, load_policy, policy_location, sample_completions
+    from rl.sampling import SamplingParams, load_policy, policy_location
     from store.models import get_model, newest_model
-    from store.prompts import list_prompts
     from store.runs import finish_run
-    from training.device import pick_device
     from training.runs import closed_on_error, open_run
     from training.stats import wilson_interval
 
@@ -110,7 +167,7 @@ def evaluate_policy(ws: Any, new: str, against: str, *, reward: str = "", max_pr
     if ref_row.kind == "reward":
         raise ValueError(f"reference {ref_row.name!r} is a reward model; name a policy")
     splits = ["eval"] if splits is None else splits
-    rows = list_prompts(ws.db, splits, max_prompts) or list_prompts(ws.db, [], max_prompts)
+    rows = eval_prompts(ws.db, max_prompts, splits)
     if not rows:
         raise ValueError("no prompts in this workspace to evaluate on: import prompts first")
     params = SamplingParams(k=k, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
@@ -121,13 +178,11 @@ def evaluate_policy(ws: Any, new: str, against: str, *, reward: str = "", max_pr
     run_id, folder = open_run(ws, RUN_KIND, config, snapshot, prefix="eval-policy")
     with closed_on_error(ws.db, run_id):
         started = time.monotonic()
-        choice = pick_device(device)
+        sampler = sampler or PolicySamples(ws.db, device)
+        choice = sampler.choice
         conversations = [r.messages for r in rows]
-        samples, models = {}, {}
-        for row in (new_row, old_row):
-            model, tok = load_policy(policy_location(row), choice.device, choice.dtype, row.adapter_path)
-            samples[row.name] = sample_completions(model, tok, conversations, params, choice.device)
-            models[row.name] = (model, tok)
+        samples = {row.name: sampler.samples(row.name, rows, params) for row in (new_row, old_row)}
+        models = {row.name: sampler.model(row.name) for row in (new_row, old_row)}
         new_texts = [c.text for cs in samples[new] for c in cs]
         old_texts = [c.text for cs in samples[against] for c in cs]
         prompts = [conv for conv in conversations for _ in range(k)]

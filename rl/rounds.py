@@ -72,13 +72,9 @@ def next_round(ws: Any, *, policy: str | None = _D.policy, k: int = _D.k, n_prom
               "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
     run_id = start_run(ws.db, RUN_KIND, config, lineage)
     with closed_on_error(ws.db, run_id):
-        params = SamplingParams(k=max(2, k - 1) if mix_previous else k, max_new_tokens=max_new_tokens,
-                                temperature=temperature, seed=seed)
-        if mix_previous:
-            result = _mixed(ws, row, previous, number, n_prompts, params, k - 1, split, required_reviewers, device)
-        else:
-            result = generate_candidates(ws.db, row, n_prompts=n_prompts, params=params, round=number, split=split,
-                                         required_reviewers=required_reviewers, device=device)
+        params = SamplingParams(k=k, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        result = generate_candidates(ws.db, row, n_prompts=n_prompts, params=params, round=number, split=split,
+                                     required_reviewers=required_reviewers, device=device, previous=previous)
         comparison_ids = list(result.comparison_ids)
         update_run(ws.db, run_id, data_snapshot={**lineage, "comparison_ids": comparison_ids,
                                                  "previous_policy_id": previous.id if previous else None})
@@ -86,48 +82,3 @@ def next_round(ws: Any, *, policy: str | None = _D.policy, k: int = _D.k, n_prom
                                                     "responses": result.responses, **result.as_dict()})
     return RoundResult(number, row.name, previous.name if previous else None, run_id, result.comparisons,
                        result.responses, comparison_ids, lineage)
-
-
-def _mixed(ws: Any, row: Any, previous: Any, number: int, n_prompts: int, params: Any, keep_new: int,
-           split: str | None, required_reviewers: int, device: str | None) -> Any:
-    """k - 1 candidates from the new policy and one from its parent in each comparison."""
-    from dataclasses import replace
-
-    from rl.sampling import Completion, SamplingResult, load_policy, policy_location, sample_completions
-    from store.batch import Batch, Comparison, Prompt, Response, write_batch
-    from store.db import write
-    from store.prompts import prompts_with_comparisons, prompts_without_comparisons
-    from training.device import pick_device
-
-    prompts = prompts_without_comparisons(ws.db, n_prompts, split)
-    if not prompts:
-        return SamplingResult(0, 0, 0, [], 0, 0, 0, 0, 0.0, 0.0, "none")
-    choice = pick_device(device)
-    conversations = [p.messages for p in prompts]
-    drawn: dict[int, list[tuple[Any, Completion]]] = {i: [] for i in range(len(prompts))}
-    for model_row, p in ((row, params), (previous, replace(params, k=2, seed=params.seed + 10_000))):
-        model, tok = load_policy(policy_location(model_row), choice.device, choice.dtype, model_row.adapter_path)
-        for i, samples in enumerate(sample_completions(model, tok, conversations, p, choice.device)):
-            drawn[i] += [(model_row, c) for c in samples[:keep_new if model_row is row else 1]]
-    batch = Batch()
-    for i, p in enumerate(prompts):
-        batch.prompts.append(Prompt(p.id, p.messages, p.text, p.source, p.split, p.tags))
-        for j, (model_row, c) in enumerate(drawn[i]):
-            batch.responses.append(Response((p.id, j), p.id, c.text, source="sample", model_id=model_row.id,
-                                            model_name=model_row.name, seed=c.seed, params={
-                                                "temperature": params.temperature, "finished": c.finished,
-                                                "new_tokens": c.new_tokens, "mix_previous": model_row is previous}))
-        batch.comparisons.append(Comparison(p.id, p.id, [(p.id, j) for j in range(len(drawn[i]))], source="sample",
-                                            round=number, required_reviewers=required_reviewers))
-
-    def work(con) -> Any:
-        taken = prompts_with_comparisons(con, [p.id for p in prompts])
-        todo = Batch(prompts=[x for x in batch.prompts if x.key not in taken],
-                     responses=[x for x in batch.responses if x.prompt_key not in taken],
-                     comparisons=[x for x in batch.comparisons if x.prompt_key not in taken])
-        return write_batch(con, todo)
-
-    written = write(ws.db, work)
-    kept = [c for cs in drawn.values() for _, c in cs]
-    return SamplingResult(len(prompts), written.responses, written.comparisons, written.comparison_ids, 0,
-                          sum(c.new_tokens for c in kept), sum(c.finished for c in kept), 1, 0.0, 0.0, choice.name)

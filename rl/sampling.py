@@ -290,13 +290,14 @@ class _CpuShare:
         return torch.get_num_threads()
 
 
-def _batch_rows(prompts: list[Any], completions: list[list[Completion]], model_row: ModelRow,
-                params: SamplingParams, round: int, required_reviewers: int, threads: int | None = None) -> Batch:
-    """The prompts (already stored: reused by content hash), their responses and one comparison per prompt."""
+def _batch_rows(prompts: list[Any], completions: list[list[tuple[ModelRow, Completion]]], params: SamplingParams,
+                round: int, required_reviewers: int, threads: int | None = None, mixed: bool = False) -> Batch:
+    """The prompts (already stored: reused by content hash), their responses (each with the model that wrote it)
+    and one comparison per prompt."""
     batch = Batch()
     for p, samples in zip(prompts, completions, strict=True):
         batch.prompts.append(Prompt(p.id, p.messages, p.text, p.source, p.split, p.tags))
-        for c in samples:
+        for model_row, c in samples:
             batch.responses.append(Response(
                 (p.id, c.index), p.id, c.text, source=SOURCE, model_id=model_row.id, model_name=model_row.name,
                 seed=c.seed, params={
@@ -304,10 +305,11 @@ def _batch_rows(prompts: list[Any], completions: list[list[Completion]], model_r
                     "max_new_tokens": params.max_new_tokens, "finished": c.finished, "new_tokens": c.new_tokens,
                     "batch": c.batch, "index": c.index, "k": params.k,
                     **({"threads": threads} if threads is not None else {}),  # set by _CpuShare for this batch
+                    **({"mix_previous": model_row is not samples[0][0]} if mixed else {}),
                 },
             ))
         batch.comparisons.append(Comparison(
-            p.id, p.id, [(p.id, c.index) for c in samples], source=SOURCE, round=round,
+            p.id, p.id, [(p.id, c.index) for _, c in samples], source=SOURCE, round=round,
             required_reviewers=required_reviewers,
         ))
     return batch
@@ -334,12 +336,15 @@ def _write_new(db: str | Path, batch: Batch, prompt_ids: list[int]) -> tuple[Any
 def generate_candidates(db: str | Path, model_row: ModelRow, *, n_prompts: int, params: SamplingParams,
                         round: int = 0, split: str | None = None, required_reviewers: int = 1,
                         device: str | None = None,
-                        progress: Callable[[SamplingProgress], None] | None = None) -> SamplingResult:
+                        progress: Callable[[SamplingProgress], None] | None = None,
+                        previous: ModelRow | None = None) -> SamplingResult:
     """Sample k candidates for up to `n_prompts` prompts without a comparison; queue one comparison per prompt.
 
     Each batch is written (its own transaction) as soon as it is decoded, and `progress` hears about it; a prompt
     another job queued meanwhile is left as that job wrote it. An error or an interruption keeps the batches
-    written before it.
+    written before it. With `previous` (`round next --mix-previous`: the policy's parent), each comparison holds
+    k - 1 candidates from `model_row` and one from `previous` (seed + 10,000 + batch), so reviewers compare
+    versions.
     """
     _check_int("prompts", n_prompts, 1)
     _check_int("round", round, 0)
@@ -355,6 +360,10 @@ def generate_candidates(db: str | Path, model_row: ModelRow, *, n_prompts: int, 
     share = _CpuShare(choice.device)  # measures what others use while the model loads
     started = time.monotonic()
     model, tokenizer = load_policy(location, choice.device, choice.dtype, model_row.adapter_path)
+    keep = params.k - 1 if previous is not None else params.k  # candidates from model_row per prompt
+    own = replace(params, k=max(2, keep)) if previous is not None else params
+    old = None if previous is None else load_policy(policy_location(previous), choice.device, choice.dtype,
+                                                    previous.adapter_path)
     state = SamplingProgress(len(prompts), len(prompts) * params.k, load_s=time.monotonic() - started,
                              device=choice.name)
     if progress is not None:
@@ -367,14 +376,22 @@ def generate_candidates(db: str | Path, model_row: ModelRow, *, n_prompts: int, 
         threads = share.threads()
         started = time.monotonic()
         # One batch's worth of prompts, already in length order: decoded as batch b with seed + b.
-        samples = sample_completions(model, tokenizer, [conversations[i] for i in idx],
-                                     replace(params, seed=params.seed + b), choice.device)
+        batch_convs = [conversations[i] for i in idx]
+        drawn = [[(model_row, c) for c in cs[:keep]] for cs in sample_completions(
+            model, tokenizer, batch_convs, replace(own, seed=params.seed + b), choice.device)]
+        if old is not None:
+            theirs = sample_completions(*old, batch_convs, replace(params, k=2, seed=params.seed + 10_000 + b),
+                                        choice.device)
+            for mine, cs in zip(drawn, theirs, strict=True):
+                cs[0].index = keep
+                mine.append((previous, cs[0]))
         state.generate_s += time.monotonic() - started
+        samples = [[c for _, c in cs] for cs in drawn]
         for cs in samples:
             for c in cs:
                 c.batch = b
         chosen = [prompts[i] for i in idx]
-        rows = _batch_rows(chosen, samples, model_row, params, round, required_reviewers, threads)
+        rows = _batch_rows(chosen, drawn, params, round, required_reviewers, threads, old is not None)
         written, taken = _write_new(db, rows, [p.id for p in chosen])
         skipped += taken
         comparison_ids += written.comparison_ids

@@ -203,3 +203,45 @@ def test_resuming_with_other_options_is_refused_naming_them(workspace, tiny_lm):
     assert "dpo.beta=the trainer's default (asked: 0.5)" in out.output and "--new" in out.output
     assert "Traceback" not in out.output
     assert table_hash(ws.db) == before
+
+
+def test_each_policy_is_sampled_once_for_evaluation_across_rounds(workspace, tiny_lm, monkeypatch):
+    """The evaluate step and `eval policy`'s run (eval_policy_runs, on by default) share one set of samples: each
+    policy is sampled once on the held-out prompts, and a policy that comes back as the next round's previous or
+    base is not sampled again."""
+    import rl.sampling
+    from rankloop.loop import LoopConfig, run_loop
+    from store.models import list_models
+    from store.prompts import list_prompts
+    from store.runs import list_runs
+
+    ws = loop_workspace(workspace, tiny_lm, train=12)
+    held_out = [p.messages for p in list_prompts(ws.db, ["eval"])]
+    location_of: dict[int, str] = {}
+    calls: list[tuple[str, int]] = []  # (model location, eval prompts sampled) for each call on held-out prompts
+    load, sample = rl.sampling.load_policy, rl.sampling.sample_completions
+
+    def counting_load(location, *args, **kwargs):
+        model, tok = load(location, *args, **kwargs)
+        location_of[id(model)] = location
+        return model, tok
+
+    def counting_sample(model, tokenizer, conversations, params, *args, **kwargs):
+        if conversations and all(c in held_out for c in conversations):
+            calls.append((location_of.get(id(model), "?"), len(conversations)))
+        return sample(model, tokenizer, conversations, params, *args, **kwargs)
+
+    monkeypatch.setattr(rl.sampling, "load_policy", counting_load)
+    monkeypatch.setattr(rl.sampling, "sample_completions", counting_sample)
+    config = LoopConfig(rounds=2, policy="tiny", simulate="length-in-range", prompts=6, k=2, max_new_tokens=6,
+                        max_steps=2, eval_prompts=2, eval_k=2, reviewers=1, **TRAINERS)
+    assert config.eval_policy_runs
+    result = run_loop(ws, config, log=lambda line: None)
+
+    assert [r.status for r in list_runs(ws.db, kind="eval_policy")] == ["succeeded", "succeeded"]
+    names = {rl.sampling.policy_location(m): m.name for m in list_models(ws.db) if m.kind == "policy"}
+    sampled = [(names[location], n) for location, n in calls]
+    loop = result.run_id
+    assert sorted(sampled) == sorted([("tiny", 2), (f"loop{loop}-policy1", 2), (f"loop{loop}-policy2", 2)])
+    for i, m in enumerate(result.rounds):  # the loop's figures and the eval run's come from the same samples
+        assert m["eval_samples"] == 2 * 2 and m["policy"] == f"loop{loop}-policy{i + 1}"
