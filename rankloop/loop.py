@@ -29,6 +29,7 @@ from typing import Any
 
 from rankloop.loop_config import LoopConfig, ReviewersNotDone, check_trainer_settings, loop_config
 from rankloop.models import ensure_default_policy
+from rankloop.workspace import Workspace
 
 RUN_KIND = "loop"
 STEP_KIND = "loop_step"
@@ -45,7 +46,7 @@ class LoopResult:
 
 
 class _Loop:
-    def __init__(self, ws: Any, config: LoopConfig, run_id: int, log: Callable[[str], None]):
+    def __init__(self, ws: Workspace, config: LoopConfig, run_id: int, log: Callable[[str], None]):
         self.ws, self.config, self.run_id, self.log = ws, config, run_id, log
         self.folder = ws.runs_dir / f"loop-{run_id}"
         self.oracle = None
@@ -340,7 +341,7 @@ def _mean(rows: list[list[float]]) -> float:
     return sum(flat) / len(flat) if flat else 0.0
 
 
-def _model(ws: Any, name: str) -> Any:
+def _model(ws: Workspace, name: str) -> Any:
     from store.models import UnknownModel, get_model
 
     try:
@@ -385,7 +386,7 @@ def _differences(recorded: LoopConfig, asked: dict[str, Any]) -> list[str]:
     return out
 
 
-def run_loop(ws: Any, config: LoopConfig, *, new: bool = False, asked: dict[str, Any] | None = None,
+def run_loop(ws: Workspace, config: LoopConfig, *, new: bool = False, asked: dict[str, Any] | None = None,
              log: Callable[[str], None] | None = None) -> LoopResult:
     """Run the loop, or resume the newest unfinished one (its recorded config) unless `new`. `asked`: the settings
     given on the command line; resuming a loop recorded with other values is refused (they would be ignored)."""

@@ -15,6 +15,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from store.workspace import WorkspaceLike
+
 
 def scores_of(scorer: Any, prompts: list[Any], samples: list[list[str]]) -> list[list[float]]:
     """Every sample's score by `scorer` (an oracle or a reward model: `.score(prompts, responses)`), shaped like
@@ -80,8 +82,8 @@ def kl(sampler: Any, new: str, old: str, prompts: list[Any], samples: list[list[
     return statistics.fmean(values) if values else 0.0
 
 
-def drift(ws: Any, scorer: Any, rounds: list[int], new_scores: list[list[float]], new_samples: list[list[str]],
-          max_train: int = 256) -> tuple[dict[str, Any], dict[str, list[float]]]:
+def drift(ws: WorkspaceLike, scorer: Any, rounds: list[int], new_scores: list[list[float]],
+          new_samples: list[list[str]], max_train: int = 256) -> tuple[dict[str, Any], dict[str, list[float]]]:
     """(metrics, distributions) of the new samples against the responses of the reward model's training rounds."""
     from store.simulated import round_responses
 

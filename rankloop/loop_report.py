@@ -13,8 +13,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from store.workspace import WorkspaceLike
 
-def _rows(ws: Any, loop_run_id: int, extra: dict | None) -> dict[tuple[int, str], dict[str, Any]]:
+
+def _rows(ws: WorkspaceLike, loop_run_id: int, extra: dict | None) -> dict[tuple[int, str], dict[str, Any]]:
     from store.runs import list_runs
 
     out = {(r.config["round"], r.config["step"]): r.metrics for r in list_runs(ws.db, kind="loop_step")
@@ -92,7 +94,7 @@ def _round_report(folder: Path, loop_run_id: int, r: int, section: list[str], di
     (folder / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def write_loop_report(ws: Any, loop_run_id: int, extra: dict | None = None) -> Path:
+def write_loop_report(ws: WorkspaceLike, loop_run_id: int, extra: dict | None = None) -> Path:
     """Write runs/loop-<L>/report.md and its charts from the loop's finished steps; returns the folder."""
     from store.runs import get_run
 

@@ -28,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from store.workspace import WorkspaceLike
+
 NOISE_MODELS = ("gumbel", "flip")
 RUN_KIND = "simulate"
 SOURCE = "simulated"
@@ -103,7 +105,7 @@ def rank_by_scores(response_ids: list[int], scores: list[float], noise: float, n
     return list(groups.values())
 
 
-def simulate_reviewers(ws: Any, config: SimulationConfig, *, oracle: Any = None,
+def simulate_reviewers(ws: WorkspaceLike, config: SimulationConfig, *, oracle: Any = None,
                        progress: Callable[[int, int], None] | None = None) -> SimulationResult:
     """Let N simulated reviewers work through the queue (one round's or all) with the oracle's judgment."""
     from rankloop.oracles import resolve_oracle

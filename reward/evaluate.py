@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from store.workspace import WorkspaceLike
 from training.stats import wilson_interval
 
 CALIBRATION_EDGES = [0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
@@ -108,7 +109,7 @@ class RewardEvaluation:
     by_reviewer: list[dict[str, Any]]
 
 
-def _held_out_pairs(ws: Any, row: Any) -> Any:
+def _held_out_pairs(ws: WorkspaceLike, row: Any) -> Any:
     from reward.config import config_from_dict
     from store.runs import get_run
     from training.snapshot import run_rows
@@ -124,7 +125,7 @@ def _held_out_pairs(ws: Any, row: Any) -> Any:
     return held, Path(run.output_path) if run.output_path else None
 
 
-def evaluate_reward_model(ws: Any, model: str, pairs_file: str | Path | None = None, batch_size: int = 16,
+def evaluate_reward_model(ws: WorkspaceLike, model: str, pairs_file: str | Path | None = None, batch_size: int = 16,
                           device: str | None = None, max_pairs: int = 0) -> RewardEvaluation:
     """Score held-out pairs (the training run's held-out prompts, or `pairs_file`), write the report under the
     training run's folder, and record an evaluation run row."""

@@ -17,6 +17,7 @@ from typing import Any
 
 from reward.backbone import load_reward_model, read_meta
 from reward.data import encode, prompt_string
+from store.workspace import WorkspaceLike
 
 
 def score_texts(model: Any, tokenizer: Any, prompts: list[str], responses: list[str], max_length: int,
@@ -122,7 +123,7 @@ class ScoreResult:
     responses_per_s: float
 
 
-def score_responses(ws: Any, model: str, round: int | None = None, batch_size: int = 16,
+def score_responses(ws: WorkspaceLike, model: str, round: int | None = None, batch_size: int = 16,
                     set_priority: bool = True, device: str | None = None, actor: str = "cli") -> ScoreResult:
     """Score every response in the comparisons of `round` (all rounds when None) with the reward model `model`,
     store the scores per response and model, and set each comparison's priority from the model's uncertainty."""

@@ -22,6 +22,7 @@ from reward.backbone import load_backbone, lora_config, resolve_base, resolve_me
 from reward.config import RewardTrainingConfig, config_from_dict
 from reward.data import to_dataset
 from reward.pooling import check_pooling
+from store.workspace import WorkspaceLike
 from training.device import training_defaults
 from training.hf import fit, history_callback, step_metrics, trainer_callbacks, trainer_kwargs
 from training.models import count_parameters
@@ -75,7 +76,7 @@ def _share(state: Any, value: Any) -> Any:
     return box[0]
 
 
-def resume_config(ws: Any, run: int | str,
+def resume_config(ws: WorkspaceLike, run: int | str,
                   overrides: dict[str, Any] | None = None) -> tuple[int, RewardTrainingConfig]:
     """(run id, its recorded config with `overrides`) for `--resume`: `run` is an id or "latest" (the newest
     reward run that did not succeed)."""
@@ -84,7 +85,7 @@ def resume_config(ws: Any, run: int | str,
     return resume(ws, RUN_KIND, run, overrides, config_from_dict)
 
 
-def _prepare_run(ws: Any, config: RewardTrainingConfig, resume_from: int | None) -> dict[str, Any]:
+def _prepare_run(ws: WorkspaceLike, config: RewardTrainingConfig, resume_from: int | None) -> dict[str, Any]:
     """Main process: snapshot, base, run row (status running) and run folder."""
     from store.models import UnknownModel, get_model
     from training.runs import open_run
@@ -115,7 +116,7 @@ def _reward_args(config: RewardTrainingConfig, run_dir: Path, dev: Any, has_eval
     )
 
 
-def train_reward_model(ws: Any, config: RewardTrainingConfig, *, resume_from: int | None = None,
+def train_reward_model(ws: WorkspaceLike, config: RewardTrainingConfig, *, resume_from: int | None = None,
                        progress: bool = True, callbacks: list[Any] | None = None) -> RewardTrainingResult:
     """Train, save and register a reward model; the run row records config, snapshot, metrics and status."""
     from training.runs import closed_on_error
@@ -129,8 +130,8 @@ def train_reward_model(ws: Any, config: RewardTrainingConfig, *, resume_from: in
     return result if result is not None else RewardTrainingResult(run_id, None, run_dir, run_dir / "model", {})
 
 
-def _train(ws: Any, config: RewardTrainingConfig, prepared: dict[str, Any], state: Any, resume_from: int | None,
-           progress: bool, callbacks: list[Any] | None) -> RewardTrainingResult | None:
+def _train(ws: WorkspaceLike, config: RewardTrainingConfig, prepared: dict[str, Any], state: Any,
+           resume_from: int | None, progress: bool, callbacks: list[Any] | None) -> RewardTrainingResult | None:
     from store.runs import finish_run
     from training.checks import resume_checkpoint
 
@@ -181,7 +182,7 @@ def _train(ws: Any, config: RewardTrainingConfig, prepared: dict[str, Any], stat
     return RewardTrainingResult(run_id, name, run_dir, model_dir, metrics)
 
 
-def _train_probe(ws: Any, config: RewardTrainingConfig, pairs: Any, run_id: int, run_dir: Path, base: Any,
+def _train_probe(ws: WorkspaceLike, config: RewardTrainingConfig, pairs: Any, run_id: int, run_dir: Path, base: Any,
                  progress: bool) -> RewardTrainingResult:
     """method 'probe' (reward/probe.py): embed every pair once with the backbone frozen, fit the linear reward."""
     import numpy as np
@@ -274,7 +275,7 @@ def _final_metrics(trainer: Any, output: Any, clock: Any, seconds: float, eval_p
     return metrics
 
 
-def _register(ws: Any, name: str, method: str, base: Any, model_dir: Path, pairs: Any,
+def _register(ws: WorkspaceLike, name: str, method: str, base: Any, model_dir: Path, pairs: Any,
               run_id: int, metrics: dict[str, Any]) -> int:
     from store.models import add_model
     from training.models import parent_id

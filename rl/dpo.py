@@ -29,6 +29,7 @@ from rl.training import (
     resolve_policy,
     trainer_kwargs,
 )
+from store.workspace import WorkspaceLike
 from training.checks import resume_checkpoint
 from training.hf import fit, history_callback, step_metrics, trainer_callbacks
 from training.snapshot import parts, snapshot_rows
@@ -62,7 +63,7 @@ def dpo_args(config: DPOTrainingConfig, run_dir: Path, dev: Any, has_eval: bool,
     )
 
 
-def train_dpo(ws: Any, config: DPOTrainingConfig, *, resume_from: int | None = None, progress: bool = True,
+def train_dpo(ws: WorkspaceLike, config: DPOTrainingConfig, *, resume_from: int | None = None, progress: bool = True,
               callbacks: list[Any] | None = None) -> PolicyTrainingResult:
     """Train, save and register a DPO policy; the run row records config, snapshot, metrics and status."""
     start = resolve_policy(ws.db, config.policy)
@@ -71,7 +72,7 @@ def train_dpo(ws: Any, config: DPOTrainingConfig, *, resume_from: int | None = N
         return _train(ws, config, pairs, start, run_id, run_dir, resume_from, progress, callbacks, quantization)
 
 
-def _train(ws: Any, config: DPOTrainingConfig, pairs: Any, start: StartPolicy, run_id: int, run_dir: Path,
+def _train(ws: WorkspaceLike, config: DPOTrainingConfig, pairs: Any, start: StartPolicy, run_id: int, run_dir: Path,
            resume_from: int | None, progress: bool, callbacks: list[Any] | None,
            quantization: Any = None) -> PolicyTrainingResult:
     from trl import DPOTrainer

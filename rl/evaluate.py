@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from store.workspace import WorkspaceLike
+
 RUN_KIND = "eval_policy"
 
 
@@ -144,7 +146,7 @@ def _cell(text: str, limit: int = 120) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-def evaluate_policy(ws: Any, new: str, against: str, *, reward: str = "", max_prompts: int = 32,
+def evaluate_policy(ws: WorkspaceLike, new: str, against: str, *, reward: str = "", max_prompts: int = 32,
                     splits: list[str] | None = None, k: int = 2, max_new_tokens: int = 64, temperature: float = 0.7,
                     seed: int = 0, device: str | None = None, samples_shown: int = 5,
                     reference: str = "", sampler: PolicySamples | None = None) -> PolicyEvalResult:

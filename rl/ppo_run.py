@@ -22,11 +22,12 @@ from rl.training import (
     resolve_policy,
 )
 from store.models import newest_model
+from store.workspace import WorkspaceLike
 
 RUN_KIND = "ppo"
 
 
-def resume_ppo_config(ws: Any, run: int | str, overrides: dict[str, Any] | None = None) -> tuple[int, Any]:
+def resume_ppo_config(ws: WorkspaceLike, run: int | str, overrides: dict[str, Any] | None = None) -> tuple[int, Any]:
     from rl.training import resume_config
 
     return resume_config(ws, RUN_KIND, PPOTrainingConfig, run, overrides)
@@ -42,7 +43,7 @@ def _tensorboard(config: PPOTrainingConfig, folder: Path) -> Any:
     return SummaryWriter(str(folder))
 
 
-def train_ppo(ws: Any, config: PPOTrainingConfig, *, reward_fn: RewardFn | None = None,
+def train_ppo(ws: WorkspaceLike, config: PPOTrainingConfig, *, reward_fn: RewardFn | None = None,
               resume_from: int | None = None, progress: bool = True) -> PolicyTrainingResult:
     """Train, save and register a PPO (or RLOO / GRPO, by `config.algo`) policy. `reward_fn(prompts, responses) ->
     scores` replaces the reward model (tests use a toy reward); by default the reward model `config.reward` (or the
@@ -84,7 +85,7 @@ def train_ppo(ws: Any, config: PPOTrainingConfig, *, reward_fn: RewardFn | None 
         return _run(ws, config, loop, start, run_id, run_dir, resume_from, progress, snapshot, dev)
 
 
-def _run(ws: Any, config: PPOTrainingConfig, loop: PPOLoop, start: Any, run_id: int, run_dir: Path,
+def _run(ws: WorkspaceLike, config: PPOTrainingConfig, loop: PPOLoop, start: Any, run_id: int, run_dir: Path,
          resume_from: int | None, progress: bool, snapshot: dict[str, Any], dev: Any) -> PolicyTrainingResult:
     import torch
 
@@ -128,8 +129,8 @@ def _run(ws: Any, config: PPOTrainingConfig, loop: PPOLoop, start: Any, run_id: 
     return _finish(ws, config, loop.model, loop.tokenizer, start, run_id, run_dir, snapshot, dev, metrics, history)
 
 
-def _finish(ws: Any, config: PPOTrainingConfig, model: Any, tokenizer: Any, start: Any, run_id: int, run_dir: Path,
-            snapshot: dict[str, Any], dev: Any, metrics: dict[str, Any],
+def _finish(ws: WorkspaceLike, config: PPOTrainingConfig, model: Any, tokenizer: Any, start: Any, run_id: int,
+            run_dir: Path, snapshot: dict[str, Any], dev: Any, metrics: dict[str, Any],
             history: list[dict[str, float]]) -> PolicyTrainingResult:
     """Save the merged policy and its history, register it (parent, run, reward model, round), close the run."""
     metrics = {**metrics, "reward_model": snapshot["reward_model"], "reward_model_id": snapshot["reward_model_id"]}

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rl.config import RoundConfig
+from store.workspace import WorkspaceLike
 
 RUN_KIND = "round"
 
@@ -43,7 +44,7 @@ def lineage_of(db: Any, policy: Any) -> dict[str, Any]:
 _D = RoundConfig()  # the defaults, declared once (rl/config.py)
 
 
-def next_round(ws: Any, *, policy: str | None = _D.policy, k: int = _D.k, n_prompts: int = _D.prompts,
+def next_round(ws: WorkspaceLike, *, policy: str | None = _D.policy, k: int = _D.k, n_prompts: int = _D.prompts,
                mix_previous: bool = _D.mix_previous, max_new_tokens: int = _D.max_new_tokens,
                temperature: float = _D.temperature, seed: int = _D.seed, split: str | None = _D.split,
                required_reviewers: int = _D.required_reviewers, device: str | None = _D.device) -> RoundResult:

@@ -23,6 +23,7 @@ from rl.training import (
     resolve_policy,
     trainer_kwargs,
 )
+from store.workspace import WorkspaceLike
 from training.checks import resume_checkpoint
 from training.hf import fit, history_callback, step_metrics, trainer_callbacks
 from training.snapshot import parts, snapshot_rows
@@ -39,7 +40,7 @@ def sft_dataset(frame: Any) -> Any:
     return Dataset.from_list(trl_rows("sft", frame, "prompt-completion"))
 
 
-def train_sft(ws: Any, config: SFTTrainingConfig, *, resume_from: int | None = None, progress: bool = True,
+def train_sft(ws: WorkspaceLike, config: SFTTrainingConfig, *, resume_from: int | None = None, progress: bool = True,
               callbacks: list[Any] | None = None) -> PolicyTrainingResult:
     """Train, save and register an SFT policy; the run row records config, snapshot, metrics and status."""
     start = resolve_policy(ws.db, config.policy)
@@ -48,7 +49,7 @@ def train_sft(ws: Any, config: SFTTrainingConfig, *, resume_from: int | None = N
         return _train(ws, config, frame, start, run_id, run_dir, resume_from, progress, callbacks, quantization)
 
 
-def _train(ws: Any, config: SFTTrainingConfig, frame: Any, start: StartPolicy, run_id: int, run_dir: Path,
+def _train(ws: WorkspaceLike, config: SFTTrainingConfig, frame: Any, start: StartPolicy, run_id: int, run_dir: Path,
            resume_from: int | None, progress: bool, callbacks: list[Any] | None,
            quantization: Any = None) -> PolicyTrainingResult:
     from trl import SFTConfig, SFTTrainer

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from store.workspace import WorkspaceLike
+
 
 @dataclass
 class PolicyTrainingResult:
@@ -142,7 +144,7 @@ def load_for_training(start: StartPolicy, config: Any, quantization: Any) -> tup
     return model, tokenizer, device_defaults(config, count_parameters(model)[0])
 
 
-def resume_config(ws: Any, kind: str, cls: type, run: int | str,
+def resume_config(ws: WorkspaceLike, kind: str, cls: type, run: int | str,
                   overrides: dict[str, Any] | None = None) -> tuple[int, Any]:
     """(run id, its recorded config with `overrides`); `run` is an id or "latest" (newest unfinished `kind` run)."""
     from rl.config import config_from_dict
@@ -152,8 +154,8 @@ def resume_config(ws: Any, kind: str, cls: type, run: int | str,
 
 
 @contextlib.contextmanager
-def policy_run(ws: Any, kind: str, config: Any, snapshot: dict[str, Any], start: StartPolicy,
-               resume_from: int | None, rows: Any = None) -> Iterator[tuple[int, Path, Any]]:
+def policy_run(ws: WorkspaceLike, kind: str, config: Any, snapshot: dict[str, Any], start: StartPolicy,
+               resume_from: int | None, rows: WorkspaceLike = None) -> Iterator[tuple[int, Path, Any]]:
     """(run id, run folder, QLoRA quantization config or None) for the body that trains; the run row is closed as
     failed (cancelled on Ctrl-C) when the body raises. QLoRA's errors (no CUDA, no bitsandbytes) come before the row
     exists. `rows`, the snapshot's frame, is saved in the run folder (training.snapshot)."""
@@ -166,8 +168,9 @@ def policy_run(ws: Any, kind: str, config: Any, snapshot: dict[str, Any], start:
         yield run_id, run_dir, quantization
 
 
-def finish_policy(ws: Any, model: Any, tokenizer: Any, start: StartPolicy, run_id: int, run_dir: Path, name: str,
-                  rounds: list[int], metrics: dict[str, Any], registered: dict[str, Any]) -> PolicyTrainingResult:
+def finish_policy(ws: WorkspaceLike, model: Any, tokenizer: Any, start: StartPolicy, run_id: int, run_dir: Path,
+                  name: str, rounds: list[int], metrics: dict[str, Any],
+                  registered: dict[str, Any]) -> PolicyTrainingResult:
     """Save the merged policy (and adapter), register it with `registered` as its metrics, close the run row with
     `metrics`."""
     from store.runs import finish_run
@@ -205,7 +208,7 @@ def save_policy(model: Any, tokenizer: Any, run_dir: Path,
     return model_dir, adapter_dir
 
 
-def register_policy(ws: Any, name: str, start: StartPolicy, model_dir: Path, run_id: int, rounds: list[int],
+def register_policy(ws: WorkspaceLike, name: str, start: StartPolicy, model_dir: Path, run_id: int, rounds: list[int],
                     metrics: dict[str, Any]) -> int:
     """The new policy row: parent = the starting policy (registered as external if it was a bare folder)."""
     from store.models import add_model

@@ -38,3 +38,14 @@ def test_the_scan_sees_an_import_inside_a_function(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text("def f():\n    from rankloop.commands.reward import _overrides\n", encoding="utf-8")
     assert "rankloop.commands.reward" in imported_modules(probe)
+
+
+def test_the_workspace_has_a_type_on_the_ground_floor(workspace):
+    """`store.workspace.WorkspaceLike` is what training/, reward/ and rl/ annotate `ws` with; the top floor's
+    Workspace is one, and the type itself imports nothing above `store`."""
+    from store.workspace import WorkspaceLike
+
+    assert isinstance(workspace, WorkspaceLike)
+    allowed = {"__future__", "__future__.annotations", "pathlib", "pathlib.Path", "typing", "typing.Protocol",
+               "typing.runtime_checkable"}
+    assert imported_modules(ROOT / "store" / "workspace.py") <= allowed

@@ -9,12 +9,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from store.workspace import WorkspaceLike
+
 ERROR_CHARS = 2000  # what a run row keeps of an error
 
 
-def open_run(ws: Any, kind: str, record: dict[str, Any], snapshot: dict[str, Any] | None = None,
+def open_run(ws: WorkspaceLike, kind: str, record: dict[str, Any], snapshot: dict[str, Any] | None = None,
              resume_from: int | None = None, prefix: str | None = None,
-             parent: Path | None = None, rows: Any = None) -> tuple[int, Path]:
+             parent: Path | None = None, rows: WorkspaceLike = None) -> tuple[int, Path]:
     """(run id, run folder) of a new row (status running). A resumed run reuses the old run's folder and closes the
     old row as cancelled when a kill left it running; otherwise the folder is <parent>/<prefix>-<id> (default:
     runs/<kind>-<id>). `rows` (the snapshot's frame) are saved in the folder (`training.snapshot.save_rows`) and
@@ -56,7 +58,7 @@ def closed_on_error(db: Any, run_id: int, record: bool = True) -> Iterator[None]
         raise
 
 
-def resume_config(ws: Any, kind: str, run: int | str, overrides: dict[str, Any] | None,
+def resume_config(ws: WorkspaceLike, kind: str, run: int | str, overrides: dict[str, Any] | None,
                   parse: Callable[[dict[str, Any], Any, str], Any]) -> tuple[int, Any]:
     """(run id, its recorded config with `overrides`) for `--resume`: `run` is an id or "latest" (the newest `kind`
     run that did not succeed). `parse(raw, base, where)` builds the config (base None: the defaults)."""
