@@ -24,8 +24,13 @@ class Option:
     kind: str  # "int", "float", "text", "flag" (on/off), or "choice"
     help: str
     choices: tuple[str, ...] = ()
-    minimum: float | None = None
+    minimum: float | None = None  # the smallest value (with `above`: values must be greater)
     default: Any = None  # what the form shows first (None: the command's own default)
+    maximum: float | None = None  # the largest value (with `below`: values must be smaller)
+    above: bool = False
+    below: bool = False
+    unset: Any = None  # one more value allowed outside the bounds (max_steps' -1: "not set")
+    field: tuple[str, str] | None = None  # (config section, field) this option mirrors: tests/test_options.py
 
     @property
     def name(self) -> str:
@@ -43,76 +48,83 @@ class JobCommand:
 def _config_classes() -> dict[str, type]:
     from rankloop.loop_config import LoopConfig
     from reward.config import RewardTrainingConfig
-    from rl.config import DPOTrainingConfig, SFTTrainingConfig
+    from rl.config import DPOTrainingConfig, RoundConfig, SamplingParams, SFTTrainingConfig
     from rl.ppo_config import PPOTrainingConfig
 
     return {"reward": RewardTrainingConfig, "sft": SFTTrainingConfig, "dpo": DPOTrainingConfig,
-            "ppo": PPOTrainingConfig, "loop": LoopConfig}
+            "ppo": PPOTrainingConfig, "loop": LoopConfig, "round": RoundConfig, "generation": SamplingParams}
 
 
-_STEPS = Option("--max-steps", "int", "Stop after N optimizer steps (bounds the run).", minimum=1)
-_PAIRS = Option("--max-pairs", "int", "Train on at most N pairs (bounds the run).", minimum=1)
-_LR = Option("--lr", "float", "Learning rate.", minimum=0)
-_EPOCHS = Option("--epochs", "float", "Passes over the pairs.", minimum=0)
+def mirror(section: str, name: str, *, show_default: bool = False, choices: tuple[str, ...] = ()) -> Option:
+    """The form's option for the field `name` of `section`'s config: flag, kind, help, bounds (and, with
+    `show_default`, the default the form shows) as the field declares them (training.config.option)."""
+    from training.config import default_of, field_of, field_type, main_flag
+
+    cls = _config_classes()[section]
+    f = field_of(cls, name)
+    meta = f.metadata
+    hint = field_type(cls, name)
+    choices = choices or tuple(meta.get("choices") or ())
+    kind = "flag" if hint is bool else "choice" if choices else "int" if hint is int else "float" if hint is float \
+        else "text"
+    low, high = ("gt", "ge"), ("lt", "le")
+    minimum = next((meta[k] for k in low if meta.get(k) is not None), None)
+    maximum = next((meta[k] for k in high if meta.get(k) is not None), None)
+    return Option(main_flag(f), kind, meta["help"], choices, minimum,
+                  default_of(cls, name) if show_default else None, maximum, meta.get("gt") is not None,
+                  meta.get("lt") is not None, meta.get("unset"), (section, name))
 
 
 def _fine_tuning_only(option: Option) -> Option:
     """A reward-training option that the default probe refuses (it trains no steps)."""
     return replace(option, help=f"{option.help} Fine-tuning only: with --full (the default probe refuses it).")
 
-_POLICY = Option("--policy", "text", "Policy to start from (workspace model name; empty: the section's default).")
+
+def _device(section: str) -> Option:
+    return mirror(section, "device", choices=("cpu", "cuda", "mps"))
+
+
+def _policy_trainer(section: str, *names: str) -> tuple[Option, ...]:
+    return (mirror(section, "policy"), mirror(section, "max_steps"), *(mirror(section, n) for n in names),
+            mirror(section, "learning_rate"), _device(section), _RESUME)
+
+
 _RESUME = Option("--resume", "flag", "Continue the newest interrupted run of this kind from its last checkpoint.")
-_DEVICE = Option("--device", "choice", "Where to train (empty: CUDA when present).", choices=("cpu", "cuda", "mps"))
 
 COMMANDS: dict[str, JobCommand] = {
     "train reward": JobCommand(("train", "reward"), "Train a reward model on the workspace's preference pairs.", (
-        Option("--base", "text", "Backbone: a workspace model, smollm2-135m-instruct (default) or all-minilm-l6-v2."),
-        _fine_tuning_only(_STEPS), _PAIRS, _fine_tuning_only(_EPOCHS), _fine_tuning_only(_LR),
+        mirror("reward", "base"), *(_fine_tuning_only(mirror("reward", n)) for n in ("max_steps",)),
+        mirror("reward", "max_pairs"),
+        *(_fine_tuning_only(mirror("reward", n)) for n in ("num_train_epochs", "learning_rate")),
         Option("--full", "flag", "Fine-tune the whole backbone with TRL (default: a linear probe on the frozen "
                "backbone; settings method = \"lora\" for LoRA)."),
-        Option("--margin", "flag", "Add a margin from the rank gap to the loss (fine-tuning only)."),
-        Option("--name", "text", "Name of the new reward model (empty: reward-run<ID>)."), _DEVICE, _RESUME,
+        _fine_tuning_only(mirror("reward", "margin")), mirror("reward", "name"), _device("reward"), _RESUME,
     ), ("reward",)),
-    "train sft": JobCommand(("train", "sft"), "Supervised fine-tuning on edits and top-ranked answers.", (
-        _POLICY, _STEPS, _PAIRS, _EPOCHS, _LR, _DEVICE, _RESUME), ("sft",)),
-    "train dpo": JobCommand(("train", "dpo"), "Steer the policy with DPO on the preference pairs.", (
-        _POLICY, _STEPS, _PAIRS, _EPOCHS, _LR,
-        Option("--beta", "float", "KL anchor strength (TRL default 0.1).", minimum=0), _DEVICE, _RESUME), ("dpo",)),
-    "train ppo": JobCommand(("train", "ppo"), "Steer the policy with PPO (or RLOO/GRPO) against a reward model.", (
-        _POLICY, Option("--algo", "choice", "ppo (ours), rloo or grpo (TRL).", choices=("ppo", "rloo", "grpo")),
-        Option("--reward", "text", "Reward model that scores responses (empty: the newest)."), _STEPS,
-        Option("--max-prompts", "int", "Use at most N prompts (bounds the run).", minimum=1), _LR, _DEVICE,
-        _RESUME), ("ppo",)),
+    "train sft": JobCommand(("train", "sft"), "Supervised fine-tuning on edits and top-ranked answers.",
+                            _policy_trainer("sft", "max_pairs", "num_train_epochs"), ("sft",)),
+    "train dpo": JobCommand(("train", "dpo"), "Steer the policy with DPO on the preference pairs.",
+                            _policy_trainer("dpo", "max_pairs", "num_train_epochs", "beta"), ("dpo",)),
+    "train ppo": JobCommand(("train", "ppo"), "Steer the policy with PPO (or RLOO/GRPO) against a reward model.",
+                            _policy_trainer("ppo", "algo", "reward", "max_prompts"), ("ppo",)),
     "generate": JobCommand(("generate",), "Sample candidates for prompts without a comparison yet.", (
         Option("--policy", "text", "Model row to sample from (empty: the default policy)."),
         Option("--prompts", "int", "Prompts to sample for.", minimum=1, default=16),
-        Option("--k", "int", "Candidates per prompt.", minimum=2, default=4),
+        mirror("generation", "k", show_default=True),
         Option("--round", "int", "Round the comparisons belong to.", minimum=0),
         Option("--required-reviewers", "int", "Reviewers each comparison needs.", minimum=1),
-        Option("--max-new-tokens", "int", "Longest response in tokens.", minimum=1),
-        Option("--temperature", "float", "Sampling temperature.", minimum=0),
-        Option("--split", "text", "Only prompts of this split (train, eval, ...)."), _DEVICE,
+        mirror("generation", "max_new_tokens"), mirror("generation", "temperature"),
+        Option("--split", "text", "Only prompts of this split (train, eval, ...)."), _device("round"),
     )),
     "round next": JobCommand(("round", "next"), "Sample a new round of comparisons from the newest policy.", (
-        Option("--policy", "text", "Policy to sample from (empty: the newest)."),
-        Option("--k", "int", "Candidates per comparison.", minimum=2, default=4),
-        Option("--prompts", "int", "Prompts to queue.", minimum=1, default=32),
-        Option("--max-new-tokens", "int", "Longest response in tokens.", minimum=1, default=128),
-        Option("--temperature", "float", "Sampling temperature.", minimum=0, default=0.8),
-        Option("--reviewers", "int", "Reviewers wanted per comparison.", minimum=1, default=1), _DEVICE,
+        mirror("round", "policy"),
+        *(mirror("round", n, show_default=True) for n in ("k", "prompts", "max_new_tokens", "temperature",
+                                                          "required_reviewers")),
+        _device("round"),
     )),
     "loop": JobCommand(("loop",), "Sample, judge (people or an oracle), train, evaluate: N rounds.", (
-        Option("--rounds", "int", "Rounds to run.", minimum=1, default=2),
-        Option("--algo", "choice", "Policy trainer.", choices=("dpo", "ppo"), default="dpo"),
-        Option("--simulate", "text", "Oracle for simulated reviewers, e.g. rankloop.oracles:length_in_range "
-                                     "(empty: wait for people to rank each round)."),
-        Option("--prompts", "int", "Train prompts sampled per round.", minimum=1),
-        Option("--k", "int", "Candidates per comparison.", minimum=2),
-        Option("--max-new-tokens", "int", "Longest sampled response.", minimum=1),
-        Option("--max-steps", "int", "Cap on every training run's steps.", minimum=1),
-        Option("--reviewers", "int", "Simulated reviewers.", minimum=1),
-        Option("--noise", "float", "Simulated reviewers' noise.", minimum=0),
-        Option("--required-reviewers", "int", "Reviewers per comparison.", minimum=1), _DEVICE,
+        mirror("loop", "rounds", show_default=True), mirror("loop", "algo", show_default=True),
+        *(mirror("loop", n) for n in ("simulate", "prompts", "k", "max_new_tokens", "max_steps", "reviewers", "noise",
+                                     "required_reviewers")), _device("loop"),
         Option("--new", "flag", "Start a new loop even if an unfinished one could be resumed (an unfinished loop "
                                 "resumes only with the settings it was started with)."),
     ), ("loop", "reward", "dpo", "ppo")),
@@ -135,8 +147,12 @@ def _value(option: Option, raw: Any) -> list[str]:
             raise JobInputError(f"{where}: expected a number, got {raw!r}") from e
         if option.kind == "int" and not isinstance(number, int):
             raise JobInputError(f"{where}: expected a whole number, got {raw!r}")
-        if option.minimum is not None and number < option.minimum:
-            raise JobInputError(f"{where}: must be >= {option.minimum:g}, got {raw!r}")
+        if option.unset is not None and number == option.unset:
+            return [option.flag, str(number)]
+        if option.minimum is not None and (number <= option.minimum if option.above else number < option.minimum):
+            raise JobInputError(f"{where}: must be {'>' if option.above else '>='} {option.minimum:g}, got {raw!r}")
+        if option.maximum is not None and (number >= option.maximum if option.below else number > option.maximum):
+            raise JobInputError(f"{where}: must be {'<' if option.below else '<='} {option.maximum:g}, got {raw!r}")
         return [option.flag, str(number)]
     text = str(raw).strip()
     if option.kind == "choice" and text not in option.choices:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from training.config import option, shared
 from training.models import DEFAULT_POLICY
 
 ALGOS = ("dpo", "ppo")
@@ -17,22 +18,23 @@ class ReviewersNotDone(ValueError):
 
 @dataclass
 class LoopConfig:
-    rounds: int = field(default=2, metadata={"help": "Rounds: sample, judge, train reward, train policy, evaluate."})
-    algo: str = field(default="dpo", metadata={"help": "Policy trainer: 'dpo' (on the pairs) or 'ppo' (on RM_i)."})
-    simulate: str = field(default="", metadata={"help": (
-        "Oracle for simulated reviewers (see rankloop.oracles); empty: wait for human reviewers.")})
-    policy: str = field(default=DEFAULT_POLICY, metadata={"help": "Base policy (round 0 samples from it)."})
-    prompts: int = field(default=32, metadata={"help": "Train prompts sampled per round (one comparison each)."})
-    k: int = field(default=4, metadata={"help": "Candidates per comparison."})
-    max_new_tokens: int = field(default=64, metadata={"help": "Longest sampled response, in tokens."})
+    rounds: int = option(2, "Rounds: sample, judge, train reward, train policy, evaluate.", ge=1, le=100)
+    algo: str = option("dpo", "Policy trainer: 'dpo' (on the pairs) or 'ppo' (on RM_i).", choices=ALGOS)
+    simulate: str = option("", (
+        "Oracle for simulated reviewers (as `rankloop simulate --oracle`, e.g. length-in-range); empty: wait for "
+        "people to rank each round."))
+    policy: str = option(DEFAULT_POLICY, "Base policy (round 0 samples from it; default: [models] policy).")
+    prompts: int = option(32, "Train prompts sampled per round (one comparison each).", ge=1)
+    k: int = option(4, "Candidates per comparison.", ge=2, le=16)
+    max_new_tokens: int = option(64, "Longest sampled response, in tokens.", ge=1)
     temperature: float = field(default=0.8, metadata={"help": "Sampling temperature of the candidates."})
-    required_reviewers: int = field(default=1, metadata={"help": "Reviewers each comparison needs."})
-    reviewers: int = field(default=3, metadata={"help": "Simulated reviewers (sim-1..sim-N)."})
-    noise: float = field(default=0.0, metadata={"help": "Simulated reviewers' noise (see rankloop.simulate)."})
+    required_reviewers: int = option(1, "Reviewers each comparison needs.", ge=1, le=50)
+    reviewers: int = option(3, "Simulated reviewers (sim-1..sim-N).", ge=1, le=50)
+    noise: float = option(0.0, "Simulated reviewers' noise (see rankloop.simulate).", ge=0)
     noise_model: str = field(default="gumbel", metadata={"help": "'gumbel' (Bradley-Terry) or 'flip'."})
     spread: float = field(default=0.0, metadata={"help": "Per-reviewer disagreement in [0, 1]."})
-    max_steps: int = field(default=0, metadata={"help": "Cap on reward and policy training steps (0: their own)."})
-    eval_prompts: int = field(default=16, metadata={"help": "Held-out prompts (split 'eval') for evaluation."})
+    max_steps: int = option(0, "Cap on every reward and policy training run's steps (0: their own).", ge=0)
+    eval_prompts: int = option(16, "Held-out prompts (split 'eval') for evaluation.", ge=1)
     eval_k: int = field(default=2, metadata={"help": "Samples per held-out prompt and policy."})
     eval_max_new_tokens: int = field(default=0, metadata={"help": "Longest evaluation sample (0: max_new_tokens)."})
     poll_seconds: float = field(default=10.0, metadata={"help": "How often to check the reviewers' progress."})
@@ -41,7 +43,7 @@ class LoopConfig:
     eval_policy_runs: bool = field(default=True, metadata={"help": (
         "Also run `rankloop eval policy` (new vs previous; its own run row and report). It samples both policies "
         "again; the loop's own figures come from one cached set of samples per policy.")})
-    device: str | None = field(default=None, metadata={"help": "'cpu', 'cuda', ... (default: best)."})
+    device: str | None = shared("device")
     reward: dict[str, Any] = field(default_factory=dict, metadata={"help": "[reward] fields for the loop's runs."})
     dpo: dict[str, Any] = field(default_factory=dict, metadata={"help": "[dpo] fields for the loop's runs."})
     ppo: dict[str, Any] = field(default_factory=dict, metadata={"help": "[ppo] fields for the loop's runs."})

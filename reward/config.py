@@ -17,6 +17,7 @@ from training.config import (  # coerce_field: rankloop/job_commands.py imports 
     coerce_field,  # noqa: F401
     dataclass_from_dict,
     load_toml_section,
+    option,
     render_toml_section,
 )
 from training.models import DEFAULT_POLICY
@@ -32,17 +33,18 @@ class RewardConfigError(ValueError):
 class RewardTrainingConfig(TrainerConfig):
     # data (the filters, the schedule, LoRA's size, the device (None: chosen per device at start, recorded on the
     # run row) and checkpoints are training.config.TrainerConfig's)
-    name: str = field(default="", metadata={"help": "Name of the new reward model row (default: reward-run<ID>)."})
-    base: str = field(default=DEFAULT_BACKBONE, metadata={"help": (
+    name: str = option("", "Name of the new reward model row (default: reward-run<ID>).")
+    base: str = option(DEFAULT_BACKBONE, (
         "Backbone: a workspace model name, a local folder, a hub id, or a built-in offline backbone "
-        "('all-minilm-l6-v2', 'smollm2-135m-instruct'). Any causal LM or encoder; a 1-output head is added.")})
-    margin: bool = field(default=False, metadata={"help": (
+        f"('all-minilm-l6-v2', '{DEFAULT_BACKBONE}'). Any causal LM or encoder; a 1-output head is added."))
+    margin: bool = option(False, (
         "Bradley-Terry with a margin from the rank gap: loss -log sigmoid(r_c - r_r - m), "
-        "m = margin_scale * (gap - 1), gap = how many rank groups apart (adjacent: 1, so no margin).")})
+        "m = margin_scale * (gap - 1), gap = how many rank groups apart (adjacent: 1, so no margin)."),
+        flag="--margin/--no-margin")
     margin_scale: float = field(default=1.0, metadata={"help": "Reward units of margin per extra rank group."})
     eval_fraction: float = field(default=0.1, metadata={"help": (
         "Share of prompts held out for evaluation and early stopping; the split is by prompt (no prompt in both).")})
-    max_pairs: int = field(default=0, metadata={"help": "Train on at most this many pairs (0: all); for smoke runs."})
+    max_pairs: int = option(0, "Train on at most this many pairs (0: all); bounds a run.", ge=0)
     max_length: int = field(default=512, metadata={"help": (
         "Longest prompt + response in tokens; longer prompts lose their beginning (TRL drops such pairs instead).")})
     # model
@@ -67,7 +69,7 @@ class RewardTrainingConfig(TrainerConfig):
     lora_target_modules: list[str] = field(default_factory=list, metadata={"help": (
         "Module names LoRA adapts (empty: peft's default for the architecture, e.g. q_proj/v_proj, query/value).")})
     # optimisation
-    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW peak learning rate (TRL's default)."})
+    learning_rate: float = option(1e-4, "AdamW peak learning rate (TRL's default).", flag="--lr", gt=0, lt=1)
     per_device_eval_batch_size: int = field(default=16, metadata={"help": "Pairs per evaluation batch."})
     warmup_ratio: float = field(default=0.05, metadata={"help": "Share of steps with a linear learning-rate warmup."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})

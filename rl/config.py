@@ -77,7 +77,7 @@ class RoundConfig(SamplingParams):
 
     policy: str | None = option(None, "Policy to sample from (default: the newest policy).")
     prompts: int = option(32, "Prompts to queue (one comparison each).", ge=1)
-    mix_previous: bool = option(False, "One candidate per comparison from the policy's parent.")
+    mix_previous: bool = option(False, "One candidate per comparison from the policy's parent.", flag="--mix-previous")
     split: str | None = option(None, "Only prompts of this split.")
     required_reviewers: int = option(1, "Reviewers wanted per comparison.", flag="--reviewers", ge=1)
     device: str | None = shared("device")

@@ -9,55 +9,57 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from rl.config import DEFAULT_POLICY, QUANTIZATION_HELP, check_quantization, need
-from training.config import shared
+from rl.config import QUANTIZATION_HELP, check_quantization, need
+from training.config import option, shared
+from training.models import DEFAULT_POLICY
 
 ALGOS = ("ppo", "rloo", "grpo")
 
 
 @dataclass
 class PPOTrainingConfig:
-    algo: str = field(default="ppo", metadata={"help": (
+    algo: str = option("ppo", choices=ALGOS, help=(
         "'ppo' (ours: value head, GAE, adaptive KL), or TRL's 'rloo' (RLOOTrainer: leave-one-out baseline over "
         "num_generations samples per prompt) or 'grpo' (GRPOTrainer: group-normalised advantages); all three "
-        "score with the reward model.")})
-    policy: str = field(default=DEFAULT_POLICY, metadata={"help": (
-        "Policy to start from (workspace model, folder or hub id); also the KL reference (adapters disabled).")})
-    reward: str = field(default="", metadata={"help": "Reward model that scores responses (default: the newest)."})
-    name: str = field(default="", metadata={"help": "Name of the new policy row (default: <algo>-run<ID>)."})
+        "score with the reward model."))
+    policy: str = option(DEFAULT_POLICY, (
+        "Policy to start from (workspace model, folder or hub id); also the KL reference (adapters disabled)."))
+    reward: str = option("", "Reward model that scores responses (default: the newest).")
+    name: str = option("", "Name of the new policy row (default: <algo>-run<ID>).")
     splits: list[str] = field(default_factory=lambda: ["train"], metadata={"help": (
         "Sample rollouts on prompts of these splits (empty: all prompts).")})
-    max_prompts: int = field(default=0, metadata={"help": "Use at most this many prompts (0: all); bounds a run."})
-    max_steps: int = field(default=100, metadata={"help": "PPO iterations (one rollout batch + its updates each)."})
+    max_prompts: int = option(0, "Use at most this many prompts (0: all); bounds a run.", ge=0)
+    max_steps: int = option(100, "PPO iterations (one rollout batch + its updates each).", ge=1)
     rollout_batch_size: int = field(default=16, metadata={"help": (
         "Prompts per iteration (ppo: one response each; rloo/grpo: num_generations each).")})
-    num_generations: int = field(default=4, metadata={"help": (
-        "rloo/grpo: responses sampled per prompt, compared with each other (TRL: 2 for RLOO, 8 for GRPO).")})
+    num_generations: int = option(4, (
+        "rloo/grpo: responses sampled per prompt, compared with each other (TRL: 2 for RLOO, 8 for GRPO)."),
+        only=("rloo", "grpo"))
     num_minibatches: int = field(default=2, metadata={"help": (
         "ppo: minibatches (one update each) per epoch over a rollout batch; rloo/grpo: micro-batches accumulated "
         "into the iteration's single update.")})
-    ppo_epochs: int = field(default=4, metadata={"help": "Passes over each rollout batch (ppo only)."})
+    ppo_epochs: int = option(4, "Passes over each rollout batch (ppo only).", ge=1, only=("ppo",))
     max_new_tokens: int = field(default=64, metadata={"help": "Longest response in tokens."})
     max_prompt_length: int = field(default=256, metadata={"help": "Prompts keep their last N tokens."})
     temperature: float = field(default=1.0, metadata={"help": (
         "Sampling temperature; log-probs are taken at the same temperature so the ratio stays consistent.")})
-    learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate (policy LoRA + value head)."})
+    learning_rate: float = option(1e-5, "AdamW learning rate (policy LoRA + value head).", flag="--lr", gt=0, lt=1)
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
     cliprange: float = field(default=0.2, metadata={"help": "PPO policy ratio clip."})
-    cliprange_value: float = field(default=0.2, metadata={"help": (
-        "PPO value clip around the rollout's values (ppo only).")})
-    vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss (ppo only)."})
-    gamma: float = field(default=1.0, metadata={"help": "Discount (1: undiscounted, as in InstructGPT; ppo only)."})
-    lam: float = field(default=0.95, metadata={"help": "GAE lambda (ppo only)."})
+    cliprange_value: float = option(0.2, "PPO value clip around the rollout's values (ppo only).", gt=0,
+                                    only=("ppo",))
+    vf_coef: float = option(0.1, "Weight of the value loss (ppo only).", ge=0, only=("ppo",))
+    gamma: float = option(1.0, "Discount (1: undiscounted, as in InstructGPT; ppo only).", gt=0, le=1, only=("ppo",))
+    lam: float = option(0.95, "GAE lambda (ppo only).", ge=0, le=1, only=("ppo",))
     init_kl_coef: float = field(default=0.05, metadata={"help": (
         "Initial KL penalty coefficient beta (rloo/grpo: TRL's fixed `beta`; 0 drops the reference).")})
-    adaptive_kl: bool = field(default=True, metadata={"help": (
-        "Adapt beta towards target_kl (Ziegler et al.; ppo only).")})
-    target_kl: float = field(default=6.0, metadata={"help": (
-        "Target KL per response (nats, summed over tokens; ppo only).")})
-    kl_horizon: int = field(default=10000, metadata={"help": "Adaptive KL horizon (sequences; ppo only)."})
-    whiten_rewards: bool = field(default=False, metadata={"help": (
-        "Whiten per-token rewards (keeping their mean) before GAE; advantages are always whitened (ppo only).")})
+    adaptive_kl: bool = option(True, "Adapt beta towards target_kl (Ziegler et al.; ppo only).", only=("ppo",))
+    target_kl: float = option(6.0, "Target KL per response for the adaptive controller (nats, summed over tokens; "
+                                   "ppo only).", gt=0, only=("ppo",))
+    kl_horizon: int = option(10000, "Adaptive KL horizon (sequences; ppo only).", ge=1, only=("ppo",))
+    whiten_rewards: bool = option(False, (
+        "Whiten per-token rewards (keeping their mean) before GAE; advantages are always whitened (ppo only)."),
+        only=("ppo",))
     missing_eos_penalty: float = field(default=1.0, metadata={"help": (
         "Subtracted from the score of a response that never emits EOS (0: none).")})
     lora: bool = field(default=True, metadata={"help": "Train LoRA adapters on the policy (else the full model)."})
@@ -88,7 +90,8 @@ class PPOTrainingConfig:
         need(self.max_prompts >= 0, "max_prompts", "must be >= 0 (0: all)")
         need(self.temperature > 0, "temperature", "must be > 0")
         need(0 < self.learning_rate < 1, "learning_rate", "must be in (0, 1)")
-        need(self.cliprange > 0 and self.cliprange_value > 0, "cliprange", "cliprange(_value) must be > 0")
+        need(self.cliprange > 0, "cliprange", "must be > 0")
+        need(self.cliprange_value > 0, "cliprange_value", "must be > 0")
         need(0 < self.gamma <= 1 and 0 <= self.lam <= 1, "gamma", "gamma must be in (0, 1], lam in [0, 1]")
         need(self.init_kl_coef >= 0, "init_kl_coef", "must be >= 0")
         need(self.target_kl > 0, "target_kl", "must be > 0")

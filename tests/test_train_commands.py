@@ -14,16 +14,19 @@ from tests.reward_data import register_tiny, seed_pairs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-PPO_SMALL = ["--set", "rollout_batch_size=2", "--set", "num_minibatches=1", "--set", "num_generations=2",
-             "--set", "max_new_tokens=4", "--set", "splits=[]", "--max-prompts", "2"]
+PPO_SMALL = ["--set", "rollout_batch_size=2", "--set", "num_minibatches=1", "--set", "max_new_tokens=4",
+             "--set", "splits=[]", "--max-prompts", "2"]
+GROUPS = ["--set", "num_generations=2"]  # rloo/grpo only: our PPO refuses it
 COMMANDS = {  # name -> (argv after `train`, what the summary says, the run kind)
     "reward-probe": (["reward", "--base", "tiny", "--max-pairs", "12"], "probe on layer", "reward"),
     "reward-full": (["reward", "--base", "tiny", "--full", "--max-steps", "1"], "1 steps in", "reward"),
     "sft": (["sft", "--policy", "tiny", "--max-steps", "1"], "1 steps in", "sft"),
     "dpo": (["dpo", "--policy", "tiny", "--max-steps", "1"], "1 steps in", "dpo"),
     "ppo": (["ppo", "--policy", "tiny", "--max-steps", "1", *PPO_SMALL], "1 iterations in", "ppo"),
-    "rloo": (["ppo", "--algo", "rloo", "--policy", "tiny", "--max-steps", "1", *PPO_SMALL], "1 iterations in", "ppo"),
-    "grpo": (["ppo", "--algo", "grpo", "--policy", "tiny", "--max-steps", "1", *PPO_SMALL], "1 iterations in", "ppo"),
+    "rloo": (["ppo", "--algo", "rloo", "--policy", "tiny", "--max-steps", "1", *PPO_SMALL, *GROUPS], "1 iterations in",
+             "ppo"),
+    "grpo": (["ppo", "--algo", "grpo", "--policy", "tiny", "--max-steps", "1", *PPO_SMALL, *GROUPS], "1 iterations in",
+             "ppo"),
 }
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import types
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -53,6 +53,40 @@ def within_bounds(meta: Any, value: Any) -> bool:
     checks = (("ge", lambda b: value >= b), ("gt", lambda b: value > b), ("le", lambda b: value <= b),
               ("lt", lambda b: value < b))
     return all(meta.get(key) is None or ok(meta[key]) for key, ok in checks)
+
+
+def field_of(cls: type, name: str) -> Field:
+    for f in fields(cls):
+        if f.name == name:
+            return f
+    raise KeyError(f"{cls.__name__} has no field {name!r}")
+
+
+def flag_of(f: Field) -> str:
+    """The field's command-line flag: its declared one, else `--field-name` (a bool: `--x/--no-x`)."""
+    flag = f.metadata.get("flag")
+    if flag:
+        return flag
+    dashed = f.name.replace("_", "-")
+    return f"--{dashed}/--no-{dashed}" if str(f.type).startswith("bool") else f"--{dashed}"
+
+
+def main_flag(f: Field) -> str:
+    """The flag that turns the option on (`--margin` of `--margin/--no-margin`)."""
+    return flag_of(f).split("/")[0]
+
+
+def default_of(cls: type, name: str) -> Any:
+    f = field_of(cls, name)
+    return f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+
+
+def field_type(cls: type, name: str) -> Any:
+    """The field's type without None: `int | None` -> int; `list[str]` stays."""
+    hint = typing.get_type_hints(cls)[name]
+    if isinstance(hint, types.UnionType):
+        return next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
 
 
 # Fields every trainer config declares alike: name -> option(...)'s arguments.

@@ -9,7 +9,9 @@ from dataclasses import asdict
 import click
 
 from rankloop.commands.common import echo_json, guarded, workspace_option
+from rankloop.commands.options import config_options
 from rankloop.workspace import Workspace
+from rl.config import SamplingParams
 
 
 def _policy_row(ws: Workspace, name: str, quiet: bool = False):
@@ -40,15 +42,11 @@ def _quiet_transformers() -> Iterator[None]:
 @click.option("--policy", default=None, help="Model row to sample from.  [default: [models] policy in rankloop.toml]")
 @click.option("--prompts", "n_prompts", type=int, default=16, show_default=True,
               help="How many prompts without a comparison to sample for.")
-@click.option("--k", type=int, default=None, help="Candidates per prompt.  [default: [generation] k]")
 @click.option("--round", "round_", type=int, default=0, show_default=True, help="Round the comparisons belong to.")
 @click.option("--required-reviewers", type=int, default=None,
               help="Reviewers each comparison needs.  [default: [workspace] required_reviewers]")
-@click.option("--max-new-tokens", type=int, default=None, help="Longest response in tokens.  [default: config]")
-@click.option("--temperature", type=float, default=None, help="Sampling temperature.  [default: config]")
-@click.option("--top-p", type=float, default=None, help="Nucleus sampling mass.  [default: config]")
-@click.option("--batch-size", type=int, default=None, help="Sequences decoded together.  [default: config]")
-@click.option("--seed", type=int, default=None, help="Base seed (batch b uses seed + b).  [default: config]")
+@config_options(SamplingParams, "k", "max_new_tokens", "temperature", "top_p", "batch_size", "seed",
+                section="generation")
 @click.option("--split", default=None, help="Only prompts of this split (train, eval, ...).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N or mps.  [default: cuda when present]")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts and timings as JSON.")
@@ -58,7 +56,7 @@ def generate_command(ws: Workspace, policy: str | None, n_prompts: int, k: int |
                      top_p: float | None, batch_size: int | None, seed: int | None, split: str | None,
                      device: str | None, as_json: bool) -> None:
     """Sample k responses for each prompt that has no comparison yet and queue one comparison per prompt."""
-    from rl.sampling import SamplingParams, SamplingProgress, generate_candidates
+    from rl.sampling import SamplingProgress, generate_candidates
 
     overrides = {"k": k, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
                  "batch_size": batch_size, "seed": seed}

@@ -8,6 +8,8 @@ from typing import Any
 import click
 
 from rankloop.commands.common import echo_json, guarded, workspace_option
+from rankloop.commands.options import config_options
+from rankloop.loop_config import LoopConfig
 from rankloop.workspace import Workspace
 
 
@@ -72,21 +74,13 @@ def _config(ws: Workspace, overrides: dict[str, Any]) -> Any:
     return loop_config(overrides, base, where="command line: ")
 
 
+# The [loop] fields with a flag of their own (rankloop/commands/options.py makes the flags from the fields).
+LOOP_FIELDS = ("rounds", "algo", "simulate", "policy", "reviewers", "noise", "required_reviewers", "prompts", "k",
+               "max_new_tokens", "max_steps", "eval_prompts", "device")
+
+
 @click.command("loop")
-@click.option("--rounds", type=int, default=None, help="Rounds to run.  [default: [loop] rounds, else 2]")
-@click.option("--algo", type=click.Choice(["dpo", "ppo"]), default=None, help="Policy trainer.  [default: dpo]")
-@click.option("--simulate", default=None, help="Oracle for simulated reviewers (as `rankloop simulate --oracle`); "
-              "without it the loop waits for people to rank each round.")
-@click.option("--policy", default=None, help="Base policy.  [default: smollm2-135m-instruct]")
-@click.option("--reviewers", type=int, default=None, help="Simulated reviewers.  [default: 3]")
-@click.option("--noise", type=float, default=None, help="Simulated reviewers' noise.  [default: 0]")
-@click.option("--required-reviewers", type=int, default=None, help="Reviewers per comparison.  [default: 1]")
-@click.option("--prompts", type=int, default=None, help="Train prompts sampled per round.  [default: 32]")
-@click.option("--k", type=int, default=None, help="Candidates per comparison.  [default: 4]")
-@click.option("--max-new-tokens", type=int, default=None, help="Longest sampled response.  [default: 64]")
-@click.option("--max-steps", type=int, default=None, help="Cap on every training run's steps.  [default: none]")
-@click.option("--eval-prompts", type=int, default=None, help="Held-out prompts to evaluate on.  [default: 16]")
-@click.option("--device", default=None, help="cpu, cuda, cuda:N or mps.  [default: cuda when present]")
+@config_options(LoopConfig, *LOOP_FIELDS, section="loop")
 @click.option("--set", "assignments", multiple=True, metavar="FIELD=VALUE",
               help="Any [loop] field, or reward.FIELD / dpo.FIELD / ppo.FIELD for the trainers (repeatable).")
 @click.option("--new", "new", is_flag=True, help="Start a new loop even if an unfinished one could be resumed.")

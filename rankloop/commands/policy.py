@@ -15,30 +15,29 @@ from typing import Any
 import click
 
 from rankloop.commands.common import echo_json, guarded, workspace_option
+from rankloop.commands.options import config_options, refuse_unused
 from rankloop.commands.reward import _overrides, eval_group, train_group
 from rankloop.workspace import Workspace
+from rl.config import DPOTrainingConfig, RoundConfig, SFTTrainingConfig
+from rl.ppo_config import PPOTrainingConfig
 
 
-def _common(fn: Callable) -> Callable:
-    """Options every policy trainer takes."""
+def _common(cls: type, section: str, *names: str) -> Callable:
+    """Options every policy trainer takes, then the fields `names` of its config, made from their declarations."""
     options = [
-        click.option("--policy", default=None, help="Policy to start from: workspace model, folder or hub id.  "
-                     "[default: the section's `policy`, else smollm2-135m-instruct]"),
+        config_options(cls, "policy", section=section),
         click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                     help="TOML file whose section overrides the workspace's."),
+                     help=f"TOML file whose [{section}] section overrides the workspace's."),
         click.option("--resume", default=None, is_flag=False, flag_value="latest", metavar="[RUN]",
                      help="Continue an interrupted run from its last checkpoint (a run id; alone: the newest "
                           "unfinished)."),
-        click.option("--max-steps", type=int, default=None, help="Stop after N steps (bounds a run)."),
-        click.option("--name", default=None, help="Name of the new policy.  [default: <trainer>-run<ID>]"),
-        click.option("--lr", "learning_rate", type=float, default=None, help="Learning rate."),
-        click.option("--device", default=None, help="cpu, cuda, cuda:N or mps.  [default: cuda when present]"),
+        config_options(cls, "max_steps", "name", "learning_rate", "device", *names, section=section),
         click.option("--set", "assignments", multiple=True, metavar="FIELD=VALUE",
-                     help="Any other field of the section, e.g. --set lora_r=8 (repeatable)."),
+                     help=f"Any other field of [{section}], e.g. --set lora_r=8 (repeatable)."),
         click.option("--no-progress", is_flag=True, help="No progress bar (logs still go to TensorBoard)."),
         click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
     ]
-    return functools.reduce(lambda f, opt: opt(f), reversed(options), fn)
+    return lambda fn: functools.reduce(lambda f, opt: opt(f), reversed(options), fn)
 
 
 def _run(ws: Workspace, section: str, cls: type, kind: str, train: Callable, config_file: Path | None,
@@ -56,6 +55,8 @@ def _run(ws: Workspace, section: str, cls: type, kind: str, train: Callable, con
         run_id = None
         config = guarded(load_section, cls, section, ws.config.extra, ws.root / "rankloop.toml", config_file,
                          overrides)
+    if section == "ppo":  # an option of our PPO given to RLOO/GRPO (or the reverse) is refused, naming it
+        refuse_unused(config, list(overrides), "algo")
     guarded(ensure_default_policy, ws, config.policy)
     result = guarded(train, ws, config, resume_from=run_id, progress=not no_progress, **extra)
     if as_json:
@@ -67,20 +68,12 @@ def _run(ws: Workspace, section: str, cls: type, kind: str, train: Callable, con
 
 
 @train_group.command("dpo")
-@_common
-@click.option("--max-pairs", type=int, default=None, help="Train on at most N pairs (bounds a run).")
-@click.option("--beta", type=float, default=None, help="KL anchor strength (TRL default 0.1).")
-@click.option("--loss", "loss_type", multiple=True, help="Loss: sigmoid, ipo, robust, hinge, sigmoid_norm, ... "
-              "(repeatable: summed).")
-@click.option("--label-smoothing", type=float, default=None, help="Robust DPO: assumed label-flip rate.")
-@click.option("--round", "rounds", type=int, multiple=True, help="Only comparisons of this round (repeatable).")
-@click.option("--epochs", "num_train_epochs", type=float, default=None, help="Passes over the pairs.")
+@_common(DPOTrainingConfig, "dpo", "max_pairs", "beta", "loss_type", "label_smoothing", "rounds", "num_train_epochs")
 @workspace_option
 def train_dpo_command(ws: Workspace, config_file: Path | None, resume: str | None, assignments: tuple[str, ...],
                       no_progress: bool, as_json: bool, **options: Any) -> None:
     """Steer the policy with DPO (TRL DPOTrainer, LoRA; the reference is the starting policy with the adapters
     off) on the reviewers' preference pairs; held-out preference accuracy drives early stopping."""
-    from rl.config import DPOTrainingConfig
     from rl.dpo import RUN_KIND, train_dpo
 
     result = _run(ws, "dpo", DPOTrainingConfig, RUN_KIND, train_dpo, config_file, resume, assignments, no_progress,
@@ -94,18 +87,12 @@ def train_dpo_command(ws: Workspace, config_file: Path | None, resume: str | Non
 
 
 @train_group.command("sft")
-@_common
-@click.option("--max-pairs", type=int, default=None, help="Train on at most N rows (bounds a run).")
-@click.option("--source", type=click.Choice(["edits", "top", "both"]), default=None,
-              help="Reviewers' edits, top-ranked responses, or both.  [default: both]")
-@click.option("--round", "rounds", type=int, multiple=True, help="Only comparisons of this round (repeatable).")
-@click.option("--epochs", "num_train_epochs", type=float, default=None, help="Passes over the rows.")
+@_common(SFTTrainingConfig, "sft", "max_pairs", "source", "rounds", "num_train_epochs")
 @workspace_option
 def train_sft_command(ws: Workspace, config_file: Path | None, resume: str | None, assignments: tuple[str, ...],
                       no_progress: bool, as_json: bool, **options: Any) -> None:
     """Supervised fine-tuning (TRL SFTTrainer, loss on the answer only) on reviewers' edited answers and
     top-ranked responses: the usual first step before preference training."""
-    from rl.config import SFTTrainingConfig
     from rl.sft import RUN_KIND, train_sft
 
     result = _run(ws, "sft", SFTTrainingConfig, RUN_KIND, train_sft, config_file, resume, assignments, no_progress,
@@ -118,20 +105,13 @@ def train_sft_command(ws: Workspace, config_file: Path | None, resume: str | Non
 
 
 @train_group.command("ppo")
-@_common
-@click.option("--algo", type=click.Choice(["ppo", "rloo", "grpo"]), default=None,
-              help="ppo: ours (value head, GAE, adaptive KL); rloo / grpo: TRL's RLOOTrainer / GRPOTrainer, "
-                   "num_generations samples per prompt compared with each other.  [default: [ppo] algo, else ppo]")
-@click.option("--reward", default=None, help="Reward model that scores responses.  [default: the newest]")
-@click.option("--target-kl", type=float, default=None, help="Target KL per response for the adaptive controller.")
-@click.option("--max-prompts", type=int, default=None, help="Use at most N prompts (bounds a run).")
+@_common(PPOTrainingConfig, "ppo", "algo", "reward", "target_kl", "max_prompts")
 @workspace_option
 def train_ppo_command(ws: Workspace, config_file: Path | None, resume: str | None, assignments: tuple[str, ...],
                       no_progress: bool, as_json: bool, **options: Any) -> None:
     """Steer the policy with PPO against a reward model (InstructGPT style: LoRA policy + value head, per-token
     KL penalty to the reference with an adaptive coefficient, GAE, clipped losses), or with TRL's RLOO or GRPO
     (--algo) on the same prompts and reward model."""
-    from rl.ppo_config import PPOTrainingConfig
     from rl.ppo_run import RUN_KIND, train_ppo
 
     result = _run(ws, "ppo", PPOTrainingConfig, RUN_KIND, train_ppo, config_file, resume, assignments, no_progress,
@@ -186,18 +166,12 @@ def round_group() -> None:
     """Rounds of the loop: queue the newest policy's samples for the reviewers."""
 
 
+ROUND_FIELDS = ("policy", "k", "prompts", "mix_previous", "max_new_tokens", "temperature", "seed", "split",
+                "required_reviewers", "device")  # RoundConfig's fields that `round next` takes
+
+
 @round_group.command("next")
-@click.option("--policy", default=None, help="Policy to sample from.  [default: the newest policy]")
-@click.option("--k", type=int, default=4, show_default=True, help="Candidates per comparison.")
-@click.option("--prompts", "n_prompts", type=int, default=32, show_default=True, help="Prompts to queue.")
-@click.option("--mix-previous", is_flag=True, help="One candidate per comparison from the policy's parent.")
-@click.option("--max-new-tokens", type=int, default=128, show_default=True, help="Longest response.")
-@click.option("--temperature", type=float, default=0.8, show_default=True, help="Sampling temperature.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
-@click.option("--split", default=None, help="Only prompts of this split.")
-@click.option("--reviewers", "required_reviewers", type=int, default=1, show_default=True,
-              help="Reviewers wanted per comparison.")
-@click.option("--device", default=None, help="cpu, cuda, cuda:N or mps.  [default: cuda when present]")
+@config_options(RoundConfig, *ROUND_FIELDS)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @workspace_option
 def round_next_command(ws: Workspace, as_json: bool, **options: Any) -> None:
@@ -205,7 +179,11 @@ def round_next_command(ws: Workspace, as_json: bool, **options: Any) -> None:
     recording the lineage (round -> policy -> training run -> reward model -> data snapshot)."""
     from rl.rounds import next_round
 
-    result = guarded(next_round, ws, **options)
+    config = guarded(RoundConfig, **{name: value for name, value in options.items() if value is not None})
+    result = guarded(next_round, ws, policy=config.policy, k=config.k, n_prompts=config.prompts,
+                     mix_previous=config.mix_previous, max_new_tokens=config.max_new_tokens,
+                     temperature=config.temperature, seed=config.seed, split=config.split,
+                     required_reviewers=config.required_reviewers, device=config.device)
     if as_json:
         echo_json(result.__dict__)
         return

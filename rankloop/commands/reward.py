@@ -1,8 +1,8 @@
 """`rankloop train reward`, `rankloop eval reward` and `rankloop score`: reward models from the reviewers' pairs.
 
-`train_group` ("train") and `eval_group` ("eval") are shared groups: later stages add `train dpo|ppo|sft` and
-`eval policy` to them. Multi-GPU: `accelerate launch -m rankloop train reward ...` runs unchanged (one process per
-GPU; only the main one touches the workspace database).
+`train_group` ("train") and `eval_group` ("eval") are shared groups: rankloop/commands/policy.py adds
+`train dpo|ppo|sft` and `eval policy` to them. Multi-GPU: `accelerate launch -m rankloop train reward ...` runs
+unchanged (one process per GPU; only the main one touches the workspace database).
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from typing import Any
 import click
 
 from rankloop.commands.common import echo_json, guarded, workspace_option
+from rankloop.commands.options import config_options, field_of, main_flag
 from rankloop.workspace import Workspace
+from reward.config import RewardTrainingConfig
 
 
 @click.group("train")
@@ -43,33 +45,19 @@ def _overrides(options: dict[str, Any], assignments: tuple[str, ...]) -> dict[st
     return out
 
 
-_FLAGS = {"max_steps": "--max-steps", "num_train_epochs": "--epochs", "learning_rate": "--lr",
-          "margin": "--margin/--no-margin"}  # a field's own flag, where it has one
+# The [reward] fields with a flag of their own (rankloop/commands/options.py makes the flags from the fields).
+_REWARD_FIELDS = ("base", "max_steps", "max_pairs", "name", "margin", "aggregate", "rounds", "models", "reviewers",
+                  "splits", "min_agreement", "num_train_epochs", "learning_rate", "device")
 
 
 @train_group.command("reward")
-@click.option("--base", default=None, help="Backbone: workspace model, folder, hub id or built-in "
-              "(all-minilm-l6-v2, smollm2-135m-instruct).  [default: [reward] base, else smollm2-135m-instruct]")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="TOML file whose [reward] section overrides the workspace's.")
 @click.option("--resume", default=None, is_flag=False, flag_value="latest", metavar="[RUN]",
               help="Continue an interrupted run from its last checkpoint (a run id; alone: the newest unfinished).")
-@click.option("--max-steps", type=int, default=None, help="Stop after N optimizer steps (bounds a run).")
-@click.option("--max-pairs", type=int, default=None, help="Train on at most N pairs (bounds a run).")
-@click.option("--name", default=None, help="Name of the new reward model.  [default: reward-run<ID>]")
 @click.option("--full", "full", is_flag=True, default=None,
-              help="Fine-tune the whole backbone (TRL) instead of the default probe.")
-@click.option("--margin/--no-margin", default=None, help="Add a margin from the rank gap to the loss.")
-@click.option("--aggregate/--per-reviewer", default=None,
-              help="One majority pair per comparison, or one pair per reviewer's judgment (default).")
-@click.option("--round", "rounds", type=int, multiple=True, help="Only comparisons of this round (repeatable).")
-@click.option("--model", "models", multiple=True, help="Only pairs with a response by this model (repeatable).")
-@click.option("--reviewer", "reviewers", multiple=True, help="Only this reviewer's judgments (repeatable).")
-@click.option("--split", "splits", multiple=True, help="Only prompts of this split (repeatable).")
-@click.option("--min-agreement", type=float, default=None, help="Drop pairs fewer reviewers agree with (0..1).")
-@click.option("--epochs", "num_train_epochs", type=float, default=None, help="Passes over the pairs.")
-@click.option("--lr", "learning_rate", type=float, default=None, help="Learning rate.")
-@click.option("--device", default=None, help="cpu, cuda, cuda:N or mps.  [default: cuda when present]")
+              help="Fine-tune the whole backbone (TRL) instead of the default probe (--set method=lora: LoRA).")
+@config_options(RewardTrainingConfig, *_REWARD_FIELDS, section="reward")
 @click.option("--set", "assignments", multiple=True, metavar="FIELD=VALUE",
               help="Any other [reward] field, e.g. --set lora_r=8 --set report_to='[\"wandb\"]' (repeatable).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs still go to TensorBoard).")
@@ -99,7 +87,8 @@ def train_reward_command(ws: Workspace, config_file: Path | None, resume: str | 
         config = guarded(load_reward_config, ws.config.extra, ws.root / "rankloop.toml", config_file, overrides)
     unused = config.unused(list(overrides))
     if unused:
-        flags = ", ".join(sorted(_FLAGS.get(name, f"--set {name}") for name in unused))
+        flags = ", ".join(sorted(main_flag(field_of(type(config), name)) if name in _REWARD_FIELDS
+                                 else f"--set {name}" for name in unused))
         raise click.ClickException(
             f"{flags}: method 'probe' (the default) fits a linear reward on frozen features and never reads "
             f"{'this' if len(unused) == 1 else 'these'}; fine-tune with --full (or --set method=lora) to use "
