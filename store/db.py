@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TypeVar
 
@@ -285,6 +286,9 @@ class _Held:
         self.active = 0  # units of work running on a cursor of `con`
         self.broken = False  # a fatal DuckDB error: reopen once the running units are done
         self.opens = 0  # how many times the instance was opened (tests read it)
+        # Commits that may change what the queue caches (see `transaction`): counted under `commit_lock`.
+        self.commit_lock = threading.Lock()
+        self.changes = 0
 
     def _close(self) -> None:
         if self.con is not None:
@@ -411,7 +415,14 @@ def _held_for(path: str | Path) -> _Held:
 @contextmanager
 def connection(path: str | Path, timeout_s: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection for one unit of work: closed (and the file lock released) when the block ends, or, in a
-    process that holds the database (`hold`), a cursor on the instance it keeps open."""
+    process that holds the database (`hold`), a cursor on the instance it keeps open. What it writes counts as a
+    change to what the queue caches (see `queue_label`)."""
+    with _connection(path, timeout_s, counted=True) as con:
+        yield con
+
+
+@contextmanager
+def _connection(path: str | Path, timeout_s: float | None, counted: bool) -> Iterator[duckdb.DuckDBPyConnection]:
     if _hold_all:
         held = _held_for(path)
         cur = held.enter(timeout_s)
@@ -422,6 +433,9 @@ def connection(path: str | Path, timeout_s: float | None = None) -> Iterator[duc
             error = e
             raise
         finally:
+            if counted:
+                with held.commit_lock:
+                    held.changes += 1
             held.leave(cur, error)
         return
     con = open_connection(path, timeout_s)
@@ -431,25 +445,70 @@ def connection(path: str | Path, timeout_s: float | None = None) -> Iterator[duc
         con.close()
 
 
+# A long-lived process that holds the database sees every write to it: its own transactions, and other processes'
+# only across a hand-over, which reopens the instance. So it can tell whether anything the queue caches (store.
+# queue_cache) may have changed since a snapshot without reading the tables: a transaction that promises to change
+# none of it except by appending judgments (`keeps_queue_cache`: the queue's submit, lease and draft writes) does
+# not count; every other commit, and every rollback, does. The queue's transaction takes its snapshot and reads the
+# count under the same lock the counted commits hold, so the label (path, instance opens, changes) names exactly the
+# counted commits its snapshot holds. Outside such a process (one open per unit of work) there is no label, and
+# the queue checks a fingerprint of the tables instead.
+_label: ContextVar[tuple[str, int, int] | None] = ContextVar("rankloop_queue_label", default=None)
+
+
+def queue_label() -> tuple[str, int, int] | None:
+    """(database path, instance opens, counted commits) of the current `keeps_queue_cache` transaction in a
+    holding process; None elsewhere."""
+    return _label.get()
+
+
+def _finish(con: duckdb.DuckDBPyConnection, statement: str, held: _Held | None, counted: bool) -> None:
+    if held is None:
+        con.execute(statement)
+        return
+    with held.commit_lock:
+        try:
+            con.execute(statement)
+        finally:
+            if counted:
+                held.changes += 1
+
+
 @contextmanager
-def transaction(path: str | Path, timeout_s: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+def transaction(path: str | Path, timeout_s: float | None = None, *,
+                keeps_queue_cache: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
     """BEGIN, yield, COMMIT (ROLLBACK on any error) on a connection for one unit of work: writes that belong
-    together."""
-    with connection(path, timeout_s) as con:
-        con.execute("BEGIN TRANSACTION")
+    together. `keeps_queue_cache`: the work changes nothing the queue caches except by appending judgments (see
+    `queue_label`); leave it False when in doubt (a False only costs the queue a rebuild)."""
+    with _connection(path, timeout_s, counted=False) as con:
+        held = _held.get(os.path.abspath(path)) if _hold_all else None
+        label = None
+        if held is None:
+            con.execute("BEGIN TRANSACTION")
+        else:
+            with held.commit_lock:
+                con.execute("BEGIN TRANSACTION")
+                if keeps_queue_cache:  # DuckDB starts the snapshot at the first read: take it under the lock
+                    con.execute("SELECT count(*) FROM schema_migrations").fetchone()
+                    label = (held.path, held.opens, held.changes)
+        token = _label.set(label)
         try:
             yield con
         except BaseException:
-            con.execute("ROLLBACK")
+            _finish(con, "ROLLBACK", held, counted=True)
             raise
-        con.execute("COMMIT")
+        finally:
+            _label.reset(token)
+        _finish(con, "COMMIT", held, counted=not keeps_queue_cache)
 
 
-def write(path: str | Path, work: Callable[[duckdb.DuckDBPyConnection], T], retries: int = 8) -> T:
-    """Run `work(con)` in one transaction, re-running it when a concurrent transaction in this process conflicts."""
+def write(path: str | Path, work: Callable[[duckdb.DuckDBPyConnection], T], retries: int = 8, *,
+          keeps_queue_cache: bool = False) -> T:
+    """Run `work(con)` in one transaction, re-running it when a concurrent transaction in this process conflicts.
+    `keeps_queue_cache`: see `transaction`."""
     for attempt in range(retries + 1):
         try:
-            with transaction(path) as con:
+            with transaction(path, keeps_queue_cache=keeps_queue_cache) as con:
                 return work(con)
         except duckdb.TransactionException as e:
             if attempt == retries or not any(m in str(e) for m in _CONFLICT_MARKERS):
@@ -460,5 +519,5 @@ def write(path: str | Path, work: Callable[[duckdb.DuckDBPyConnection], T], retr
 
 def read(path: str | Path, work: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
     """Run a read-only `work(con)` on a connection held just for it."""
-    with connection(path) as con:
+    with _connection(path, None, counted=False) as con:
         return work(con)

@@ -81,36 +81,46 @@ def check_text(name: str, value: str | None) -> None:
         raise ValueError(f"{name}: contains a NUL character")
 
 
-def _insert(con: duckdb.DuckDBPyConnection, j: NewJudgment) -> int:
-    found = con.execute("SELECT id FROM judgments WHERE idempotency_key = ?", [j.idempotency_key]).fetchone()
-    if found:
-        return int(found[0])  # a retried submit: stored once
-    row = con.execute("SELECT response_ids FROM comparisons WHERE id = ?", [j.comparison_id]).fetchone()
-    if row is None:
-        raise ValueError(f"no comparison with id {j.comparison_id}")
-    check_ranking(j.ranking, list(row[0]), all_bad=j.all_bad, skipped=j.skipped)
+def _insert(con: duckdb.DuckDBPyConnection, j: NewJudgment,
+            known: tuple[int, list[int]] | None = None) -> int:
+    if known is None:
+        found = con.execute("SELECT id FROM judgments WHERE idempotency_key = ?", [j.idempotency_key]).fetchone()
+        if found:
+            return int(found[0])  # a retried submit: stored once
+        row = con.execute("SELECT response_ids FROM comparisons WHERE id = ?", [j.comparison_id]).fetchone()
+        if row is None:
+            raise ValueError(f"no comparison with id {j.comparison_id}")
+        response_ids = list(row[0])
+    else:
+        response_ids = known[1]
+    check_ranking(j.ranking, response_ids, all_bad=j.all_bad, skipped=j.skipped)
     bad_flags = sorted(set(j.flags) - set(FLAGS))
     if bad_flags:
         raise ValueError(f"flags: unknown {bad_flags} (known: {', '.join(FLAGS)})")
     check_texts(j)
-    kind = "simulated" if j.source.startswith("simulated") else "human"
-    ids, _ = ensure_reviewers(con, {j.reviewer}, kind=kind)
-    (jid,) = con.execute("SELECT nextval('judgments_id')").fetchone()
-    con.execute(
+    if known is None:
+        kind = "simulated" if j.source.startswith("simulated") else "human"
+        reviewer_id = ensure_reviewers(con, {j.reviewer}, kind=kind)[0][j.reviewer]
+    else:
+        reviewer_id = known[0]
+    (jid,) = con.execute(
         "INSERT INTO judgments (id, comparison_id, reviewer_id, ranking, all_bad, skipped, flags, edited_text, "
-        "rationale, display_order, time_spent_ms, idempotency_key, source) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        "rationale, display_order, time_spent_ms, idempotency_key, source) "
+        "VALUES (nextval('judgments_id'),?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
         [
-            jid, j.comparison_id, ids[j.reviewer], None if j.ranking is None else json.dumps(j.ranking), j.all_bad,
+            j.comparison_id, reviewer_id, None if j.ranking is None else json.dumps(j.ranking), j.all_bad,
             j.skipped, list(j.flags), j.edited_text, j.rationale, j.display_order, j.time_spent_ms,
             j.idempotency_key, j.source,
         ],
-    )
+    ).fetchone()
     return int(jid)
 
 
-def insert_judgment(con: duckdb.DuckDBPyConnection, judgment: NewJudgment) -> int:
-    """`add_judgment` inside the caller's transaction (the queue closes the lease in the same one)."""
-    return _insert(con, judgment)
+def insert_judgment(con: duckdb.DuckDBPyConnection, judgment: NewJudgment,
+                    known: tuple[int, list[int]] | None = None) -> int:
+    """`add_judgment` inside the caller's transaction (the queue closes the lease in the same one). `known`:
+    (reviewer id, the comparison's response ids) when the caller has read them and the idempotency key."""
+    return _insert(con, judgment, known)
 
 
 def add_judgment(db: str | Path, judgment: NewJudgment) -> int:

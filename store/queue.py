@@ -24,6 +24,7 @@ from typing import Any
 
 import duckdb
 
+from store import queue_cache
 from store.audit import log_event
 from store.db import read, write
 from store.judgments import MAX_TEXT_CHARS, NewJudgment, check_text, counted, insert_judgment, retract_judgment
@@ -91,110 +92,55 @@ _QUEUE = f"""
 """
 
 
-# The query above aggregates every judgment on every call (20+ ms with 100k judgments). Almost all comparisons
-# are complete, and a complete one stays complete while judgments are only added, so each process keeps the open
-# comparisons (fewer distinct counted reviewers than required) per database, with their reviewers and what orders
-# them, and checks the cache against a fingerprint read in the caller's transaction: judgments (rows, highest id,
-# retractions) and comparisons (rows, highest id, sum of N, and the sum of a hash of id, round, priority and N per
-# row; a sum, not a bit_xor: DuckDB's multi-column hash XORs the last column in, so a bit_xor cancels out when an
-# even number of rows change N alike). New judgments (ids above the cached highest, as many as the row count grew)
-# are added in place; anything else (an undo, new comparisons, a new N or priority, rows that appeared below the
-# highest id) rebuilds it. The cache is never used without that check; the next item is then picked from it with
-# small queries (the reviewer's own judgments and responses, open leases, gold items).
-_FINGERPRINT = """
-    SELECT (SELECT path FROM duckdb_databases() WHERE database_name = current_database()), j.*, c.*
-    FROM (SELECT count(*), coalesce(max(id), 0), count(retracted_at) FROM judgments) j,
-         (SELECT count(*), coalesce(max(id), 0), coalesce(sum(required_reviewers), 0),
-                 coalesce(sum(hash(id, round, priority, required_reviewers)), 0) FROM comparisons) c
-"""
-_OPEN_SET = f"""
-    SELECT c.id, any_value(c.round), any_value(c.priority), any_value(c.created_at), any_value(c.required_reviewers),
-           any_value(c.response_ids), list(DISTINCT j.reviewer_id) FILTER (WHERE j.reviewer_id IS NOT NULL)
-    FROM comparisons c LEFT JOIN judgments j ON j.comparison_id = c.id AND {counted('j')}
-    GROUP BY c.id HAVING count(DISTINCT j.reviewer_id) < any_value(c.required_reviewers)
-"""
-_OWN = "SELECT id FROM responses WHERE json_extract_string(params, '$.edited_by_reviewer_id') = CAST(? AS VARCHAR)"
-_OPEN_CACHE_MAX = 20_000  # more open comparisons than this: the query above instead of a loop over them here
-
-
-@dataclass
-class _Comparison:
-    round: int
-    needed: int
-    response_ids: frozenset[int]
-    reviewers: frozenset[int]  # distinct reviewers with a counted judgment of it
-
-
-@dataclass
-class _OpenSet:
-    fingerprint: tuple  # (database path; judgments: rows, max id, retracted; comparisons: rows, max id, N, hash)
-    open: dict[int, _Comparison]
-    order: list[int]  # the open ids in queue order (round, priority desc, age, id)
-
-
-_open_sets: dict[str, _OpenSet] = {}
-_open_sets_lock = threading.Lock()
-
-
-def _open_set(con: duckdb.DuckDBPyConnection) -> _OpenSet:
-    """The open comparisons as of the caller's transaction (from the cache when its fingerprint still holds)."""
-    fp = tuple(con.execute(_FINGERPRINT).fetchone())
-    path, jrows, _, jretracted, *cfp = fp
-    with _open_sets_lock:
-        cached = _open_sets.get(path)
-    if cached is not None and cached.fingerprint == fp:
-        return cached
-    fresh = None
-    if cached is not None and list(cached.fingerprint[4:]) == cfp and cached.fingerprint[3] == jretracted \
-            and jrows >= cached.fingerprint[1]:
-        new = con.execute(f"SELECT comparison_id, reviewer_id, {counted('j')} FROM judgments j WHERE id > ?",
-                          [cached.fingerprint[2]]).fetchall()
-        if len(new) == jrows - cached.fingerprint[1]:  # only additions, all above the highest id seen
-            still_open = dict(cached.open)
-            for cid, rid, is_counted in new:
-                c = still_open.get(cid)
-                if is_counted and c is not None and rid not in c.reviewers:
-                    c = _Comparison(c.round, c.needed, c.response_ids, c.reviewers | {rid})
-                    if len(c.reviewers) >= c.needed:
-                        del still_open[cid]
-                    else:
-                        still_open[cid] = c
-            order = cached.order if len(still_open) == len(cached.open) else [
-                cid for cid in cached.order if cid in still_open]
-            fresh = _OpenSet(fp, still_open, order)
-    if fresh is None:
-        rows = con.execute(_OPEN_SET).fetchall()
-        rows.sort(key=lambda r: (r[1], -r[2], r[3], r[0]))
-        fresh = _OpenSet(fp, {cid: _Comparison(rnd, int(n), frozenset(rids), frozenset(who or []))
-                              for cid, rnd, _, _, n, rids, who in rows}, [r[0] for r in rows])
-    with _open_sets_lock:
-        _open_sets[path] = fresh
-    return fresh
+# The query above aggregates every judgment on every call (20+ ms with 100k judgments): the queue normally picks
+# from what store.queue_cache keeps instead, and uses the query when more comparisons are open than it keeps.
+_OPEN_CACHE_MAX = 20_000
 
 
 def _queue_state(con: duckdb.DuckDBPyConnection, reviewer_id: int,
                  round: int | None = None) -> tuple[int, int | None, int | None]:
     """(comparisons still open to the reviewer, next regular id, next gold id); only `round`'s when given."""
-    open_set = _open_set(con)
-    if len(open_set.open) > _OPEN_CACHE_MAX:
+    view = queue_cache.snapshot(con)
+    return _pick(con, view, reviewer_id, round, _held_counts(con)[0])
+
+
+def _held_counts(con: duckdb.DuckDBPyConnection, reviewer_id: int | None = None) -> tuple[dict[int, int], int | None]:
+    """Open leases per comparison, and the reviewer's own open lease (newest) if any; closes expired ones first
+    when there are some (every reader already treats them as closed)."""
+    held: dict[int, int] = {}
+    mine, expired = None, False
+    for cid, rid, lid, live in con.execute(
+            "SELECT comparison_id, reviewer_id, id, expires_at > current_localtimestamp() FROM leases "
+            "WHERE closed_at IS NULL").fetchall():
+        if not live:
+            expired = True
+            continue
+        held[cid] = held.get(cid, 0) + 1
+        if rid == reviewer_id and (mine is None or lid > mine):
+            mine = lid
+    if expired:
+        con.execute(
+            "UPDATE leases SET closed_at = current_localtimestamp(), outcome = 'expired' "
+            "WHERE closed_at IS NULL AND expires_at <= current_localtimestamp()")
+    return held, mine
+
+
+def _pick(con: duckdb.DuckDBPyConnection, view: queue_cache.Snapshot, reviewer_id: int, round: int | None,
+          held: dict[int, int]) -> tuple[int, int | None, int | None]:
+    if len(view.open) > _OPEN_CACHE_MAX:
         remaining, regular, gold = con.execute(_QUEUE, {"r": reviewer_id, "round": round}).fetchone()
         return int(remaining), regular, gold
-    mine = {cid for (cid,) in con.execute(
-        "SELECT comparison_id FROM judgments WHERE reviewer_id = ? AND retracted_at IS NULL", [reviewer_id]
-    ).fetchall()}
-    own = {rid for (rid,) in con.execute(_OWN, [reviewer_id]).fetchall()}
-    held = dict(con.execute(f"SELECT comparison_id, count(*) FROM leases l WHERE {_OPEN} GROUP BY 1").fetchall())
-    golds = con.execute(
-        "SELECT c.id, c.round, c.response_ids FROM gold_answers g JOIN comparisons c ON c.id = g.comparison_id "
-        "ORDER BY c.round, c.priority DESC, c.created_at, c.id").fetchall()
+    mine = view.reviewer(con, reviewer_id).live
+    own = view.own(con, reviewer_id)
+    golds = view.golds(con)
     gold_ids = {cid for cid, _, _ in golds}
 
     def offered(cid: int, rnd: int, response_ids) -> bool:
         return cid not in mine and (round is None or rnd == round) and not (own and own.intersection(response_ids))
 
     remaining, regular = 0, None
-    for cid in open_set.order:
-        c = open_set.open[cid]
+    for cid in view.order:
+        c = view.open[cid]
         if cid in gold_ids or not offered(cid, c.round, c.response_ids):
             continue
         remaining += 1
@@ -204,18 +150,10 @@ def _queue_state(con: duckdb.DuckDBPyConnection, reviewer_id: int,
     return remaining, regular, gold
 
 
-def _progress(con: duckdb.DuckDBPyConnection, reviewer_id: int, remaining: int) -> dict[str, int]:
-    today, total = con.execute(
-        "SELECT count(*) FILTER (WHERE created_at >= current_date), count(*) "
-        f"FROM judgments j WHERE reviewer_id = ? AND {counted('j')}",
-        [reviewer_id],
-    ).fetchone()
-    return {"done_today": int(today), "total": int(total), "remaining": remaining}
-
-
 def progress_in(con: duckdb.DuckDBPyConnection, reviewer_id: int) -> dict[str, int]:
     """Done today, done in total (counted judgments), and comparisons still open to this reviewer."""
-    return _progress(con, reviewer_id, _queue_state(con, reviewer_id)[0])
+    view = queue_cache.snapshot(con)
+    return view.reviewer(con, reviewer_id).progress(_pick(con, view, reviewer_id, None, _held_counts(con)[0])[0])
 
 
 def _load_item(con: duckdb.DuckDBPyConnection, lease_id: int, progress: dict[str, int]) -> Item:
@@ -227,104 +165,113 @@ def _load_item(con: duckdb.DuckDBPyConnection, lease_id: int, progress: dict[str
         [lease_id],
     ).fetchone()
     reviewer_id, cid, rnd, response_ids, messages, gold, draft = row
-    texts = dict(con.execute(
-        "SELECT id, text FROM responses WHERE id IN (SELECT unnest(?))", [list(response_ids)]).fetchall())
-    order = display_order(reviewer_id, cid, list(response_ids))
-    return Item(lease_id, cid, rnd, json.loads(messages), [(r, texts[r]) for r in order], bool(gold), progress,
-                json.loads(draft) if draft else None)
+    return _item(con, lease_id, reviewer_id, cid, rnd, list(response_ids), messages, bool(gold), progress,
+                 json.loads(draft) if draft else None)
+
+
+def _item(con: duckdb.DuckDBPyConnection, lease_id: int, reviewer_id: int, cid: int, rnd: int,
+          response_ids: list[int], messages: str | None, gold: bool, progress: dict[str, int],
+          draft: dict[str, Any] | None = None, prompt_id: int | None = None) -> Item:
+    """An Item from what is known; the prompt (by `prompt_id` when `messages` is not given) and texts are read."""
+    if messages is None:
+        (messages,) = con.execute("SELECT messages FROM prompts WHERE id = ?", [prompt_id]).fetchone()
+    marks = ", ".join("?" * len(response_ids))
+    texts = dict(con.execute(f"SELECT id, text FROM responses WHERE id IN ({marks})", response_ids).fetchall())
+    order = display_order(reviewer_id, cid, response_ids)
+    return Item(lease_id, cid, rnd, json.loads(messages), [(r, texts[r]) for r in order], gold, progress, draft)
 
 
 def _new_lease(con: duckdb.DuckDBPyConnection, reviewer_id: int, comparison_id: int, minutes: int) -> int:
-    (lid,) = con.execute("SELECT nextval('leases_id')").fetchone()
-    con.execute(
+    (lid,) = con.execute(
         "INSERT INTO leases (id, comparison_id, reviewer_id, leased_at, expires_at) VALUES "
-        "(?, ?, ?, current_localtimestamp(), current_localtimestamp() + to_minutes(?))",
-        [lid, comparison_id, reviewer_id, int(minutes)],
-    )
+        "(nextval('leases_id'), ?, ?, current_localtimestamp(), current_localtimestamp() + to_minutes(?)) "
+        "RETURNING id",
+        [comparison_id, reviewer_id, int(minutes)],
+    ).fetchone()
     return int(lid)
 
 
-def _wants_gold(con: duckdb.DuckDBPyConnection, reviewer_id: int, rate: float) -> bool:
+def _wants_gold(view: queue_cache.Snapshot, reviewer: queue_cache.Reviewer, golds: list, rate: float) -> bool:
     if rate <= 0:
         return False
-    total, gold = con.execute(
-        "SELECT count(*), count(*) FILTER (WHERE comparison_id IN (SELECT comparison_id FROM gold_answers)) "
-        f"FROM judgments j WHERE reviewer_id = ? AND {counted('j')}",
-        [reviewer_id],
-    ).fetchone()
-    return math.floor(rate * (total + 1)) > gold
+    answered = sum(1 for cid, _, _ in golds if cid in reviewer.counted)
+    return math.floor(rate * (len(reviewer.counted) + 1)) > answered
 
 
-def next_item_in(con: duckdb.DuckDBPyConnection, reviewer_id: int, round: int | None = None) -> Item | None:
+def next_item_in(con: duckdb.DuckDBPyConnection, reviewer_id: int, round: int | None = None,
+                 view: queue_cache.Snapshot | None = None) -> Item | None:
     """The reviewer's open lease if they hold one, else a new lease on the next comparison (inside a transaction).
 
-    With `round`, only that round's comparisons are handed out (simulated reviewers working one round).
+    With `round`, only that round's comparisons are handed out (simulated reviewers working one round). `view`:
+    the queue's view as of this transaction when the caller has it (read after its last judgment).
     """
-    con.execute(
-        "UPDATE leases SET closed_at = current_localtimestamp(), outcome = 'expired' "
-        "WHERE closed_at IS NULL AND expires_at <= current_localtimestamp()"
-    )
-    held = con.execute(
-        f"SELECT id FROM leases l WHERE reviewer_id = ? AND {_OPEN} ORDER BY id DESC LIMIT 1", [reviewer_id]
-    ).fetchone()
-    remaining, regular, gold = _queue_state(con, reviewer_id, round)
-    progress = _progress(con, reviewer_id, remaining)
-    if held:
-        return _load_item(con, held[0], progress)
-    s = settings_in(con)
-    pick = gold if gold is not None and _wants_gold(con, reviewer_id, s["gold_rate"]) else regular
+    held, mine = _held_counts(con, reviewer_id)
+    view = view or queue_cache.snapshot(con)
+    remaining, regular, gold = _pick(con, view, reviewer_id, round, held)
+    reviewer = view.reviewer(con, reviewer_id)
+    progress = reviewer.progress(remaining)
+    if mine is not None:
+        return _load_item(con, mine, progress)
+    s = view.settings(con)
+    pick = gold if gold is not None and _wants_gold(view, reviewer, view.golds(con), s["gold_rate"]) else regular
     if pick is None:
         return None
-    return _load_item(con, _new_lease(con, reviewer_id, pick, s["lease_minutes"]), progress)
+    lease_id = _new_lease(con, reviewer_id, pick, s["lease_minutes"])
+    c = view.open.get(pick)
+    if c is None:  # a gold item (gold comparisons may be complete) or more open ones than the cache keeps
+        return _load_item(con, lease_id, progress)
+    return _item(con, lease_id, reviewer_id, pick, c.round, list(c.response_ids), None, pick == gold, progress,
+                 prompt_id=c.prompt_id)
 
 
 def next_item(db: str | Path, reviewer_id: int, round: int | None = None) -> Item | None:
     """What to show this reviewer now (None when their queue is empty); the item stays leased to them."""
     with _lease_lock:
-        return write(db, lambda con: next_item_in(con, reviewer_id, round))
+        return write(db, lambda con: next_item_in(con, reviewer_id, round), keeps_queue_cache=True)
 
 
 def _record(con: duckdb.DuckDBPyConnection, lease_id: int, reviewer_id: int, reviewer: str, answer: Answer,
-            skipped: bool, source: str = "app") -> int:
-    lease = con.execute(
-        "SELECT l.comparison_id, l.reviewer_id, c.response_ids, l.outcome, r.active FROM leases l "
-        "JOIN comparisons c ON c.id = l.comparison_id JOIN reviewers r ON r.id = l.reviewer_id WHERE l.id = ?",
-        [lease_id],
-    ).fetchone()
+            skipped: bool, source: str = "app") -> tuple[int, queue_cache.Snapshot | None]:
+    """Store the answer for the lease and close it: the judgment id, and the queue's view with it (None for a
+    retried submit, stored before)."""
+    lease = con.execute("SELECT comparison_id, reviewer_id, outcome FROM leases WHERE id = ?", [lease_id]).fetchone()
     if lease is None or lease[1] != reviewer_id:
         raise ValueError(f"lease {lease_id} is not yours")
-    if not lease[4]:
+    cid, _, outcome = lease
+    view = queue_cache.snapshot(con)
+    if not view.active(con, reviewer_id):
         raise ValueError("this account is deactivated")
-    cid, _, response_ids, outcome, _ = lease
     key = f"{source}:{reviewer_id}:{cid}:{lease_id}"
     found = con.execute("SELECT id FROM judgments WHERE idempotency_key = ?", [key]).fetchone()
     if found:
-        return int(found[0])  # a retried submit: stored once
+        return int(found[0]), None  # a retried submit: stored once
     if outcome == "released":
         raise ValueError("this item was given back to the queue; it is no longer yours to answer")
-    if con.execute(
-        "SELECT 1 FROM judgments WHERE reviewer_id = ? AND comparison_id = ? AND retracted_at IS NULL",
-        [reviewer_id, cid],
-    ).fetchone():
+    if cid in view.reviewer(con, reviewer_id).live:
         raise AlreadyJudged(f"you already judged comparison {cid}")
+    c = view.open.get(cid)
+    response_ids = list(c.response_ids) if c is not None else list(con.execute(
+        "SELECT response_ids FROM comparisons WHERE id = ?", [cid]).fetchone()[0])
     jid = insert_judgment(con, NewJudgment(
         comparison_id=cid, reviewer=reviewer, idempotency_key=key,
         ranking=None if skipped else answer.ranking, all_bad=False if skipped else answer.all_bad, skipped=skipped,
         flags=list(answer.flags), edited_text=answer.edited_text or None, rationale=answer.rationale or None,
-        display_order=display_order(reviewer_id, cid, list(response_ids)), time_spent_ms=answer.time_spent_ms,
+        display_order=display_order(reviewer_id, cid, response_ids), time_spent_ms=answer.time_spent_ms,
         source=source,
-    ))
+    ), known=(reviewer_id, response_ids))
     con.execute(
         "UPDATE leases SET closed_at = current_localtimestamp(), outcome = ?, judgment_id = ? WHERE id = ?",
         ["skipped" if skipped else "submitted", jid, lease_id],
     )
-    return jid
+    return jid, queue_cache.appended(view, jid, cid, reviewer_id, counted=not skipped)
 
 
 def submit(db: str | Path, lease_id: int, reviewer_id: int, reviewer: str, answer: Answer,
            skipped: bool = False) -> int:
     """Store the reviewer's answer for the leased comparison; returns the judgment id once committed."""
-    return write(db, lambda con: _record(con, lease_id, reviewer_id, reviewer, answer, skipped))
+    with _lease_lock:
+        return write(db, lambda con: _record(con, lease_id, reviewer_id, reviewer, answer, skipped)[0],
+                     keeps_queue_cache=True)
 
 
 def submit_and_next(db: str | Path, lease_id: int, reviewer_id: int, reviewer: str, answer: Answer,
@@ -337,11 +284,11 @@ def submit_and_next(db: str | Path, lease_id: int, reviewer_id: int, reviewer: s
     """
 
     def work(con: duckdb.DuckDBPyConnection) -> tuple[int, Item | None]:
-        jid = _record(con, lease_id, reviewer_id, reviewer, answer, skipped, source)
-        return jid, next_item_in(con, reviewer_id, round)
+        jid, view = _record(con, lease_id, reviewer_id, reviewer, answer, skipped, source)
+        return jid, next_item_in(con, reviewer_id, round, view)
 
     with _lease_lock:
-        return write(db, work)
+        return write(db, work, keeps_queue_cache=True)
 
 
 def undo(db: str | Path, judgment_id: int, reviewer_id: int, reviewer: str,
@@ -393,7 +340,7 @@ def save_draft(db: str | Path, lease_id: int, reviewer_id: int, draft: dict[str,
     """
     for name in MAX_TEXT_CHARS:  # what the judgment would refuse is not kept either: ValueError naming it
         check_text(name, (draft or {}).get(name))
-    return write(db, lambda con: _put_draft(con, lease_id, reviewer_id, draft))
+    return write(db, lambda con: _put_draft(con, lease_id, reviewer_id, draft), keeps_queue_cache=True)
 
 
 def release(db: str | Path, lease_id: int, reviewer_id: int) -> None:
