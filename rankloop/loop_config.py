@@ -29,10 +29,10 @@ class LoopConfig:
     max_new_tokens: int = option(64, "Longest sampled response, in tokens.", ge=1)
     temperature: float = field(default=0.8, metadata={"help": "Sampling temperature of the candidates."})
     required_reviewers: int = option(1, "Reviewers each comparison needs.", ge=1, le=50)
-    reviewers: int = option(3, "Simulated reviewers (sim-1..sim-N).", ge=1, le=50)
-    noise: float = option(0.0, "Simulated reviewers' noise (see rankloop.simulate).", ge=0)
-    noise_model: str = field(default="gumbel", metadata={"help": "'gumbel' (Bradley-Terry) or 'flip'."})
-    spread: float = field(default=0.0, metadata={"help": "Per-reviewer disagreement in [0, 1]."})
+    reviewers: int = option(3, "Simulated reviewers (sim-1..sim-N).", ge=1, le=50, only=("simulated",))
+    noise: float = option(0.0, "Simulated reviewers' noise (see rankloop.simulate).", ge=0, only=("simulated",))
+    noise_model: str = option("gumbel", "'gumbel' (Bradley-Terry) or 'flip'.", only=("simulated",))
+    spread: float = option(0.0, "Per-reviewer disagreement in [0, 1].", only=("simulated",))
     max_steps: int = option(0, "Cap on every reward and policy training run's steps (0: their own).", ge=0)
     eval_prompts: int = option(16, "Held-out prompts (split 'eval') for evaluation.", ge=1)
     eval_k: int = field(default=2, metadata={"help": "Samples per held-out prompt and policy."})
@@ -74,6 +74,12 @@ class LoopConfig:
                  "comparison needs (required_reviewers)")
 
             SimulationConfig(self.simulate, self.reviewers, self.noise, self.noise_model, self.spread)
+
+    @property
+    def reviewing(self) -> str:
+        """Who ranks: 'simulated' reviewers (with `simulate`) or 'people'; the simulated reviewers' fields are read
+        only in the first case."""
+        return "simulated" if self.simulate else "people"
 
     @property
     def eval_tokens(self) -> int:

@@ -241,3 +241,12 @@ def test_one_default_policy():
     names = [p.relative_to(ROOT) for pkg in ("rankloop", "reward", "rl", "training")
              for p in (ROOT / pkg).rglob("*.py") if f'"{DEFAULT_POLICY}"' in p.read_text(encoding="utf-8")]
     assert names == [Path("training/models.py")]
+
+
+def test_simulated_reviewers_options_without_simulate_are_refused(workspace):
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(main, ["loop", "--noise", "0.1", "--reviewers", "2", "-w", str(workspace.root)])
+    assert result.exit_code == 1
+    assert ("--noise, --reviewers: reviewing 'people' never reads them (only 'simulated' does); leave them out or "
+            "give --simulate ORACLE") in result.output

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from rankloop.commands.common import echo_json, guarded, workspace_option
-from rankloop.commands.options import config_options
+from rankloop.commands.options import config_options, refuse_unused
 from rankloop.loop_config import LoopConfig
 from rankloop.workspace import Workspace
 
@@ -93,6 +93,7 @@ def loop_command(ws: Workspace, assignments: tuple[str, ...], new: bool, as_json
 
     overrides = guarded(_loop_overrides, options, assignments)
     config = guarded(_config, ws, overrides)
+    refuse_unused(config, list(overrides), "reviewing", "give --simulate ORACLE")
     result = guarded(run_loop, ws, config, new=new, asked=overrides, log=lambda line: click.echo(line, err=True))
     if as_json:
         echo_json({"run_id": result.run_id, "report": result.folder / "report.md", "rounds": result.rounds,

@@ -61,9 +61,10 @@ def config_options(cls: type, *names: str, section: str | None = None) -> Callab
     return lambda fn: functools.reduce(lambda g, opt: opt(g), reversed(options), fn)
 
 
-def refuse_unused(config: Any, given: list[str] | tuple[str, ...], method_field: str) -> None:
+def refuse_unused(config: Any, given: list[str] | tuple[str, ...], method_field: str, instead: str = "") -> None:
     """An option given for a field that the config's method (`algo`, ...) never reads is refused, naming it (its
-    flag, or `--set FIELD`): the fields declared with `only=(...)` are read by those methods alone."""
+    flag, or `--set FIELD`): the fields declared with `only=(...)` are read by those methods alone. `instead`:
+    how to choose a method that reads them (default: "choose that <method_field>")."""
     cls, method = type(config), getattr(config, method_field)
     unused = [name for name in given if name in {f.name for f in fields(cls)}
               and field_of(cls, name).metadata.get("only") and method not in field_of(cls, name).metadata["only"]]
@@ -76,4 +77,4 @@ def refuse_unused(config: Any, given: list[str] | tuple[str, ...], method_field:
     it = "it" if len(unused) == 1 else "them"
     raise click.ClickException(
         f"{named}: {method_field} {method!r} never reads {it} (only {' or '.join(repr(m) for m in readers)} "
-        f"{'does' if len(readers) == 1 else 'do'}); leave {it} out or choose that {method_field}")
+        f"{'does' if len(readers) == 1 else 'do'}); leave {it} out or {instead or f'choose that {method_field}'}")
