@@ -25,14 +25,13 @@ from rl.training import (
     finish_policy,
     load_for_training,
     lora_config,
-    policy_run,
-    resolve_policy,
+    train_policy,
     trainer_kwargs,
 )
 from store.workspace import WorkspaceLike
 from training.checks import resume_checkpoint
 from training.hf import fit, history_callback, step_metrics, trainer_callbacks
-from training.snapshot import parts, snapshot_rows
+from training.snapshot import parts
 
 RUN_KIND = "dpo"
 LOGGED = ("loss", "rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected", "logps/chosen",
@@ -66,10 +65,7 @@ def dpo_args(config: DPOTrainingConfig, run_dir: Path, dev: Any, has_eval: bool,
 def train_dpo(ws: WorkspaceLike, config: DPOTrainingConfig, *, resume_from: int | None = None, progress: bool = True,
               callbacks: list[Any] | None = None) -> PolicyTrainingResult:
     """Train, save and register a DPO policy; the run row records config, snapshot, metrics and status."""
-    start = resolve_policy(ws.db, config.policy)
-    pairs, snapshot = snapshot_rows(ws.db, config, "pairs", resume_from)
-    with policy_run(ws, RUN_KIND, config, snapshot, start, resume_from, pairs) as (run_id, run_dir, quantization):
-        return _train(ws, config, pairs, start, run_id, run_dir, resume_from, progress, callbacks, quantization)
+    return train_policy(ws, RUN_KIND, "pairs", config, _train, resume_from, progress, callbacks)
 
 
 def _train(ws: WorkspaceLike, config: DPOTrainingConfig, pairs: Any, start: StartPolicy, run_id: int, run_dir: Path,

@@ -19,14 +19,13 @@ from rl.training import (
     finish_policy,
     load_for_training,
     lora_config,
-    policy_run,
-    resolve_policy,
+    train_policy,
     trainer_kwargs,
 )
 from store.workspace import WorkspaceLike
 from training.checks import resume_checkpoint
 from training.hf import fit, history_callback, step_metrics, trainer_callbacks
-from training.snapshot import parts, snapshot_rows
+from training.snapshot import parts
 
 RUN_KIND = "sft"
 
@@ -43,10 +42,7 @@ def sft_dataset(frame: Any) -> Any:
 def train_sft(ws: WorkspaceLike, config: SFTTrainingConfig, *, resume_from: int | None = None, progress: bool = True,
               callbacks: list[Any] | None = None) -> PolicyTrainingResult:
     """Train, save and register an SFT policy; the run row records config, snapshot, metrics and status."""
-    start = resolve_policy(ws.db, config.policy)
-    frame, snapshot = snapshot_rows(ws.db, config, "sft", resume_from)
-    with policy_run(ws, RUN_KIND, config, snapshot, start, resume_from, frame) as (run_id, run_dir, quantization):
-        return _train(ws, config, frame, start, run_id, run_dir, resume_from, progress, callbacks, quantization)
+    return train_policy(ws, RUN_KIND, "sft", config, _train, resume_from, progress, callbacks)
 
 
 def _train(ws: WorkspaceLike, config: SFTTrainingConfig, frame: Any, start: StartPolicy, run_id: int, run_dir: Path,

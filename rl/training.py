@@ -8,7 +8,7 @@ evaluation and the next round's training load it like any other policy; the adap
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -166,6 +166,19 @@ def policy_run(ws: WorkspaceLike, kind: str, config: Any, snapshot: dict[str, An
     run_id, run_dir = open_run(ws, kind, record, snapshot, resume_from, rows=rows)
     with closed_on_error(ws.db, run_id):
         yield run_id, run_dir, quantization
+
+
+def train_policy(ws: WorkspaceLike, kind: str, rows_kind: str, config: Any, train: Callable[..., Any],
+                 resume_from: int | None, progress: bool, callbacks: list[Any] | None) -> Any:
+    """The life DPO and SFT share: resolve the starting policy, take the data snapshot (`rows_kind`, or the resumed
+    run's saved rows), open the run (`policy_run`) and call `train(ws, config, rows, start, run_id, run_dir,
+    resume_from, progress, callbacks, quantization)`."""
+    from training.snapshot import snapshot_rows
+
+    start = resolve_policy(ws.db, config.policy)
+    rows, snapshot = snapshot_rows(ws.db, config, rows_kind, resume_from)
+    with policy_run(ws, kind, config, snapshot, start, resume_from, rows) as (run_id, run_dir, quantization):
+        return train(ws, config, rows, start, run_id, run_dir, resume_from, progress, callbacks, quantization)
 
 
 def finish_policy(ws: WorkspaceLike, model: Any, tokenizer: Any, start: StartPolicy, run_id: int, run_dir: Path,
