@@ -4,10 +4,14 @@ each field with help text, checked in `__post_init__`; `reward.X` / `dpo.X` / `p
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from rl.config import RoundConfig  # the loop samples each round as `round next` does, with its defaults
 from training.config import option, shared
 from training.models import DEFAULT_POLICY
+
+if TYPE_CHECKING:
+    from rankloop.workspace import Workspace
 
 ALGOS = ("dpo", "ppo")
 
@@ -24,11 +28,11 @@ class LoopConfig:
         "Oracle for simulated reviewers (as `rankloop simulate --oracle`, e.g. length-in-range); empty: wait for "
         "people to rank each round."))
     policy: str = option(DEFAULT_POLICY, "Base policy (round 0 samples from it; default: [models] policy).")
-    prompts: int = option(32, "Train prompts sampled per round (one comparison each).", ge=1)
-    k: int = option(4, "Candidates per comparison.", ge=2, le=16)
+    prompts: int = option(RoundConfig.prompts, "Train prompts sampled per round (one comparison each).", ge=1)
+    k: int = option(RoundConfig.k, "Candidates per comparison.", ge=2, le=16)
     max_new_tokens: int = option(64, "Longest sampled response, in tokens.", ge=1)
-    temperature: float = field(default=0.8, metadata={"help": "Sampling temperature of the candidates."})
-    required_reviewers: int = option(1, "Reviewers each comparison needs.", ge=1, le=50)
+    temperature: float = option(RoundConfig.temperature, "Sampling temperature of the candidates.", gt=0)
+    required_reviewers: int = option(RoundConfig.required_reviewers, "Reviewers each comparison needs.", ge=1, le=50)
     reviewers: int = option(3, "Simulated reviewers (sim-1..sim-N).", ge=1, le=50, only=("simulated",))
     noise: float = option(0.0, "Simulated reviewers' noise (see rankloop.simulate).", ge=0, only=("simulated",))
     noise_model: str = option("gumbel", "'gumbel' (Bradley-Terry) or 'flip'.", only=("simulated",))
@@ -41,8 +45,8 @@ class LoopConfig:
     wait_timeout: float = field(default=0.0, metadata={"help": "Give up waiting for reviewers after N s (0: never)."})
     seed: int = field(default=0, metadata={"help": "Base seed (round i samples with seed + i)."})
     eval_policy_runs: bool = field(default=True, metadata={"help": (
-        "Also run `rankloop eval policy` (new vs previous; its own run row and report). It samples both policies "
-        "again; the loop's own figures come from one cached set of samples per policy.")})
+        "Also run `rankloop eval policy` (new vs previous; its own run row and report) on the loop's own samples: "
+        "each policy is sampled once and cached.")})
     device: str | None = shared("device")
     reward: dict[str, Any] = field(default_factory=dict, metadata={"help": "[reward] fields for the loop's runs."})
     dpo: dict[str, Any] = field(default_factory=dict, metadata={"help": "[dpo] fields for the loop's runs."})
@@ -109,7 +113,7 @@ def loop_config(raw: dict[str, Any], base: LoopConfig | None = None, where: str 
         raise ValueError(f"{where}{e}") from e
 
 
-def check_trainer_settings(ws: Any, config: LoopConfig) -> None:
+def check_trainer_settings(ws: Workspace, config: LoopConfig) -> None:
     """Build the reward and policy trainers' configs once, so a bad `reward.X` / `dpo.X` / `ppo.X` setting fails
     before the loop writes anything (not rounds later)."""
     from reward.config import load_reward_config
