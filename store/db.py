@@ -456,6 +456,18 @@ def _connection(path: str | Path, timeout_s: float | None, counted: bool) -> Ite
 _label: ContextVar[tuple[str, int, int] | None] = ContextVar("rankloop_queue_label", default=None)
 
 
+def change_count(path: str | Path) -> tuple[int, int] | None:
+    """(instance opens, counted commits) of `path` in a process that holds it, else None: a value read before a
+    read that is equal later means nothing but the queue's own kind of writes (see `transaction`) happened."""
+    if not _hold_all:
+        return None
+    held = _held.get(os.path.abspath(path))
+    if held is None or held.con is None:
+        return None
+    with held.commit_lock:
+        return held.opens, held.changes
+
+
 def queue_label() -> tuple[str, int, int] | None:
     """(database path, instance opens, counted commits) of the current `keeps_queue_cache` transaction in a
     holding process; None elsewhere."""

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import re
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +23,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from store.audit import log_event
-from store.db import read, write
+from store.db import change_count, read, write
 from store.queue import release_reviewer_leases
 from store.settings import settings_in
 
@@ -238,8 +241,25 @@ def session_user(db: str | Path, token: str | None, touch_after_s: int = 30) -> 
     return session_context(db, token, touch_after_s)[0]
 
 
+@dataclass
+class _Seen:
+    """A session as read at monotonic time `at`, valid while the holding process counts no change (store.db)."""
+    changes: tuple[int, int]
+    row: tuple
+    settings: dict
+    at: float
+
+
+_seen: dict[tuple[str, str], _Seen] = {}
+_seen_lock = threading.Lock()
+
+
 def session_context(db: str | Path, token: str | None, touch_after_s: int = 30) -> tuple[User | None, dict]:
-    """`session_user` and the workspace settings, read on one connection (the app asks on every click)."""
+    """`session_user` and the workspace settings, read on one connection (the app asks on every click).
+
+    A process that holds the database (`rankloop serve`) keeps what it read until any other write is counted
+    (store.db.change_count): logout, expiry, deactivation and settings all count; its own touch (below) does not,
+    and moves the kept time on."""
     if not token:
         return None, {}
     th = _token_hash(token)
@@ -253,7 +273,21 @@ def session_context(db: str | Path, token: str | None, touch_after_s: int = 30) 
     def look(con: duckdb.DuckDBPyConnection):
         return con.execute(sql, [th]).fetchone(), settings_in(con)
 
-    row, s = read(db, look)
+    key = (os.path.abspath(db), th)
+    changes = change_count(db)
+    with _seen_lock:
+        seen = _seen.get(key)
+    now = time.monotonic()
+    if seen is not None and seen.changes == changes:
+        ran = int(now - seen.at)
+        row, s = (*seen.row[:2], seen.row[2] + ran, seen.row[3] + ran, *seen.row[4:]), seen.settings
+    else:
+        row, s = read(db, look)
+        if changes is not None and row is not None:
+            with _seen_lock:
+                if len(_seen) > 10_000:
+                    _seen.clear()
+                _seen[key] = _Seen(changes, row, s, now)
     if row is None or row[1]:
         return None, s
     sid, _, idle_s, age_s, *user_cols = row
@@ -268,9 +302,12 @@ def session_context(db: str | Path, token: str | None, touch_after_s: int = 30) 
     if reason:
         end_session(db, token, reason)
         return None, s
-    if idle_s >= touch_after_s:
+    if idle_s >= touch_after_s:  # only the session's own row: the queue's view and what is kept above stay
         write(db, lambda con: con.execute(
-            "UPDATE sessions SET last_seen_at = current_localtimestamp() WHERE id = ?", [sid]))
+            "UPDATE sessions SET last_seen_at = current_localtimestamp() WHERE id = ?", [sid]), keeps_queue_cache=True)
+        with _seen_lock:
+            if key in _seen and _seen[key].changes == changes:
+                _seen[key] = _Seen(changes, (*row[:2], 0, age_s, *row[4:]), s, now)
     return user, s
 
 

@@ -87,6 +87,39 @@ def test_idle_session_expires(workspace):
     assert reason == "idle"
 
 
+def test_a_server_that_keeps_sessions_still_ends_them_on_logout_deactivation_and_idle(workspace, monkeypatch):
+    """`rankloop serve` holds the database and keeps what session_context read; every way a session ends still
+    ends it there, and its periodic touch reaches the database."""
+    import store.users as users
+    from store.db import hold, read
+
+    hold(True)
+    try:
+        add_user(workspace.db, "ana", "reviewer", "correct horse", actor="test")
+        tokens = [login(workspace.db, "ana", "correct horse").token for _ in range(3)]
+        assert all(session_user(workspace.db, t).name == "ana" for t in tokens)  # now kept
+        clock = [users.time.monotonic()]
+        monkeypatch.setattr(users.time, "monotonic", lambda: clock[0])
+        clock[0] += 45  # past the 30 s touch interval: the row is touched and the kept idle time starts again
+        assert session_user(workspace.db, tokens[0]) is not None
+        idle = read(workspace.db, lambda con: con.execute(
+            "SELECT date_diff('second', last_seen_at, current_localtimestamp()) FROM sessions ORDER BY id").fetchall())
+        assert idle[0][0] <= 2 and idle[1][0] <= 2 + 1  # only the first was touched now; the others were at login
+        clock[0] += 3 * 3600  # idle for longer than the 60 minutes allowed, as kept in memory
+        assert session_user(workspace.db, tokens[2]) is None
+        end_session(workspace.db, tokens[0])  # logout
+        assert session_user(workspace.db, tokens[0]) is None
+        clock[0] -= 3 * 3600
+        assert session_user(workspace.db, tokens[1]) is not None
+        deactivate_user(workspace.db, "ana", actor="admin")
+        assert session_user(workspace.db, tokens[1]) is None
+        reasons = read(workspace.db, lambda con: con.execute(
+            "SELECT end_reason FROM sessions ORDER BY id").fetchall())
+        assert [r for (r,) in reasons] == ["logout", "deactivated", "idle"]
+    finally:
+        hold(False)
+
+
 def test_users_cli_add_list_deactivate_reset(workspace, monkeypatch):
     from rankloop.commands.users import users_group
 
