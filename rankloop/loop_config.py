@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from rl.config import RoundConfig  # the loop samples each round as `round next` does, with its defaults
-from training.config import option, shared
+from training.config import check_bounds, option, shared
 from training.models import DEFAULT_POLICY
 
 if TYPE_CHECKING:
@@ -39,10 +39,10 @@ class LoopConfig:
     spread: float = option(0.0, "Per-reviewer disagreement in [0, 1].", only=("simulated",))
     max_steps: int = option(0, "Cap on every reward and policy training run's steps (0: their own).", ge=0)
     eval_prompts: int = option(16, "Held-out prompts (split 'eval') for evaluation.", ge=1)
-    eval_k: int = field(default=2, metadata={"help": "Samples per held-out prompt and policy."})
-    eval_max_new_tokens: int = field(default=0, metadata={"help": "Longest evaluation sample (0: max_new_tokens)."})
-    poll_seconds: float = field(default=10.0, metadata={"help": "How often to check the reviewers' progress."})
-    wait_timeout: float = field(default=0.0, metadata={"help": "Give up waiting for reviewers after N s (0: never)."})
+    eval_k: int = option(2, "Samples per held-out prompt and policy.", ge=2, le=16)
+    eval_max_new_tokens: int = option(0, "Longest evaluation sample (0: max_new_tokens).", ge=0)
+    poll_seconds: float = option(10.0, "How often to check the reviewers' progress.", gt=0)
+    wait_timeout: float = option(0.0, "Give up waiting for reviewers after N s (0: never).", ge=0)
     seed: int = field(default=0, metadata={"help": "Base seed (round i samples with seed + i)."})
     eval_policy_runs: bool = field(default=True, metadata={"help": (
         "Also run `rankloop eval policy` (new vs previous; its own run row and report) on the loop's own samples: "
@@ -57,17 +57,10 @@ class LoopConfig:
             if not ok:
                 raise ValueError(f"{name}: {message}")
 
-        need(1 <= self.rounds <= 100, "rounds", "must be between 1 and 100")
+        # the simulated reviewers' own bounds are SimulationConfig's, checked below when they are simulated
+        check_bounds(self, ValueError, skip=() if self.simulate else ("reviewers", "noise"))
         need(self.algo in ALGOS, "algo", f"must be 'dpo' or 'ppo', got {self.algo!r}")
         need(bool(self.policy.strip()), "policy", "must name a model")
-        need(self.prompts >= 1 and self.eval_prompts >= 1, "prompts", "prompts and eval_prompts must be >= 1")
-        need(2 <= self.k <= 16, "k", "must be between 2 and 16")
-        need(2 <= self.eval_k <= 16, "eval_k", "must be between 2 and 16")
-        need(self.max_new_tokens >= 1 and self.eval_max_new_tokens >= 0, "max_new_tokens", "must be >= 1")
-        need(self.temperature > 0, "temperature", "must be > 0")
-        need(1 <= self.required_reviewers <= 50, "required_reviewers", "must be between 1 and 50")
-        need(self.max_steps >= 0, "max_steps", "must be >= 0 (0: the trainers' own)")
-        need(self.poll_seconds > 0 and self.wait_timeout >= 0, "poll_seconds", "must be > 0 (wait_timeout >= 0)")
         for name in ("reward", "dpo", "ppo"):
             need(isinstance(getattr(self, name), dict), name, "must be a table of that section's fields")
         if self.simulate:

@@ -14,6 +14,7 @@ from typing import Any
 from reward.pooling import POOLINGS
 from training.config import (  # coerce_field: rankloop/job_commands.py imports it from here
     TrainerConfig,
+    check_bounds,
     coerce_field,  # noqa: F401
     dataclass_from_dict,
     load_toml_section,
@@ -41,12 +42,14 @@ class RewardTrainingConfig(TrainerConfig):
         "Bradley-Terry with a margin from the rank gap: loss -log sigmoid(r_c - r_r - m), "
         "m = margin_scale * (gap - 1), gap = how many rank groups apart (adjacent: 1, so no margin)."),
         flag="--margin/--no-margin")
-    margin_scale: float = field(default=1.0, metadata={"help": "Reward units of margin per extra rank group."})
-    eval_fraction: float = field(default=0.1, metadata={"help": (
-        "Share of prompts held out for evaluation and early stopping; the split is by prompt (no prompt in both).")})
+    margin_scale: float = option(1.0, "Reward units of margin per extra rank group.", ge=0)
+    eval_fraction: float = option(0.1, (
+        "Share of prompts held out for evaluation and early stopping; the split is by prompt (no prompt in both)."),
+        gt=0, lt=1)
     max_pairs: int = option(0, "Train on at most this many pairs (0: all); bounds a run.", ge=0)
-    max_length: int = field(default=512, metadata={"help": (
-        "Longest prompt + response in tokens; longer prompts lose their beginning (TRL drops such pairs instead).")})
+    max_length: int = option(512, (
+        "Longest prompt + response in tokens; longer prompts lose their beginning (TRL drops such pairs instead)."),
+        ge=16)
     # model
     method: str = field(default="probe", metadata={"help": (
         "'probe' (the default: the backbone frozen; a linear Bradley-Terry reward on one layer's states averaged "
@@ -57,7 +60,7 @@ class RewardTrainingConfig(TrainerConfig):
         "method 'probe': the layer read (0: the middle one, k: layer k, -1: the last).")})
     probe_penalties: list[float] = field(default_factory=lambda: [0.1, 0.3, 1.0, 3.0, 10.0], metadata={"help": (
         "method 'probe': L2 penalties tried; the best by cross-validation on the train pairs is kept.")})
-    probe_folds: int = field(default=5, metadata={"help": "method 'probe': cross-validation folds."})
+    probe_folds: int = option(5, "method 'probe': cross-validation folds.", ge=2)
     probe_precision: str = field(default="float32", metadata={"help": (
         "method 'probe': the frozen backbone's arithmetic, 'float32' or 'int8' (dynamic int8 quantization of its "
         "linear layers, CPU only: ~3x faster, ~0.03 less accurate on HH). The probe records it; scoring computes "
@@ -70,16 +73,17 @@ class RewardTrainingConfig(TrainerConfig):
         "Module names LoRA adapts (empty: peft's default for the architecture, e.g. q_proj/v_proj, query/value).")})
     # optimisation
     learning_rate: float = option(1e-4, "AdamW peak learning rate (TRL's default).", flag="--lr", gt=0, lt=1)
-    per_device_eval_batch_size: int = field(default=16, metadata={"help": "Pairs per evaluation batch."})
-    warmup_ratio: float = field(default=0.05, metadata={"help": "Share of steps with a linear learning-rate warmup."})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
-    center_rewards_coefficient: float | None = field(default=0.01, metadata={"help": (
-        "Reward centering (Eisenstein et al. 2023): adds coef * mean((r_c + r_r)^2) so scores stay near 0 for PPO.")})
+    per_device_eval_batch_size: int = option(16, "Pairs per evaluation batch.", ge=1)
+    warmup_ratio: float = option(0.05, "Share of steps with a linear learning-rate warmup.", ge=0, lt=1)
+    weight_decay: float = option(0.0, "AdamW weight decay.", ge=0)
+    center_rewards_coefficient: float | None = option(0.01, (
+        "Reward centering (Eisenstein et al. 2023): adds coef * mean((r_c + r_r)^2) so scores stay near 0 for PPO."),
+        ge=0)
     seed: int = field(default=0, metadata={"help": "Seed for the head's initialisation, shuffling and the split."})
     group_by_length: bool = field(default=True, metadata={"help": "Batch pairs of similar length (less padding)."})
     # bookkeeping
-    eval_steps: int = field(default=50, metadata={"help": "Evaluate held-out accuracy every N steps and at the end."})
-    logging_steps: int = field(default=10, metadata={"help": "Log loss and accuracy every N steps."})
+    eval_steps: int = option(50, "Evaluate held-out accuracy every N steps and at the end.", ge=1)
+    logging_steps: int = option(10, "Log loss and accuracy every N steps.", ge=1)
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"], metadata={"help": (
         "Where logs go: 'tensorboard', 'wandb', 'mlflow' (installed separately), or [] for none.")})
 
@@ -88,10 +92,10 @@ class RewardTrainingConfig(TrainerConfig):
             if not ok:
                 raise RewardConfigError(f"{name}: {message}")
 
+        check_bounds(self, RewardConfigError)
         need(bool(self.base.strip()), "base", "must name a model")
         need(self.method in ("auto", "lora", "full", "probe"), "method",
              f"must be 'auto', 'lora', 'full' or 'probe', got {self.method!r}")
-        need(self.probe_folds >= 2, "probe_folds", "must be >= 2")
         need(self.probe_precision in ("float32", "int8"), "probe_precision",
              f"must be 'float32' or 'int8', got {self.probe_precision!r}")
         need(bool(self.probe_penalties) and all(x > 0 for x in self.probe_penalties), "probe_penalties",
@@ -100,24 +104,6 @@ class RewardTrainingConfig(TrainerConfig):
              "method 'probe' (the default) has no margin term: set method = 'full' or 'lora' with it")
         need(self.pooling in POOLINGS, "pooling",
              f"must be 'own' or 'response_mean', got {self.pooling!r}")
-        need(0 < self.eval_fraction < 1, "eval_fraction", "must be in (0, 1)")
-        need(self.max_pairs >= 0, "max_pairs", "must be >= 0 (0: all)")
-        need(self.max_length >= 16, "max_length", "must be >= 16")
-        need(self.margin_scale >= 0, "margin_scale", "must be >= 0")
-        need(self.min_agreement is None or 0 <= self.min_agreement <= 1, "min_agreement", "must be in [0, 1]")
-        need(self.lora_r >= 1, "lora_r", "must be >= 1")
-        need(self.lora_alpha >= 1, "lora_alpha", "must be >= 1")
-        need(0 < self.learning_rate < 1, "learning_rate", "must be in (0, 1)")
-        need(self.num_train_epochs > 0, "num_train_epochs", "must be > 0")
-        need(self.max_steps == -1 or self.max_steps >= 1, "max_steps", "must be >= 1 (or -1: epochs decide)")
-        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                     "eval_steps", "save_total_limit", "logging_steps"):
-            need(getattr(self, name) >= 1, name, "must be >= 1")
-        need(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
-        need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
-        need(self.center_rewards_coefficient is None or self.center_rewards_coefficient >= 0,
-             "center_rewards_coefficient", "must be >= 0")
-        need(self.early_stopping_patience >= 0, "early_stopping_patience", "must be >= 0 (0: never stop early)")
         known = {"tensorboard", "wandb", "mlflow", "trackio", "comet_ml", "clearml", "none"}
         bad = sorted(set(self.report_to) - known)
         need(not bad, "report_to", f"unknown {bad} (known: {', '.join(sorted(known))})")

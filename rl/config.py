@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from training.config import (
     TrainerConfig,
+    check_bounds,
     dataclass_from_dict,
     load_toml_section,
     option,
@@ -112,10 +113,11 @@ class PolicyTrainingConfig(TrainerConfig):
         "Policy to start from: a workspace model name (an earlier policy), a local folder or a hub id. "
         "A LoRA policy is merged first; the reference is this policy (LoRA adapters disabled)."))
     name: str = option("", "Name of the new policy row (default: <kind>-run<ID>).")
-    eval_fraction: float = field(default=0.1, metadata={"help": (
-        "Share of prompts held out (split by prompt, no prompt on both sides) for evaluation and early stopping.")})
+    eval_fraction: float = option(0.1, (
+        "Share of prompts held out (split by prompt, no prompt on both sides) for evaluation and early stopping."),
+        gt=0, lt=1)
     max_pairs: int = option(0, "Train on at most this many rows (0: all); bounds a run.", ge=0)
-    max_length: int = field(default=512, metadata={"help": "Longest prompt + response in tokens."})
+    max_length: int = option(512, "Longest prompt + response in tokens.", ge=16)
     lora: bool = field(default=True, metadata={"help": "Train LoRA adapters (merged into the saved policy)."})
     lora_target_modules: list[str] = field(default_factory=list, metadata={"help": (
         "Module names LoRA adapts (empty: 'all-linear').")})
@@ -123,31 +125,19 @@ class PolicyTrainingConfig(TrainerConfig):
     learning_rate: float | None = option(None, (
         "AdamW learning rate (default: 5e-5 with LoRA, 5e-7 for full fine-tuning with DPO, 1e-4 with LoRA and 2e-5 "
         "in full with SFT)."), flag="--lr", gt=0, lt=1)
-    per_device_eval_batch_size: int = field(default=8, metadata={"help": "Rows per evaluation batch."})
-    warmup_ratio: float = field(default=0.0, metadata={"help": "Share of steps with a linear learning-rate warmup."})
+    per_device_eval_batch_size: int = option(8, "Rows per evaluation batch.", ge=1)
+    warmup_ratio: float = option(0.0, "Share of steps with a linear learning-rate warmup.", ge=0, lt=1)
     seed: int = field(default=0, metadata={"help": "Seed for LoRA initialisation, shuffling and the split."})
-    eval_steps: int = field(default=50, metadata={"help": "Evaluate on the held-out prompts every N steps."})
-    save_steps: int = field(default=50, metadata={"help": "Checkpoint (for --resume) every N steps."})
-    logging_steps: int = field(default=10, metadata={"help": "Log every N steps."})
+    eval_steps: int = option(50, "Evaluate on the held-out prompts every N steps.", ge=1)
+    save_steps: int = option(50, "Checkpoint (for --resume) every N steps.", ge=1)
+    logging_steps: int = option(10, "Log every N steps.", ge=1)
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"], metadata={"help": (
         "Where logs go: 'tensorboard', 'wandb', 'mlflow', or [] for none.")})
 
     def __post_init__(self) -> None:
+        check_bounds(self, PolicyConfigError)
         need(bool(self.policy.strip()), "policy", "must name a model")
-        need(self.min_agreement is None or 0 <= self.min_agreement <= 1, "min_agreement", "must be in [0, 1]")
-        need(0 < self.eval_fraction < 1, "eval_fraction", "must be in (0, 1)")
-        need(self.max_pairs >= 0, "max_pairs", "must be >= 0 (0: all)")
-        need(self.max_length >= 16, "max_length", "must be >= 16")
-        need(self.lora_r >= 1 and self.lora_alpha >= 1, "lora_r", "lora_r and lora_alpha must be >= 1")
         check_quantization(self.quantization, self.lora)
-        need(self.learning_rate is None or 0 < self.learning_rate < 1, "learning_rate", "must be in (0, 1)")
-        need(self.num_train_epochs > 0, "num_train_epochs", "must be > 0")
-        need(self.max_steps == -1 or self.max_steps >= 1, "max_steps", "must be >= 1 (or -1: epochs decide)")
-        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                     "eval_steps", "save_steps", "save_total_limit", "logging_steps"):
-            need(getattr(self, name) >= 1, name, "must be >= 1")
-        need(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
-        need(self.early_stopping_patience >= 0, "early_stopping_patience", "must be >= 0")
         bad = sorted(set(self.report_to) - {"tensorboard", "wandb", "mlflow", "trackio", "none"})
         need(not bad, "report_to", f"unknown {bad}")
         need(self.device is None or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "device",
@@ -171,18 +161,15 @@ class DPOTrainingConfig(PolicyTrainingConfig):
     precompute_ref_log_probs: bool | None = field(default=None, metadata={"help": (
         "Compute the reference log-probs once before training (default: when each pair is seen more than once, "
         "i.e. num_train_epochs > 1; otherwise it is the same number of forward passes, paid up front).")})
-    sft_replay: float = field(default=0.0, metadata={"help": (
-        "Weight of an NLL term on the chosen responses (RPO-style replay against forgetting); 0: off.")})
+    sft_replay: float = option(0.0, (
+        "Weight of an NLL term on the chosen responses (RPO-style replay against forgetting); 0: off."), ge=0)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        need(self.beta > 0, "beta", "must be > 0")
         bad = sorted(set(self.loss_type) - set(DPO_LOSSES))
         need(bool(self.loss_type) and not bad, "loss_type", f"unknown {bad} (known: {', '.join(DPO_LOSSES)})")
         need(not self.loss_weights or len(self.loss_weights) == len(self.loss_type), "loss_weights",
              "needs one weight per loss_type")
-        need(0 <= self.label_smoothing < 0.5, "label_smoothing", "must be in [0, 0.5)")
-        need(self.sft_replay >= 0, "sft_replay", "must be >= 0")
 
     @property
     def effective_learning_rate(self) -> float:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from rl.config import QUANTIZATION_HELP, check_quantization, need
-from training.config import option, shared
+from rl.config import QUANTIZATION_HELP, PolicyConfigError, check_quantization, need
+from training.config import check_bounds, option, shared
 from training.models import DEFAULT_POLICY
 
 ALGOS = ("ppo", "rloo", "grpo")
@@ -30,29 +30,29 @@ class PPOTrainingConfig:
         "Sample rollouts on prompts of these splits (empty: all prompts).")})
     max_prompts: int = option(0, "Use at most this many prompts (0: all); bounds a run.", ge=0)
     max_steps: int = option(100, "PPO iterations (one rollout batch + its updates each).", ge=1)
-    rollout_batch_size: int = field(default=16, metadata={"help": (
-        "Prompts per iteration (ppo: one response each; rloo/grpo: num_generations each).")})
+    rollout_batch_size: int = option(16, (
+        "Prompts per iteration (ppo: one response each; rloo/grpo: num_generations each)."), ge=1)
     num_generations: int = option(4, (
         "rloo/grpo: responses sampled per prompt, compared with each other (TRL: 2 for RLOO, 8 for GRPO)."),
         only=("rloo", "grpo"))
-    num_minibatches: int = field(default=2, metadata={"help": (
+    num_minibatches: int = option(2, (
         "ppo: minibatches (one update each) per epoch over a rollout batch; rloo/grpo: micro-batches accumulated "
-        "into the iteration's single update.")})
+        "into the iteration's single update."), ge=1)
     ppo_epochs: int = option(4, "Passes over each rollout batch (ppo only).", ge=1, only=("ppo",))
-    max_new_tokens: int = field(default=64, metadata={"help": "Longest response in tokens."})
-    max_prompt_length: int = field(default=256, metadata={"help": "Prompts keep their last N tokens."})
-    temperature: float = field(default=1.0, metadata={"help": (
-        "Sampling temperature; log-probs are taken at the same temperature so the ratio stays consistent.")})
+    max_new_tokens: int = option(64, "Longest response in tokens.", ge=1)
+    max_prompt_length: int = option(256, "Prompts keep their last N tokens.", ge=1)
+    temperature: float = option(1.0, (
+        "Sampling temperature; log-probs are taken at the same temperature so the ratio stays consistent."), gt=0)
     learning_rate: float = option(1e-5, "AdamW learning rate (policy LoRA + value head).", flag="--lr", gt=0, lt=1)
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
-    cliprange: float = field(default=0.2, metadata={"help": "PPO policy ratio clip."})
+    max_grad_norm: float = option(1.0, "Gradient clipping norm.", gt=0)
+    cliprange: float = option(0.2, "PPO policy ratio clip.", gt=0)
     cliprange_value: float = option(0.2, "PPO value clip around the rollout's values (ppo only).", gt=0,
                                     only=("ppo",))
     vf_coef: float = option(0.1, "Weight of the value loss (ppo only).", ge=0, only=("ppo",))
     gamma: float = option(1.0, "Discount (1: undiscounted, as in InstructGPT; ppo only).", gt=0, le=1, only=("ppo",))
     lam: float = option(0.95, "GAE lambda (ppo only).", ge=0, le=1, only=("ppo",))
-    init_kl_coef: float = field(default=0.05, metadata={"help": (
-        "Initial KL penalty coefficient beta (rloo/grpo: TRL's fixed `beta`; 0 drops the reference).")})
+    init_kl_coef: float = option(0.05, (
+        "Initial KL penalty coefficient beta (rloo/grpo: TRL's fixed `beta`; 0 drops the reference)."), ge=0)
     adaptive_kl: bool = option(True, "Adapt beta towards target_kl (Ziegler et al.; ppo only).", only=("ppo",))
     target_kl: float = option(6.0, "Target KL per response for the adaptive controller (nats, summed over tokens; "
                                    "ppo only).", gt=0, only=("ppo",))
@@ -60,16 +60,16 @@ class PPOTrainingConfig:
     whiten_rewards: bool = option(False, (
         "Whiten per-token rewards (keeping their mean) before GAE; advantages are always whitened (ppo only)."),
         only=("ppo",))
-    missing_eos_penalty: float = field(default=1.0, metadata={"help": (
-        "Subtracted from the score of a response that never emits EOS (0: none).")})
+    missing_eos_penalty: float = option(1.0, "Subtracted from the score of a response that never emits EOS (0: none).",
+                                        ge=0)
     lora: bool = field(default=True, metadata={"help": "Train LoRA adapters on the policy (else the full model)."})
     lora_r: int = shared("lora_r")
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator."})
+    lora_alpha: int = option(32, "LoRA scaling numerator.", ge=1)
     lora_target_modules: list[str] = field(default_factory=list, metadata={"help": (
         "LoRA modules (empty: all-linear).")})
     quantization: str = field(default="none", metadata={"help": QUANTIZATION_HELP})
-    save_steps: int = field(default=25, metadata={"help": "Checkpoint (for --resume) every N iterations."})
-    logging_steps: int = field(default=1, metadata={"help": "Log to TensorBoard every N iterations."})
+    save_steps: int = option(25, "Checkpoint (for --resume) every N iterations.", ge=1)
+    logging_steps: int = option(1, "Log to TensorBoard every N iterations.", ge=1)
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"], metadata={"help": (
         "'tensorboard' or [] (none).")})
     seed: int = field(default=0, metadata={"help": "Seed for sampling, shuffling and initialisation."})
@@ -82,21 +82,9 @@ class PPOTrainingConfig:
         need(self.algo == "ppo" or self.num_generations >= 2, "num_generations",
              "must be >= 2: rloo/grpo compare the responses to one prompt with each other")
         check_quantization(self.quantization, self.lora)
-        for name in ("max_steps", "rollout_batch_size", "num_minibatches", "ppo_epochs", "max_new_tokens",
-                     "max_prompt_length", "save_steps", "logging_steps", "kl_horizon", "lora_r", "lora_alpha"):
-            need(getattr(self, name) >= 1, name, "must be >= 1")
+        check_bounds(self, PolicyConfigError)
         need(self.rollout_batch_size % self.num_minibatches == 0, "num_minibatches",
              f"must divide rollout_batch_size ({self.rollout_batch_size})")
-        need(self.max_prompts >= 0, "max_prompts", "must be >= 0 (0: all)")
-        need(self.temperature > 0, "temperature", "must be > 0")
-        need(0 < self.learning_rate < 1, "learning_rate", "must be in (0, 1)")
-        need(self.cliprange > 0, "cliprange", "must be > 0")
-        need(self.cliprange_value > 0, "cliprange_value", "must be > 0")
-        need(0 < self.gamma <= 1 and 0 <= self.lam <= 1, "gamma", "gamma must be in (0, 1], lam in [0, 1]")
-        need(self.init_kl_coef >= 0, "init_kl_coef", "must be >= 0")
-        need(self.target_kl > 0, "target_kl", "must be > 0")
-        need(self.missing_eos_penalty >= 0, "missing_eos_penalty", "must be >= 0")
-        need(self.vf_coef >= 0 and self.max_grad_norm > 0, "vf_coef", "vf_coef >= 0 and max_grad_norm > 0")
         need(set(self.report_to) <= {"tensorboard", "none"}, "report_to", "only 'tensorboard' is supported")
         need(self.device is None or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "device",
              f"must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}")

@@ -140,7 +140,8 @@ def test_a_disagreement_is_found(monkeypatch):
 
 CONFIGS = [RewardTrainingConfig, DPOTrainingConfig, SFTTrainingConfig, PPOTrainingConfig, LoopConfig,
            SamplingParams, RoundConfig]
-BASE = {LoopConfig: {"simulate": "length-in-range", "reviewers": 50}}  # reviewers' bounds apply when simulated
+BASE = {LoopConfig: {"simulate": "length-in-range", "reviewers": 50},  # reviewers' bounds apply when simulated
+        PPOTrainingConfig: {"num_minibatches": 1}}  # it must divide rollout_batch_size
 
 
 def outside(meta, key: str, is_int: bool) -> float:

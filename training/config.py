@@ -46,13 +46,35 @@ def bounds_text(meta: Any) -> str:
     return f"{text} or {meta['unset']}" if text and meta.get("unset") is not None else text
 
 
-def within_bounds(meta: Any, value: Any) -> bool:
-    """Whether `value` meets the field's declared bounds (None and the `unset` value always do)."""
-    if value is None or (meta.get("unset") is not None and value == meta["unset"]):
-        return True
-    checks = (("ge", lambda b: value >= b), ("gt", lambda b: value > b), ("le", lambda b: value <= b),
-              ("lt", lambda b: value < b))
-    return all(meta.get(key) is None or ok(meta[key]) for key, ok in checks)
+def bounds_phrase(meta: Any, whole: bool) -> str:
+    """What a value outside the field's bounds is told: "between 2 and 16", "in (0, 1]", ">= 1 (or -1)"."""
+    ge, gt, le, lt = (meta.get(k) for k in ("ge", "gt", "le", "lt"))
+    low, high = (ge if ge is not None else gt), (le if le is not None else lt)
+    if low is not None and high is not None:
+        text = f"between {low:g} and {high:g}" if whole and ge is not None and le is not None else \
+            f"in {'[' if ge is not None else '('}{low:g}, {high:g}{']' if le is not None else ')'}"
+    elif low is not None:
+        text = f">= {ge:g}" if ge is not None else f"> {gt:g}"
+    else:
+        text = f"<= {le:g}" if le is not None else f"< {lt:g}"
+    return text + (f" (or {meta['unset']})" if meta.get("unset") is not None else "")
+
+
+def check_bounds(cfg: Any, error: type[Exception], skip: tuple[str, ...] = ()) -> None:
+    """Enforce every bound `cfg`'s fields declare, but those in `skip` (None and a field's `unset` value pass; a
+    value that is not a number is left to the type checks): the first one outside raises `error` naming the field."""
+    for f in fields(cfg):
+        if f.name in skip:
+            continue
+        value, meta = getattr(cfg, f.name), f.metadata
+        if value is None or value == meta.get("unset") or isinstance(value, bool) \
+                or not isinstance(value, int | float):
+            continue
+        ok = all(meta.get(key) is None or test(value, meta[key]) for key, test in (
+            ("ge", lambda v, b: v >= b), ("gt", lambda v, b: v > b), ("le", lambda v, b: v <= b),
+            ("lt", lambda v, b: v < b)))
+        if not ok:
+            raise error(f"{f.name}: must be {bounds_phrase(meta, isinstance(value, int))}")
 
 
 def field_of(cls: type, name: str) -> Field:
