@@ -29,6 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FINISHED_SUCCESSFULLY = 0  # ScriptFinishedStatus of a run that was not cut short by another
+FINISHED_FRAGMENT = 3  # ... of a run of one fragment (FINISHED_FRAGMENT_RUN_SUCCESSFULLY)
 
 
 def free_port() -> int:
@@ -87,6 +88,7 @@ class Element:
     kind: str  # the protobuf element type: "button", "heading", "toast", "alert", "text_input", ...
     id: str  # widget id ("$$ID-<hash>-<user key>"); "" for elements that are not widgets
     text: str  # label of a widget, body of anything else
+    fragment: str = ""  # the st.fragment that drew it: a click on it reruns only that fragment (as a browser does)
 
     @property
     def user_key(self) -> str:
@@ -125,8 +127,9 @@ class AppSession:
                 pass
             self._ws = None
 
-    async def rerun(self, widgets: list | None = None) -> list[Element]:
-        """Ask for a script run with these widget states; the elements of the run that finished normally."""
+    async def rerun(self, widgets: list | None = None, fragment: str = "") -> list[Element]:
+        """Ask for a script run with these widget states (of one fragment only when `fragment` names one); the
+        page's elements once the run finished normally (a fragment's run replaces only that fragment's)."""
         import websockets
         from streamlit.proto.BackMsg_pb2 import BackMsg
         from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
@@ -137,17 +140,20 @@ class AppSession:
         msg.rerun_script.query_string = ""
         msg.rerun_script.page_script_hash = ""
         msg.rerun_script.widget_states.widgets.extend(widgets or [])
+        if fragment:
+            msg.rerun_script.fragment_id = fragment
         deadline = time.monotonic() + self.run_timeout_s
         try:
             await self._ws.send(msg.SerializeToString())
             elements: list[Element] = []
+            fragments: set[str] = set()
             while True:
                 raw = await asyncio.wait_for(self._ws.recv(), max(0.1, deadline - time.monotonic()))
                 fm = ForwardMsg()
                 fm.ParseFromString(raw)
                 kind = fm.WhichOneof("type")
-                if kind == "new_session":  # every script run starts with one
-                    elements = []
+                if kind == "new_session":  # every script run starts with one, naming the fragments it reruns
+                    elements, fragments = [], set(fm.metadata.run.fragment_ids)
                 elif kind == "delta" and fm.delta.WhichOneof("type") == "new_element":
                     el = fm.delta.new_element
                     et = el.WhichOneof("type")
@@ -155,10 +161,14 @@ class AppSession:
                     text = getattr(sub, "label", "") or getattr(sub, "body", "") or getattr(sub, "message", "")
                     if et == "exception":
                         text = f"{sub.type}: {sub.message}"
-                    elements.append(Element(et, getattr(sub, "id", ""), text))
+                    elements.append(Element(et, getattr(sub, "id", ""), text, fm.delta.fragment_id))
                 elif kind == "script_finished" and fm.script_finished == FINISHED_SUCCESSFULLY:
                     self.elements = elements
                     return elements
+                elif kind == "script_finished" and fm.script_finished == FINISHED_FRAGMENT:
+                    kept = [e for e in self.elements if e.fragment not in fragments]
+                    self.elements = kept + elements
+                    return self.elements
         except (TimeoutError, OSError, websockets.WebSocketException) as e:
             await self.close()
             raise SessionLost(f"script run: {type(e).__name__}: {e}") from e
@@ -166,7 +176,7 @@ class AppSession:
     async def click(self, element: Element) -> list[Element]:
         from streamlit.proto.WidgetStates_pb2 import WidgetState
 
-        return await self.rerun([WidgetState(id=element.id, trigger_value=True)])
+        return await self.rerun([WidgetState(id=element.id, trigger_value=True)], element.fragment)
 
     async def login(self, name: str, password: str) -> None:
         from streamlit.proto.WidgetStates_pb2 import WidgetState

@@ -293,46 +293,59 @@ prompt_chars = sum(len(str(m.get("content", ""))) for m in item.messages)
 with st.container(height=120 if prompt_chars > 240 or len(item.messages) > 1 else "content", border=False):
     show_conversation(item.messages)
 
-per_row = k if k <= 4 else 3
-rows = -(-k // per_row)
-box = (300 if k == 2 else 250) if rows == 1 else 150
-ranks = _ranks(item)
-for start in range(0, k, per_row):
-    cols = st.columns(per_row)
-    for i in range(start, min(start + per_row, k)):
-        rid, text = item.responses[i]
-        with cols[i - start]:
-            rank = ranks.get(rid)
-            badge = "" if k == 2 or rank is None else f" · :blue-background[rank {rank}]"
-            st.markdown(f"**Answer {rk.LETTERS[i]}**{badge}")
-            show_response(text, height=box)
-            if k > 2:
-                with st.container(horizontal=True, vertical_alignment="center", gap="small"):
-                    st.segmented_control(f"Rank of {rk.LETTERS[i]}", list(range(1, k + 1)),
-                                         key=_key("rank", item, rid), on_change=_changed,
-                                         label_visibility="collapsed")
-                    st.button(f"{rk.LETTERS[i]} next", key=f"b-press:{item.lease_id}:{i}", on_click=_press,
-                              args=(i,), shortcut=str(i + 1) if i < 9 else None,
-                              help=f"Rank {rk.LETTERS[i]} next (pressed again: moves to the end).")
 
-all_bad = bool(ss.get(_key("allbad", item)))
-with st.container(horizontal=True, vertical_alignment="center"):
-    if k == 2:
-        chosen = rk.choice_of(ranks, order, all_bad)
-        for choice, label in rk.CHOICE_LABELS.items():
-            st.button(label, key=f"{CHOICE_BUTTONS[choice]}:{item.lease_id}", shortcut=CHOICE_KEYS[choice],
-                      on_click=_choose, args=(choice,), type="primary" if chosen == choice else "secondary",
-                      icon=":material/check:" if chosen == choice else None)
-        shown = "not chosen yet" if chosen is None else rk.CHOICE_LABELS[chosen]
-    else:
-        st.button("Tie next with previous", key=f"b-tie:{item.lease_id}", shortcut="T", on_click=_tie)
-        st.button("All bad / cannot rank", key=f"b-allbad:{item.lease_id}", shortcut="X", on_click=_all_bad,
-                  type="primary" if all_bad else "secondary", icon=":material/check:" if all_bad else None)
-        shown = "all bad / cannot rank" if all_bad else rk.describe_ranks(ranks, order)
-    st.button("Clear", key=f"b-clear:{item.lease_id}", shortcut="Backspace", on_click=_clear)
-    st.markdown(f"**Your {'choice' if k == 2 else 'ranking'}:** `{shown}`")
-    if ss.get(_key("tie", item)):
-        st.caption("Tie armed: the next number ties with the previous one.")
+@st.fragment
+def _ranking_area(item: Item) -> None:
+    """The answers, their rank controls, the choice buttons and the ranking line: a key press reruns only this
+    (half the server's work of a full page run, at 20 reviewers most of its reruns). What needs the whole page
+    (Submit, Skip, Undo, flags, rationale, edit) lives outside it."""
+    if ss.get("flash_error"):
+        st.error(ss.pop("flash_error"))
+    order = _order(item)
+    k = len(order)
+    per_row = k if k <= 4 else 3
+    rows = -(-k // per_row)
+    box = (300 if k == 2 else 250) if rows == 1 else 150
+    ranks = _ranks(item)
+    for start in range(0, k, per_row):
+        cols = st.columns(per_row)
+        for i in range(start, min(start + per_row, k)):
+            rid, text = item.responses[i]
+            with cols[i - start]:
+                rank = ranks.get(rid)
+                badge = "" if k == 2 or rank is None else f" · :blue-background[rank {rank}]"
+                st.markdown(f"**Answer {rk.LETTERS[i]}**{badge}")
+                show_response(text, height=box)
+                if k > 2:
+                    with st.container(horizontal=True, vertical_alignment="center", gap="small"):
+                        st.segmented_control(f"Rank of {rk.LETTERS[i]}", list(range(1, k + 1)),
+                                             key=_key("rank", item, rid), on_change=_changed,
+                                             label_visibility="collapsed")
+                        st.button(f"{rk.LETTERS[i]} next", key=f"b-press:{item.lease_id}:{i}", on_click=_press,
+                                  args=(i,), shortcut=str(i + 1) if i < 9 else None,
+                                  help=f"Rank {rk.LETTERS[i]} next (pressed again: moves to the end).")
+
+    all_bad = bool(ss.get(_key("allbad", item)))
+    with st.container(horizontal=True, vertical_alignment="center"):
+        if k == 2:
+            chosen = rk.choice_of(ranks, order, all_bad)
+            for choice, label in rk.CHOICE_LABELS.items():
+                st.button(label, key=f"{CHOICE_BUTTONS[choice]}:{item.lease_id}", shortcut=CHOICE_KEYS[choice],
+                          on_click=_choose, args=(choice,), type="primary" if chosen == choice else "secondary",
+                          icon=":material/check:" if chosen == choice else None)
+            shown = "not chosen yet" if chosen is None else rk.CHOICE_LABELS[chosen]
+        else:
+            st.button("Tie next with previous", key=f"b-tie:{item.lease_id}", shortcut="T", on_click=_tie)
+            st.button("All bad / cannot rank", key=f"b-allbad:{item.lease_id}", shortcut="X", on_click=_all_bad,
+                      type="primary" if all_bad else "secondary", icon=":material/check:" if all_bad else None)
+            shown = "all bad / cannot rank" if all_bad else rk.describe_ranks(ranks, order)
+        st.button("Clear", key=f"b-clear:{item.lease_id}", shortcut="Backspace", on_click=_clear)
+        st.markdown(f"**Your {'choice' if k == 2 else 'ranking'}:** `{shown}`")
+        if ss.get(_key("tie", item)):
+            st.caption("Tie armed: the next number ties with the previous one.")
+
+
+_ranking_area(item)
 with st.container(horizontal=True, vertical_alignment="center"):
     st.button("Submit", key=f"b-submit:{item.lease_id}", shortcut="Enter", type="primary", on_click=_submit)
     st.button("Skip", key=f"b-skip:{item.lease_id}", shortcut="S", on_click=_skip)
