@@ -59,7 +59,6 @@ class LoopConfig:
 
         # the simulated reviewers' own bounds are SimulationConfig's, checked below when they are simulated
         check_bounds(self, ValueError, skip=() if self.simulate else ("reviewers", "noise"))
-        need(self.algo in ALGOS, "algo", f"must be 'dpo' or 'ppo', got {self.algo!r}")
         need(bool(self.policy.strip()), "policy", "must name a model")
         for name in ("reward", "dpo", "ppo"):
             need(isinstance(getattr(self, name), dict), name, "must be a table of that section's fields")

@@ -51,24 +51,24 @@ class RewardTrainingConfig(TrainerConfig):
         "Longest prompt + response in tokens; longer prompts lose their beginning (TRL drops such pairs instead)."),
         ge=16)
     # model
-    method: str = field(default="probe", metadata={"help": (
+    method: str = option("probe", choices=("auto", "lora", "full", "probe"), help=(
         "'probe' (the default: the backbone frozen; a linear Bradley-Terry reward on one layer's states averaged "
         "over the response, fitted by L-BFGS: forward passes only, see reward/probe.py), or fine-tuning through TRL's "
         "RewardTrainer: 'lora' (adapters on the backbone, the head trained in full via peft modules_to_save), "
-        "'full', 'auto' (full below 100M parameters, where LoRA saves little and learns slower; LoRA above).")})
+        "'full', 'auto' (full below 100M parameters, where LoRA saves little and learns slower; LoRA above)."))
     probe_layer: int = field(default=0, metadata={"help": (
         "method 'probe': the layer read (0: the middle one, k: layer k, -1: the last).")})
     probe_penalties: list[float] = field(default_factory=lambda: [0.1, 0.3, 1.0, 3.0, 10.0], metadata={"help": (
         "method 'probe': L2 penalties tried; the best by cross-validation on the train pairs is kept.")})
     probe_folds: int = option(5, "method 'probe': cross-validation folds.", ge=2)
-    probe_precision: str = field(default="float32", metadata={"help": (
+    probe_precision: str = option("float32", choices=("float32", "int8"), help=(
         "method 'probe': the frozen backbone's arithmetic, 'float32' or 'int8' (dynamic int8 quantization of its "
         "linear layers, CPU only: ~3x faster, ~0.03 less accurate on HH). The probe records it; scoring computes "
-        "its features the same way.")})
-    pooling: str = field(default="own", metadata={"help": (
+        "its features the same way."))
+    pooling: str = option("own", choices=POOLINGS, help=(
         "How a text becomes one score: 'own' (the architecture's: [CLS] pooler for encoders, last token for "
         "decoders) or 'response_mean' (BERT-style encoders only: the mean of the response tokens, prompt and "
-        "response encoded as a pair; not better on HH here, see reward/pooling.py).")})
+        "response encoded as a pair; not better on HH here, see reward/pooling.py)."))
     lora_target_modules: list[str] = field(default_factory=list, metadata={"help": (
         "Module names LoRA adapts (empty: peft's default for the architecture, e.g. q_proj/v_proj, query/value).")})
     # optimisation
@@ -94,21 +94,13 @@ class RewardTrainingConfig(TrainerConfig):
 
         check_bounds(self, RewardConfigError)
         need(bool(self.base.strip()), "base", "must name a model")
-        need(self.method in ("auto", "lora", "full", "probe"), "method",
-             f"must be 'auto', 'lora', 'full' or 'probe', got {self.method!r}")
-        need(self.probe_precision in ("float32", "int8"), "probe_precision",
-             f"must be 'float32' or 'int8', got {self.probe_precision!r}")
         need(bool(self.probe_penalties) and all(x > 0 for x in self.probe_penalties), "probe_penalties",
              "must be one or more numbers > 0")
         need(not (self.method == "probe" and self.margin), "margin",
              "method 'probe' (the default) has no margin term: set method = 'full' or 'lora' with it")
-        need(self.pooling in POOLINGS, "pooling",
-             f"must be 'own' or 'response_mean', got {self.pooling!r}")
         known = {"tensorboard", "wandb", "mlflow", "trackio", "comet_ml", "clearml", "none"}
         bad = sorted(set(self.report_to) - known)
         need(not bad, "report_to", f"unknown {bad} (known: {', '.join(sorted(known))})")
-        need(self.device is None or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "device",
-             f"must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

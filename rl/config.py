@@ -140,8 +140,6 @@ class PolicyTrainingConfig(TrainerConfig):
         check_quantization(self.quantization, self.lora)
         bad = sorted(set(self.report_to) - {"tensorboard", "wandb", "mlflow", "trackio", "none"})
         need(not bad, "report_to", f"unknown {bad}")
-        need(self.device is None or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "device",
-             f"must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -187,11 +185,6 @@ class SFTTrainingConfig(PolicyTrainingConfig):
     source: str = option("both", (
         "What to imitate: 'edits' (reviewers' rewritten answers), 'top' (each judgment's single best response), "
         "or 'both'. The loss is on the response tokens only."), choices=("edits", "top", "both"))
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        need(self.source in ("edits", "top", "both"), "source",
-             f"must be 'edits', 'top' or 'both', got {self.source!r}")
 
     @property
     def effective_learning_rate(self) -> float:

@@ -77,17 +77,14 @@ class PPOTrainingConfig:
     bf16: bool | None = field(default=None, metadata={"help": "bf16 autocast (default: on with CUDA, off on CPU)."})
 
     def __post_init__(self) -> None:
-        need(self.algo in ALGOS, "algo", f"must be 'ppo', 'rloo' or 'grpo', got {self.algo!r}")
+        check_bounds(self, PolicyConfigError)
         need(bool(self.policy.strip()), "policy", "must name a model")
         need(self.algo == "ppo" or self.num_generations >= 2, "num_generations",
              "must be >= 2: rloo/grpo compare the responses to one prompt with each other")
         check_quantization(self.quantization, self.lora)
-        check_bounds(self, PolicyConfigError)
         need(self.rollout_batch_size % self.num_minibatches == 0, "num_minibatches",
              f"must divide rollout_batch_size ({self.rollout_batch_size})")
         need(set(self.report_to) <= {"tensorboard", "none"}, "report_to", "only 'tensorboard' is supported")
-        need(self.device is None or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "device",
-             f"must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

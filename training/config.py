@@ -61,12 +61,18 @@ def bounds_phrase(meta: Any, whole: bool) -> str:
 
 
 def check_bounds(cfg: Any, error: type[Exception], skip: tuple[str, ...] = ()) -> None:
-    """Enforce every bound `cfg`'s fields declare, but those in `skip` (None and a field's `unset` value pass; a
-    value that is not a number is left to the type checks): the first one outside raises `error` naming the field."""
+    """Enforce what `cfg`'s fields declare, but for those in `skip`: a text among its `choices`, a number within its
+    bounds (None and a field's `unset` value pass; a value of another type is left to the type checks), and a
+    `device` that names cpu, cuda(:N) or mps. The first field that fails raises `error` naming it."""
     for f in fields(cfg):
         if f.name in skip:
             continue
         value, meta = getattr(cfg, f.name), f.metadata
+        if isinstance(value, str) and meta.get("choices") and value not in meta["choices"]:
+            *most, last = (repr(c) for c in meta["choices"])
+            raise error(f"{f.name}: must be {', '.join(most)} or {last}, got {value!r}")
+        if f.name == "device" and value is not None and value.split(":")[0] not in ("cpu", "cuda", "mps"):
+            raise error(f"device: must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {value!r}")
         if value is None or value == meta.get("unset") or isinstance(value, bool) \
                 or not isinstance(value, int | float):
             continue
