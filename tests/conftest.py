@@ -80,3 +80,23 @@ def table_hash(db) -> str:
         return h.hexdigest()
     finally:
         con.close()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A throw-away PostgreSQL cluster for the test session (`tests/pg_cluster.py`): started on first use, stopped
+    and its folder removed at the end. Skipped only when the PostgreSQL binaries are not installed."""
+    from tests.pg_cluster import find_bin_dir, running_cluster
+
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed (no initdb/pg_ctl/psql on PATH, in $RANKLOOP_PG_BIN or "
+                    "/usr/lib/postgresql/*/bin): run scripts/setup dev as root or apt-get install postgresql")
+    with running_cluster(bin_dir) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_cluster) -> str:
+    """postgresql://USER@HOST:PORT/DB of the session's cluster, as its non-superuser app role."""
+    return pg_cluster.url
