@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,36 @@ def test_a_session_stops_its_cluster_and_removes_its_folder(tmp_path, pg_cluster
         assert not Path(seen["folder"]).exists()
     # This session's own cluster is still up (stopped by the fixture at the session's end).
     assert _port_open(pg_cluster.port) and pg_cluster.folder.exists()
+
+
+@pytest.mark.parametrize(("isolation", "sees"), [("READ COMMITTED", 1), ("REPEATABLE READ", 0)])
+def test_a_lock_taken_first_needs_read_committed_to_see_the_last_holders_commit(pg_url, isolation, sees):
+    """The queue's decisions are serialized by a lock taken as a transaction's first statement (docs/postgresql.md).
+    Under READ COMMITTED the statements after the wait see what the previous holder committed; under REPEATABLE
+    READ the snapshot was taken when the waiting statement began, so a reader would count stale leases."""
+    with psycopg.connect(pg_url, autocommit=True) as con:
+        con.execute("CREATE TABLE IF NOT EXISTS pg_lock_probe (n INT NOT NULL)")
+        con.execute("TRUNCATE pg_lock_probe")
+        con.execute("INSERT INTO pg_lock_probe VALUES (0)")
+    seen: list[int] = []
+    with psycopg.connect(pg_url) as holder, psycopg.connect(pg_url) as waiter, \
+            psycopg.connect(pg_url, autocommit=True) as watch:
+        holder.execute("SELECT pg_advisory_xact_lock(15)")
+        holder.execute("UPDATE pg_lock_probe SET n = n + 1")
+
+        def wait_then_read() -> None:
+            waiter.execute(f"SET TRANSACTION ISOLATION LEVEL {isolation}")
+            waiter.execute("SELECT pg_advisory_xact_lock(15)")  # waits for the holder's commit
+            seen.append(waiter.execute("SELECT n FROM pg_lock_probe").fetchone()[0])
+            waiter.commit()
+
+        t = threading.Thread(target=wait_then_read)
+        t.start()
+        waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        for _ in range(500):  # until the waiter is queued on the lock
+            if watch.execute(waiting).fetchone()[0]:
+                break
+            time.sleep(0.01)
+        holder.commit()
+        t.join(10)
+    assert seen == [sees]
