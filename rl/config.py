@@ -9,7 +9,7 @@ declared here too, so the fields of sampling exist once.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,6 +17,7 @@ from training.config import (
     TrainerConfig,
     check_bounds,
     dataclass_from_dict,
+    field_type,
     load_toml_section,
     option,
     render_toml_section,
@@ -55,17 +56,13 @@ class SamplingParams:
                           "responses).", ge=0)
     top_k: int = option(0, "Keep only the k most likely tokens; 0 turns it off.", ge=0)
 
-    def __post_init__(self) -> None:
-        check_int("k", self.k, 2, 16)
-        check_int("max_new_tokens", self.max_new_tokens, 1)
-        check_int("batch_size", self.batch_size, 1)
-        check_int("seed", self.seed, 0)
-        check_int("top_k", self.top_k, 0)
-        if isinstance(self.temperature, bool) or not isinstance(self.temperature, int | float) \
-                or not self.temperature > 0:
-            raise ValueError(f"temperature: must be > 0, got {self.temperature!r}")
-        if isinstance(self.top_p, bool) or not isinstance(self.top_p, int | float) or not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p: must be in (0, 1], got {self.top_p!r}")
+    def __post_init__(self) -> None:  # the numbers' types (this is built from flags and code, not only TOML)
+        for f in fields(self):
+            value, want = getattr(self, f.name), field_type(type(self), f.name)
+            if want in (int, float) and (isinstance(value, bool) or not isinstance(value, int if want is int
+                                                                                  else int | float)):
+                raise ValueError(f"{f.name}: must be {'an integer' if want is int else 'a number'}, got {value!r}")
+        check_bounds(self, ValueError)
 
     @property
     def prompts_per_batch(self) -> int:
@@ -82,11 +79,6 @@ class RoundConfig(SamplingParams):
     split: str | None = option(None, "Only prompts of this split.")
     required_reviewers: int = option(1, "Reviewers wanted per comparison.", flag="--reviewers", ge=1)
     device: str | None = shared("device")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_int("prompts", self.prompts, 1)
-        check_int("required_reviewers", self.required_reviewers, 1)
 
 
 class PolicyConfigError(ValueError):
