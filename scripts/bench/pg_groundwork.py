@@ -7,7 +7,10 @@
 3. PostgreSQL round trips on that cluster with psycopg 3 + psycopg_pool: a SELECT 1, and a lease taken the way the
    queue will (BEGIN; SELECT ... FOR UPDATE SKIP LOCKED; INSERT; COMMIT), p50/p95.
 
+4. `--inventory`: the DuckDB-specific SQL per module of store/ (docs/postgresql.md, section 2) and nothing else.
+
     .venv/bin/python scripts/bench/pg_groundwork.py [--cycles 5] [--json out.json]
+    .venv/bin/python scripts/bench/pg_groundwork.py --inventory
 
 Nothing here changes the store: the counting proxy is installed in this process only.
 """
@@ -15,7 +18,9 @@ Nothing here changes the store: the counting proxy is installed in this process 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
+import re
 import statistics
 import sys
 import tempfile
@@ -149,12 +154,85 @@ def pg_round_trips(n: int) -> dict:
     return out
 
 
+ROOT = Path(__file__).resolve().parents[2]
+# Constructs of DuckDB's dialect (or of DuckDB's Python API) counted per module, over lines that are not comments.
+CONSTRUCTS = {
+    "current_localtimestamp()": r"current_localtimestamp\(\)",
+    "$name parameter": r"\$r\b|\$round\b",
+    "? IS NULL": r"\? IS NULL|\$round IS NULL",
+    "to_minutes/to_seconds": r"\bto_(minutes|seconds)\(",
+    "date_diff": r"\bdate_diff\(",
+    "list() aggregate": r"\blist\((id|DISTINCT)",
+    "list_contains": r"list_contains\(",
+    "list_has_any": r"list_has_any\(",
+    "unnest(?)": r"unnest\(\?\)",
+    "json_extract_string": r"json_extract_string\(",
+    "any_value": r"\bany_value\(",
+    "hash()": r"\bhash\((id|t)\b",
+    "duckdb_databases/tables()": r"duckdb_(databases|tables)\(\)",
+    "INSERT OR REPLACE": r"INSERT OR REPLACE",
+    "FROM range(?)": r"FROM range\(",
+    "ATTACH/DETACH": r"\b(ATTACH|DETACH) ",
+    "COPY FROM DATABASE": r"COPY FROM DATABASE",
+    "con.register(frame)": r"\.register\(",
+    ".df()/.fetchdf()": r"\.df\(\)|\.fetchdf\(\)",
+    "duckdb exception classes": r"duckdb\.\w*(Exception|Error)\b",
+    "JSON column": r"\bJSON NOT NULL|\bJSON,|\bJSON\s+--|ranking JSON|ADD COLUMN \w+ JSON",
+    "DOUBLE": r"\bDOUBLE NOT NULL",
+    "DEFAULT []": r"DEFAULT \[\]",
+    "len() in DDL": r"CHECK \(len\(",
+    "FILTER (WHERE) (portable)": r"FILTER \(WHERE",
+    "RETURNING (portable)": r"\bRETURNING\b",
+}
+_SQL_WORDS = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|CREATE|ALTER|COPY|ATTACH|DETACH|BEGIN|COMMIT|ROLLBACK)\b")
+
+
+def _sql_literals(source: str) -> int:
+    """String constants and f-strings holding a SQL statement (docstrings excluded)."""
+    tree = ast.parse(source)
+    docs = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
+    parts = {id(v) for n in ast.walk(tree) if isinstance(n, ast.JoinedStr) for v in n.values}
+    count = 0
+    for node in ast.walk(tree):
+        if id(node) in docs or id(node) in parts:
+            continue
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            text = node.value
+        elif isinstance(node, ast.JoinedStr):
+            text = "".join(v.value for v in node.values if isinstance(v, ast.Constant))
+        else:
+            continue
+        count += bool(_SQL_WORDS.search(text))
+    return count
+
+
+def inventory() -> dict:
+    out = {}
+    for path in sorted((ROOT / "store").rglob("*.py")):
+        source = path.read_text()
+        code = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith("#"))
+        found = {name: len(re.findall(rx, code)) for name, rx in CONSTRUCTS.items()}
+        row = {"execute": code.count(".execute("), "sql_literals": _sql_literals(source), "?": code.count("?"),
+               **{k: v for k, v in found.items() if v}}
+        if row["execute"] or len(row) > 3:
+            out[str(path.relative_to(ROOT))] = row
+    totals: Counter = Counter()
+    for row in out.values():
+        totals.update(row)
+    out["total"] = dict(totals)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cycles", type=int, default=5)
     ap.add_argument("--round-trips", type=int, default=2000)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--inventory", action="store_true", help="only the DuckDB-specific SQL per store module")
     args = ap.parse_args()
+    if args.inventory:
+        print(json.dumps(inventory(), indent=1))
+        return
     result = {
         "cluster": cluster_cycles(args.cycles),
         "statements_per_unit_duckdb_one_open_per_unit": statement_counts(held=False),
