@@ -11,7 +11,8 @@ import re
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from reward.config import RewardConfigError, coerce_field, parse_assignment
+from reward.config import RewardConfigError, parse_assignment
+from training.config import coerce_field, default_of, field_of, field_type, main_flag
 
 
 class JobInputError(ValueError):
@@ -58,8 +59,6 @@ def _config_classes() -> dict[str, type]:
 def mirror(section: str, name: str, *, show_default: bool = False, choices: tuple[str, ...] = ()) -> Option:
     """The form's option for the field `name` of `section`'s config: flag, kind, help, bounds (and, with
     `show_default`, the default the form shows) as the field declares them (training.config.option)."""
-    from training.config import default_of, field_of, field_type, main_flag
-
     cls = _config_classes()[section]
     f = field_of(cls, name)
     meta = f.metadata

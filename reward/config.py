@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from reward.pooling import POOLINGS
-from training.config import (  # coerce_field: rankloop/job_commands.py imports it from here
+from training.config import (
     TrainerConfig,
     check_bounds,
-    coerce_field,  # noqa: F401
     dataclass_from_dict,
     load_toml_section,
     option,
