@@ -81,6 +81,21 @@ class RoundConfig(SamplingParams):
     device: str | None = shared("device")
 
 
+@dataclass
+class PolicyEvalConfig:
+    """`rankloop eval policy` (rl/evaluate.py: evaluate_policy): how both policies are sampled on held-out prompts."""
+
+    max_prompts: int = option(32, "Held-out prompts to sample on.", ge=1)
+    k: int = option(2, "Samples per prompt from each policy.", ge=1)
+    max_new_tokens: int = option(64, "Longest response, in tokens.", ge=1)
+    temperature: float = option(0.7, "Sampling temperature.", gt=0)
+    seed: int = option(0, "Sampling seed.", ge=0)
+    samples_shown: int = option(5, "Samples shown in the report's table.", ge=0)
+    device: str | None = shared("device")
+
+    __post_init__ = SamplingParams.__post_init__
+
+
 class PolicyConfigError(ValueError):
     """A bad policy-trainer config: the message names the file (when there is one), the section and the field."""
 

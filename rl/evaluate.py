@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rl.config import PolicyEvalConfig
 from store.workspace import WorkspaceLike
 
 RUN_KIND = "eval_policy"
+_D = PolicyEvalConfig()  # the defaults, declared once
 
 
 def eval_prompts(db: Any, n: int, splits: list[str] | None = None) -> list[Any]:
@@ -146,9 +148,10 @@ def _cell(text: str, limit: int = 120) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-def evaluate_policy(ws: WorkspaceLike, new: str, against: str, *, reward: str = "", max_prompts: int = 32,
-                    splits: list[str] | None = None, k: int = 2, max_new_tokens: int = 64, temperature: float = 0.7,
-                    seed: int = 0, device: str | None = None, samples_shown: int = 5,
+def evaluate_policy(ws: WorkspaceLike, new: str, against: str, *, reward: str = "",
+                    max_prompts: int = _D.max_prompts, splits: list[str] | None = None, k: int = _D.k,
+                    max_new_tokens: int = _D.max_new_tokens, temperature: float = _D.temperature,
+                    seed: int = _D.seed, device: str | None = _D.device, samples_shown: int = _D.samples_shown,
                     reference: str = "", sampler: PolicySamples | None = None) -> PolicyEvalResult:
     """Win rate of `new` over `against` by the reward model on held-out prompts (split 'eval', else all).
     `sampler` (default: a new one on `device`) loads and samples the policies; pass the caller's to reuse its

@@ -16,7 +16,7 @@ from rankloop.config import SECTIONS, Config, render_config
 from rankloop.job_commands import COMMANDS, _config_classes
 from rankloop.loop_config import LoopConfig
 from reward.config import RewardTrainingConfig
-from rl.config import DPOTrainingConfig, RoundConfig, SamplingParams, SFTTrainingConfig
+from rl.config import DPOTrainingConfig, PolicyEvalConfig, RoundConfig, SamplingParams, SFTTrainingConfig
 from rl.ppo_config import PPOTrainingConfig
 from training.config import bounds_text, default_of, field_of, field_type, main_flag, render_toml_section
 
@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # Each command whose options are made from a config: its argv and that config's section (job_commands' names).
 GENERATED = {("train", "reward"): "reward", ("train", "sft"): "sft", ("train", "dpo"): "dpo",
              ("train", "ppo"): "ppo", ("round", "next"): "round", ("loop",): "loop", ("generate",): "generation"}
+# Commands whose options are made from a config that is not a rankloop.toml section nor on the Runs page.
+CLI_ONLY = {("eval", "policy"): PolicyEvalConfig}
 
 
 def cli_command(argv: tuple[str, ...]) -> click.Command:
@@ -37,7 +39,7 @@ def cli_command(argv: tuple[str, ...]) -> click.Command:
 
 def field_params(argv: tuple[str, ...]) -> list[tuple[click.Option, type]]:
     """The command's options that mirror a field of its config (the parameter is named after the field)."""
-    cls = _config_classes()[GENERATED[argv]]
+    cls = CLI_ONLY[argv] if argv in CLI_ONLY else _config_classes()[GENERATED[argv]]
     names = {f.name for f in fields(cls)}
     return [(p, cls) for p in cli_command(argv).params if isinstance(p, click.Option) and p.name in names]
 
@@ -107,7 +109,7 @@ def disagreements_of_form(command: str) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("argv", list(GENERATED), ids=" ".join)
+@pytest.mark.parametrize("argv", [*GENERATED, *CLI_ONLY], ids=" ".join)
 def test_cli_options_and_runs_form_agree_with_the_config_fields(argv):
     """The disagreement test: a CLI option or a form field that says another flag, default, help or bounds than
     its config field fails here, naming both."""
@@ -139,7 +141,7 @@ def test_a_disagreement_is_found(monkeypatch):
 
 
 CONFIGS = [RewardTrainingConfig, DPOTrainingConfig, SFTTrainingConfig, PPOTrainingConfig, LoopConfig,
-           SamplingParams, RoundConfig]
+           SamplingParams, RoundConfig, PolicyEvalConfig]
 BASE = {LoopConfig: {"simulate": "length-in-range", "reviewers": 50},  # reviewers' bounds apply when simulated
         PPOTrainingConfig: {"num_minibatches": 1}}  # it must divide rollout_batch_size
 

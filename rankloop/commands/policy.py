@@ -18,7 +18,7 @@ from rankloop.commands.common import echo_json, guarded, workspace_option
 from rankloop.commands.options import config_options, refuse_unused
 from rankloop.commands.reward import _overrides, eval_group, train_group
 from rankloop.workspace import Workspace
-from rl.config import DPOTrainingConfig, RoundConfig, SFTTrainingConfig
+from rl.config import DPOTrainingConfig, PolicyEvalConfig, RoundConfig, SFTTrainingConfig
 from rl.ppo_config import PPOTrainingConfig
 
 
@@ -128,28 +128,28 @@ def train_ppo_command(ws: Workspace, config_file: Path | None, resume: str | Non
         click.echo(line)
 
 
+EVAL_FIELDS = ("max_prompts", "k", "max_new_tokens", "temperature", "seed", "samples_shown", "device")
+
+
 @eval_group.command("policy")
 @click.argument("new")
 @click.option("--against", required=True, help="The policy to compare with (e.g. the previous version).")
 @click.option("--reward", default="", help="Reward model that judges.  [default: the newest]")
 @click.option("--reference", default="", help="Policy the KL to the reference is measured against.  "
               "[default: the root of NEW's parent chain, adapters disabled]")
-@click.option("--max-prompts", type=int, default=32, show_default=True, help="Held-out prompts to sample on.")
-@click.option("--k", type=int, default=2, show_default=True, help="Samples per prompt from each policy.")
-@click.option("--max-new-tokens", type=int, default=64, show_default=True, help="Longest response.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
-@click.option("--device", default=None, help="cpu, cuda, cuda:N or mps.  [default: cuda when present]")
+@config_options(PolicyEvalConfig, *EVAL_FIELDS)
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @workspace_option
-def eval_policy_command(ws: Workspace, new: str, against: str, reward: str, reference: str, max_prompts: int, k: int,
-                        max_new_tokens: int, seed: int, device: str | None, as_json: bool) -> None:
+def eval_policy_command(ws: Workspace, new: str, against: str, reward: str, reference: str, as_json: bool,
+                        **options: Any) -> None:
     """Win rate of NEW over --against by the reward model on held-out prompts (95% interval), KL(NEW || AGAINST),
     the KL of each to the reference policy, lengths and a sample table, as report.md + PNG under the eval run's
     folder."""
     from rl.evaluate import evaluate_policy
 
-    result = guarded(evaluate_policy, ws, new, against, reward=reward, max_prompts=max_prompts, k=k,
-                     max_new_tokens=max_new_tokens, seed=seed, device=device, reference=reference)
+    config = guarded(PolicyEvalConfig, **{name: value for name, value in options.items() if value is not None})
+    result = guarded(evaluate_policy, ws, new, against, reward=reward, reference=reference,
+                     **{name: getattr(config, name) for name in EVAL_FIELDS})
     if as_json:
         echo_json({"run_id": result.run_id, "report": result.report_dir / "report.md", "metrics": result.metrics})
         return
