@@ -3,10 +3,10 @@ reviewer ranks on the Rank page while the job trains; bad form values launch not
 
 from __future__ import annotations
 
-import duckdb
 import pytest
 
 from rankloop.jobs import read_log
+from store.db import read
 from store.jobs import list_jobs
 from store.users import add_user
 from tests.reward_data import register_tiny, seed_pairs
@@ -58,10 +58,10 @@ def test_launch_from_the_page_while_a_reviewer_ranks(runs_page, monkeypatch):
     button(rita, "A better").click().run()
     button(rita, "Submit").click().run()
     assert not rita.exception, rita.exception
-    con = duckdb.connect(str(ws.db), read_only=True)
-    assert con.execute("SELECT count(*) FROM judgments j JOIN reviewers r ON r.id = j.reviewer_id "
-                       "WHERE r.name = 'rita'").fetchone()[0] == 1
-    con.close()
+    # through the store, which waits while the job's process holds the file (a bare duckdb.connect fails then)
+    assert read(ws.db, lambda con: con.execute(
+        "SELECT count(*) FROM judgments j JOIN reviewers r ON r.id = j.reviewer_id WHERE r.name = 'rita'"
+    ).fetchone()[0]) == 1
 
     job = wait_for(ws, job.id, finished)
     assert job.status == "succeeded", read_log(job.log_path).text

@@ -23,14 +23,13 @@ with st.expander("Launch a job", expanded=True):
                            format_func=lambda c: f"rankloop {c}")
     launch_form(command, admin.name)
 
-jobs = refresh(db)
-active = any(j.active for j in jobs)
-
-
-@st.fragment(run_every=2.0 if active else None)
+@st.fragment(run_every=2.0)
 def live() -> None:
-    """Redrawn every 2 s while a job is active; a full rerun when the last one ends (stops the timer)."""
+    """Redrawn every 2 s (a timer that does not depend on what the last full run saw: a job launched or ended
+    between two runs still shows up); a full rerun when the last active job ends (models and reports change)."""
     current = refresh(db)
+    was_active = st.session_state.get("jobs_active", False)
+    st.session_state["jobs_active"] = any(j.active for j in current)
     if not current:
         st.info("No jobs yet: launch one above. Jobs started on the command line are not listed here; their runs "
                 "are on the 'Models and reports' page.")
@@ -43,7 +42,7 @@ def live() -> None:
     ids = [j.id for j in current]
     chosen = st.selectbox("Job", ids, key="job_shown", format_func=lambda i: f"job {i}")
     show_job(next(j for j in current if j.id == chosen), admin.name)
-    if active and not any(j.active for j in current):
+    if was_active and not st.session_state["jobs_active"]:
         st.rerun()
 
 
