@@ -191,7 +191,7 @@ def _new_lease(con: duckdb.DuckDBPyConnection, reviewer_id: int, comparison_id: 
     return int(lid)
 
 
-def _wants_gold(view: queue_cache.Snapshot, reviewer: queue_cache.Reviewer, golds: list, rate: float) -> bool:
+def _wants_gold(reviewer: queue_cache.Reviewer, golds: list, rate: float) -> bool:
     if rate <= 0:
         return False
     answered = sum(1 for cid, _, _ in golds if cid in reviewer.counted)
@@ -213,7 +213,7 @@ def next_item_in(con: duckdb.DuckDBPyConnection, reviewer_id: int, round: int | 
     if mine is not None:
         return _load_item(con, mine, progress)
     s = view.settings(con)
-    pick = gold if gold is not None and _wants_gold(view, reviewer, view.golds(con), s["gold_rate"]) else regular
+    pick = gold if gold is not None and _wants_gold(reviewer, view.golds(con), s["gold_rate"]) else regular
     if pick is None:
         return None
     lease_id = _new_lease(con, reviewer_id, pick, s["lease_minutes"])
