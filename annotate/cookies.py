@@ -58,10 +58,10 @@ def redeem(code: str) -> str | None:
     return found[0]
 
 
-def _db() -> Path:
-    from annotate.session import DB_NAME, WORKSPACE_ENV
+def _db() -> Path | str:
+    from annotate.session import WORKSPACE_ENV, _opened
 
-    return Path(os.environ[WORKSPACE_ENV]) / DB_NAME
+    return _opened(os.environ[WORKSPACE_ENV])
 
 
 def _secure(request) -> bool:

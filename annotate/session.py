@@ -8,6 +8,7 @@ every run, so a logout, an expiry or a deactivated account takes effect at the n
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from pathlib import Path
@@ -15,19 +16,22 @@ from pathlib import Path
 import streamlit as st
 
 from annotate.cookies import COOKIE, NOTICES, keep_as_cookie, navigate
-from store.migrations import migrate
 from store.settings import get_settings
 from store.users import User, session_context
 
 WORKSPACE_ENV = "RANKLOOP_WORKSPACE"
 _handover = threading.local()  # the router's session check, taken by the page it runs in the same script run
 DB_NAME = "rankloop.duckdb"  # the name rankloop.workspace gives the database inside a workspace folder
+CONFIG_NAME = "rankloop.toml"
 
 
-@st.cache_resource(show_spinner=False)
-def _migrated(db: str) -> str:
-    migrate(db)
-    return db
+@functools.lru_cache(maxsize=8)
+def _opened(root: str) -> Path | str:
+    """The workspace's database (a DuckDB file, or a PostgreSQL URL in team mode), opened once per server process:
+    a DuckDB file is migrated, a PostgreSQL schema only checked (`rankloop migrate` upgrades it)."""
+    from rankloop.workspace import open_workspace
+
+    return open_workspace(root).db
 
 
 def workspace_dir() -> Path:
@@ -38,13 +42,23 @@ def workspace_dir() -> Path:
     return Path(raw)
 
 
-def db_path() -> Path:
-    """The workspace database, brought up to the current schema once per server process."""
-    db = workspace_dir() / DB_NAME
-    if not db.is_file():
-        st.error(f"{db}: no workspace database here; create one with `rankloop init {db.parent}`.")
+def db_path() -> Path | str:
+    """The workspace database, brought up to the current schema (DuckDB) or checked (PostgreSQL) once per server
+    process."""
+    root = workspace_dir()
+    if not (root / CONFIG_NAME).is_file():
+        st.error(f"{root}: not a workspace; create one with `rankloop init {root}`.")
         st.stop()
-    return Path(_migrated(str(db)))
+    if not (root / DB_NAME).is_file() and not _team_mode(root):
+        st.error(f"{root / DB_NAME}: no workspace database here; create one with `rankloop init {root}`.")
+        st.stop()
+    return _opened(str(root))
+
+
+def _team_mode(root: Path) -> bool:
+    from rankloop.config import load_config
+
+    return bool(load_config(root / CONFIG_NAME).workspace.database)
 
 
 def current_user(*, for_page: bool = False) -> User | None:

@@ -12,6 +12,7 @@ from rankloop import __version__
 COMMANDS = [
     ("rankloop.commands.workspace", "init_command"),
     ("rankloop.commands.workspace", "status_command"),
+    ("rankloop.commands.workspace", "migrate_command"),
     ("rankloop.commands.imports", "import_group"),
     ("rankloop.commands.export", "export_group"),
     ("rankloop.commands.models", "models_group"),

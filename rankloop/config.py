@@ -22,10 +22,21 @@ class WorkspaceSection:
     encrypted: bool = field(default=False, metadata={
         "help": "The database is encrypted (rankloop init --encrypt); its key comes from $RANKLOOP_KEY or "
                 "$RANKLOOP_KEY_FILE and is never stored here."})
+    database: str = field(default="", metadata={
+        "help": "Team mode: the PostgreSQL database (postgresql://USER@HOST:PORT/DBNAME, rankloop init --database); "
+                "empty for the DuckDB file rankloop.duckdb. Never a password: libpq reads PGPASSWORD, PGPASSFILE or "
+                "~/.pgpass."})
 
     def __post_init__(self) -> None:
         if self.required_reviewers < 1:
             raise ValueError("required_reviewers: must be >= 1")
+        if self.database:
+            from store.dialect import check_url
+
+            check_url(self.database)
+        if self.database and self.encrypted:
+            raise ValueError("encrypted: a PostgreSQL database is not encrypted by rankloop (use TLS and the "
+                             "server's disk encryption)")
 
 
 @dataclass

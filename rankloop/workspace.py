@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rankloop.config import Config, load_config, render_config
-from store.db import KEY_FILE_ENV, EncryptionError, attach_encrypted, encryption_key, is_encrypted
-from store.migrations import migrate
+from store.db import KEY_FILE_ENV, EncryptionError, attach_encrypted, encryption_key, is_encrypted, read
+from store.dialect import check_url, redacted
+from store.migrations import SCHEMA_VERSION, migrate, schema_version
 
 CONFIG_NAME = "rankloop.toml"
 DB_NAME = "rankloop.duckdb"
@@ -25,8 +26,13 @@ class Workspace:
     config: Config
 
     @property
-    def db(self) -> Path:
-        return self.root / DB_NAME
+    def db(self) -> Path | str:
+        """The DuckDB file, or the PostgreSQL URL of a team-mode workspace (a `str`: see store.dialect)."""
+        return self.config.workspace.database or self.root / DB_NAME
+
+    @property
+    def on_postgres(self) -> bool:
+        return bool(self.config.workspace.database)
 
     @property
     def runs_dir(self) -> Path:
@@ -43,14 +49,36 @@ def _check_key_outside(root: Path) -> None:
         raise EncryptionError(f"{KEY_FILE_ENV}={raw}: the key file is inside the workspace {root}; keep it elsewhere")
 
 
-def init_workspace(root: str | Path, config: Config | None = None, encrypt: bool = False) -> Workspace:
+def init_workspace(root: str | Path, config: Config | None = None, encrypt: bool = False,
+                   database: str | None = None) -> Workspace:
     """Create (or complete) a workspace; an existing config is kept, the schema brought up to date.
 
     With `encrypt`, a new database is created encrypted with the key from $RANKLOOP_KEY or $RANKLOOP_KEY_FILE.
+    With `database` (a PostgreSQL URL), the workspace's tables live there (team mode); the URL is recorded in
+    rankloop.toml and the database migrated by the role it names.
     """
     root = Path(root).resolve()
     if root.exists() and not root.is_dir():
         raise NotADirectoryError(f"{root}: exists and is not a folder")
+    if database:
+        check_url(database)
+        if encrypt:
+            raise EncryptionError("--encrypt: a PostgreSQL database is not encrypted by rankloop; use TLS "
+                                  "(sslmode in the URL) and the server's disk encryption")
+        cfg_path = root / CONFIG_NAME
+        if cfg_path.is_file():
+            recorded = load_config(cfg_path).workspace.database
+            if recorded != database:
+                raise ValueError(f"{cfg_path}: already a workspace on {redacted(recorded) or root / DB_NAME}; "
+                                 f"not changing it to {redacted(database)} (move data with rankloop backup/restore)")
+        config = config or Config()
+        config.workspace.database = database
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "runs").mkdir(exist_ok=True)
+        migrate(database)
+        if not cfg_path.exists():
+            cfg_path.write_text(render_config(config), encoding="utf-8")
+        return open_workspace(root)
     db = root / DB_NAME
     if encrypt:
         _check_key_outside(root)
@@ -69,6 +97,30 @@ def init_workspace(root: str | Path, config: Config | None = None, encrypt: bool
     return open_workspace(root)
 
 
+class SchemaBehind(RuntimeError):
+    """A PostgreSQL workspace whose schema is older (or newer) than this rankloop: migrate it first."""
+
+
+def check_schema(ws: Workspace) -> None:
+    """On PostgreSQL the app and jobs never migrate (their role needs no DDL rights): they check the version."""
+    have = read(ws.db, schema_version)
+    if have != SCHEMA_VERSION:
+        what = "run `rankloop migrate` (as the role that owns the schema)" if have < SCHEMA_VERSION else \
+            "upgrade rankloop"
+        raise SchemaBehind(f"{redacted(ws.db)}: schema version {have}, this rankloop needs {SCHEMA_VERSION}; {what}")
+
+
+def migrate_workspace(root: str | Path) -> tuple[Workspace, list[str]]:
+    """Apply the pending migrations of the workspace at `root` (either backend); return it and what was applied."""
+    root = Path(root).resolve()
+    if not (root / CONFIG_NAME).is_file():
+        raise NotAWorkspace(f"{root}: not a rankloop workspace (no {CONFIG_NAME})")
+    ws = Workspace(root=root, config=load_config(root / CONFIG_NAME))
+    done = migrate(ws.db)
+    _migrated.add(root)
+    return open_workspace(root), done
+
+
 def open_workspace(root: str | Path) -> Workspace:
     """Open an existing workspace, applying any pending schema migrations once per process."""
     root = Path(root).resolve()
@@ -78,6 +130,11 @@ def open_workspace(root: str | Path) -> Workspace:
         )
     cfg = load_config(root / CONFIG_NAME)
     ws = Workspace(root=root, config=cfg)
+    if ws.on_postgres:
+        if root not in _migrated:
+            check_schema(ws)
+            _migrated.add(root)
+        return ws
     if cfg.workspace.encrypted or is_encrypted(ws.db):
         _check_key_outside(root)
         encryption_key(required_for=ws.db)

@@ -27,6 +27,8 @@ from typing import TypeVar
 
 import duckdb
 
+from store.dialect import is_postgres
+
 T = TypeVar("T")
 
 DEFAULT_LOCK_TIMEOUT_S = 60.0
@@ -394,6 +396,13 @@ def holding() -> bool:
     return _hold_all
 
 
+def release(path: str | Path) -> None:
+    """Let go of `path`: close this process's pool for a PostgreSQL URL (before its database is dropped or
+    replaced); for a DuckDB file nothing (see `release_all`)."""
+    if is_postgres(path):
+        _pg().close_pool(str(path))
+
+
 def release_all() -> None:
     """Close every database this process keeps open, once its running units are done (tests; shutdown)."""
     for held in list(_held.values()):
@@ -421,8 +430,51 @@ def connection(path: str | Path, timeout_s: float | None = None) -> Iterator[duc
         yield con
 
 
+def _pg():  # noqa: ANN202 - store.pg imports psycopg, needed only for a PostgreSQL workspace
+    from store import pg
+
+    return pg
+
+
+def _pool_size() -> int:
+    pg = _pg()
+    return pg.APP_POOL_SIZE if _hold_all else pg.CLI_POOL_SIZE
+
+
+# On PostgreSQL every process writes at once, so what one process counted above must live in the database: the
+# one row of `queue_state` (migration 6). The queue's transactions lock it first (`lock_queue`) and read its
+# `changes`; every other transaction that wrote anything bumps it before its COMMIT. Its row lock also serializes
+# the queue's decisions across servers, as `_lease_lock` and DuckDB's file lock do in one process.
+_LOCK_QUEUE = "SELECT changes FROM queue_state WHERE id = 1 FOR UPDATE"
+_BUMP = ("UPDATE queue_state SET changes = changes + 1 WHERE id = 1 "
+         "AND pg_current_xact_id_if_assigned() IS NOT NULL")
+
+
+def lock_queue(con: duckdb.DuckDBPyConnection) -> int | None:
+    """Take the queue's lock on PostgreSQL (the row of `queue_state`, held to the end of the transaction) and
+    return the database-wide count of changes; on DuckDB nothing (the file lock and `_lease_lock` serialize)."""
+    if getattr(con, "backend", "duckdb") != "postgresql":
+        return None
+    row = con.execute(_LOCK_QUEUE).fetchone()
+    if row is None:
+        raise RuntimeError("queue_state has no row: the PostgreSQL database is not migrated (rankloop migrate)")
+    return int(row[0])
+
+
+@contextmanager
+def _pg_connection(url: str, counted: bool) -> Iterator[duckdb.DuckDBPyConnection]:
+    with _pg().connect(url, _pool_size()) as con:
+        yield con  # type: ignore[misc]
+        if counted:  # autocommit statements: what they wrote is committed; say so to the queues
+            con.execute(_BUMP.replace(" AND pg_current_xact_id_if_assigned() IS NOT NULL", ""))
+
+
 @contextmanager
 def _connection(path: str | Path, timeout_s: float | None, counted: bool) -> Iterator[duckdb.DuckDBPyConnection]:
+    if is_postgres(path):
+        with _pg_connection(str(path), counted) as con:
+            yield con
+        return
     if _hold_all:
         held = _held_for(path)
         cur = held.enter(timeout_s)
@@ -459,6 +511,9 @@ _label: ContextVar[tuple[str, int, int] | None] = ContextVar("rankloop_queue_lab
 def change_count(path: str | Path) -> tuple[int, int] | None:
     """(instance opens, counted commits) of `path` in a process that holds it, else None: a value read before a
     read that is equal later means nothing but the queue's own kind of writes (see `transaction`) happened."""
+    if is_postgres(path):
+        row = read(path, lambda con: con.execute("SELECT changes FROM queue_state WHERE id = 1").fetchone())
+        return (0, int(row[0])) if row else None
     if not _hold_all:
         return None
     held = _held.get(os.path.abspath(path))
@@ -487,11 +542,17 @@ def _finish(con: duckdb.DuckDBPyConnection, statement: str, held: _Held | None, 
 
 
 @contextmanager
-def transaction(path: str | Path, timeout_s: float | None = None, *,
-                keeps_queue_cache: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+def transaction(path: str | Path, timeout_s: float | None = None, *, keeps_queue_cache: bool = False,
+                migration: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
     """BEGIN, yield, COMMIT (ROLLBACK on any error) on a connection for one unit of work: writes that belong
     together. `keeps_queue_cache`: the work changes nothing the queue caches except by appending judgments (see
-    `queue_label`); leave it False when in doubt (a False only costs the queue a rebuild)."""
+    `queue_label`); leave it False when in doubt (a False only costs the queue a rebuild). `migration`: a schema
+    change (store.migrations), which on PostgreSQL bumps no counter: `queue_state` may not exist yet, and a
+    process that runs against a migrated database checked the version when it started."""
+    if is_postgres(path):
+        with _pg_transaction(str(path), keeps_queue_cache, bump=not migration) as con:
+            yield con
+        return
     with _connection(path, timeout_s, counted=False) as con:
         held = _held.get(os.path.abspath(path)) if _hold_all else None
         label = None
@@ -514,6 +575,40 @@ def transaction(path: str | Path, timeout_s: float | None = None, *,
         _finish(con, "COMMIT", held, counted=not keeps_queue_cache)
 
 
+@contextmanager
+def _pg_transaction(url: str, keeps_queue_cache: bool, bump: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+    """READ COMMITTED: the queue's lock is its first statement, and what it reads after the wait must be the
+    latest committed state (docs/postgresql.md, section 5)."""
+    from store.dialect import redacted
+
+    with _pg_connection(url, counted=False) as con:
+        con.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+        label = None
+        try:
+            if keeps_queue_cache:
+                label = (redacted(url), 0, lock_queue(con))
+            token = _label.set(label)
+            try:
+                yield con
+            finally:
+                _label.reset(token)
+            if bump and not keeps_queue_cache:
+                con.execute(_BUMP)
+        except BaseException:
+            try:
+                con.execute("ROLLBACK")
+            except Exception:  # a broken connection: the pool discards it, the server rolls back
+                pass
+            raise
+        con.execute("COMMIT")
+
+
+def _retryable(e: BaseException) -> bool:
+    if isinstance(e, duckdb.TransactionException):
+        return any(m in str(e) for m in _CONFLICT_MARKERS)
+    return type(e).__module__.startswith("psycopg") and _pg().is_retryable(e)
+
+
 def write(path: str | Path, work: Callable[[duckdb.DuckDBPyConnection], T], retries: int = 8, *,
           keeps_queue_cache: bool = False) -> T:
     """Run `work(con)` in one transaction, re-running it when a concurrent transaction in this process conflicts.
@@ -522,8 +617,8 @@ def write(path: str | Path, work: Callable[[duckdb.DuckDBPyConnection], T], retr
         try:
             with transaction(path, keeps_queue_cache=keeps_queue_cache) as con:
                 return work(con)
-        except duckdb.TransactionException as e:
-            if attempt == retries or not any(m in str(e) for m in _CONFLICT_MARKERS):
+        except Exception as e:
+            if attempt == retries or not _retryable(e):
                 raise
             time.sleep(_backoff(attempt))
     raise AssertionError("unreachable")

@@ -12,6 +12,7 @@ from pathlib import Path
 import duckdb
 
 from store.db import transaction
+from store.dialect import is_postgres, pg_ddl
 
 Migration = Callable[[duckdb.DuckDBPyConnection], None]
 
@@ -244,9 +245,30 @@ def m005_drafts_with_leases(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE leases ADD COLUMN updated_at TIMESTAMP")
 
 
+def m006_queue_state(con: duckdb.DuckDBPyConnection) -> None:
+    """One row whose lock serializes the queue's decisions across processes and whose counter tells every process
+    what the queue caches changed (used on PostgreSQL, see store.db.lock_queue; kept on DuckDB so both schemas and
+    backups match)."""
+    con.execute("CREATE TABLE queue_state (id INTEGER PRIMARY KEY, changes BIGINT NOT NULL DEFAULT 0)")
+    con.execute("INSERT INTO queue_state (id, changes) VALUES (1, 0)")
+
+
 MIGRATIONS: list[Migration] = [m001_initial_schema, m002_lookup_indexes_and_scores, m003_annotation_app, m004_jobs,
-                               m005_drafts_with_leases]
+                               m005_drafts_with_leases, m006_queue_state]
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+_MIGRATION_LOCK = 0x72616E6B  # "rank": the advisory lock key of `migrate` on PostgreSQL
+
+
+class _PgDDL:
+    """A connection whose statements without parameters (a migration's DDL) are spelled for PostgreSQL."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self._con = con
+
+    def execute(self, sql: str, params: list | None = None):  # noqa: ANN201 - the connection's own result
+        return self._con.execute(pg_ddl(sql) if params is None else sql, params)
 
 
 def _applied(con: duckdb.DuckDBPyConnection) -> set[int]:
@@ -262,10 +284,12 @@ def migrate(path: str | Path, upto: int | None = None) -> list[str]:
     done: list[str] = []
     target = SCHEMA_VERSION if upto is None else upto
     for version, fn in enumerate(MIGRATIONS[:target], start=1):
-        with transaction(path) as con:
+        with transaction(path, migration=True) as con:
+            if is_postgres(path):  # two migrators at once: the second waits, then sees the version applied
+                con.execute(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
             if version in _applied(con):
                 continue
-            fn(con)
+            fn(_PgDDL(con) if is_postgres(path) else con)
             con.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, fn.__name__])
         done.append(fn.__name__)
     return done

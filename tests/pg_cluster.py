@@ -301,3 +301,67 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+class TestDatabases:
+    """Fresh databases for tests on one cluster: each a copy of a template migrated once (CREATE DATABASE ...
+    TEMPLATE, 30-40 ms against 145 ms for a new DuckDB workspace), owned by the app role; a test's database is
+    dropped by a background thread after the test, so dropping (about 0.1 s) is not on the test's clock."""
+
+    __test__ = False  # not a test class, whatever pytest thinks of the name
+
+    TEMPLATE = "rankloop_template"
+
+    def __init__(self, cluster: PgCluster) -> None:
+        import itertools
+        import queue
+        import threading
+
+        import psycopg
+
+        from store.db import release
+        from store.migrations import migrate
+
+        self.cluster = cluster
+        self._admin = psycopg.connect(cluster.superuser_url, autocommit=True)
+        self._admin.execute(f"CREATE DATABASE {self.TEMPLATE} OWNER {cluster.role}")
+        template_url = self.url_of(self.TEMPLATE)
+        migrate(template_url)
+        release(template_url)  # a template must have no connections when it is copied
+        self._names = itertools.count(1)
+        self._lock = threading.Lock()
+        self._drops: queue.Queue[str | None] = queue.Queue()
+        self._dropper = threading.Thread(target=self._drop_loop, name="pg-test-db-dropper", daemon=True)
+        self._dropper.start()
+
+    def url_of(self, name: str) -> str:
+        c = self.cluster
+        return f"postgresql://{c.role}@{c.host}:{c.port}/{name}"
+
+    def create(self) -> str:
+        with self._lock:
+            name = f"rankloop_test_{os.getpid()}_{next(self._names)}"
+            self._admin.execute(f"CREATE DATABASE {name} TEMPLATE {self.TEMPLATE} OWNER {self.cluster.role}")
+        return self.url_of(name)
+
+    def drop(self, url: str) -> None:
+        from store.db import release
+
+        release(url)
+        self._drops.put(url.rsplit("/", 1)[1])
+
+    def _drop_loop(self) -> None:
+        import psycopg
+
+        con = psycopg.connect(self.cluster.superuser_url, autocommit=True)
+        while (name := self._drops.get()) is not None:
+            try:
+                con.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            except psycopg.Error:
+                pass  # the cluster goes at the session's end anyway
+        con.close()
+
+    def close(self) -> None:
+        self._drops.put(None)
+        self._dropper.join(timeout=60)
+        self._admin.close()

@@ -25,6 +25,8 @@ from store.settings import set_setting
 from store.status import workspace_status
 from store.users import add_user
 
+pytestmark = pytest.mark.both_backends
+
 
 def seed_comparisons(db, n: int, k: int = 3, round: int = 0, texts=None, required: int = 1) -> list[int]:
     """n comparisons of k responses each (prompt i, responses 'answer i.j'); returns their ids in creation order."""

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from rankloop.config import ConfigError
-from rankloop.workspace import NotAWorkspace, Workspace, open_workspace
+from rankloop.workspace import NotAWorkspace, SchemaBehind, Workspace, open_workspace
 from store.db import WorkspaceBusy
 from store.errors import InputError
 from store.models import UnknownModel
@@ -21,7 +21,7 @@ from store.models import UnknownModel
 # Errors whose message is the whole story: printed without a traceback, exit code 1.
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
     InputError, ConfigError, NotAWorkspace, WorkspaceBusy, UnknownModel, FileNotFoundError, NotADirectoryError,
-    ValueError, FileExistsError,
+    ValueError, FileExistsError, SchemaBehind, ConnectionError,
 )
 
 

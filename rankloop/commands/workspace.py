@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from rankloop.commands.common import echo_json, guarded, workspace_option
-from rankloop.workspace import Workspace, init_workspace
+from rankloop.workspace import Workspace, init_workspace, migrate_workspace
+from store.dialect import redacted
 from store.status import workspace_status
 
 
@@ -16,13 +17,27 @@ from store.status import workspace_status
 @click.option("--encrypt", is_flag=True,
               help="Encrypt the new database (DuckDB AES-GCM) with the key in $RANKLOOP_KEY or the file "
                    "$RANKLOOP_KEY_FILE names; the key is never written to the workspace.")
-def init_command(directory: Path, encrypt: bool) -> None:
-    """Create a workspace in DIRECTORY: rankloop.toml, rankloop.duckdb and runs/ (existing ones are kept)."""
-    ws = guarded(init_workspace, directory, encrypt=encrypt)
+@click.option("--database", metavar="URL", default=None,
+              help="Team mode: keep the tables in this PostgreSQL database (postgresql://USER@HOST:PORT/DBNAME, "
+                   "sslmode and other libpq options in the query) instead of rankloop.duckdb. No password in the "
+                   "URL: libpq reads PGPASSWORD, PGPASSFILE or ~/.pgpass.")
+def init_command(directory: Path, encrypt: bool, database: str | None) -> None:
+    """Create a workspace in DIRECTORY: rankloop.toml, rankloop.duckdb (or the tables in --database) and runs/
+    (existing ones are kept)."""
+    ws = guarded(init_workspace, directory, encrypt=encrypt, database=database)
     click.echo(f"workspace ready: {ws.root}" + (" (database encrypted)" if ws.config.workspace.encrypted else ""))
     click.echo(f"  config:   {ws.root / 'rankloop.toml'}")
-    click.echo(f"  database: {ws.db}")
+    click.echo(f"  database: {redacted(ws.db)}")
     click.echo(f"  runs:     {ws.runs_dir}")
+
+
+@click.command("migrate")
+@click.argument("directory", type=click.Path(path_type=Path), default=".")
+def migrate_command(directory: Path) -> None:
+    """Bring DIRECTORY's database schema up to date. On PostgreSQL, run it as the role that owns the schema after
+    upgrading rankloop: servers and jobs check the version and refuse an older one instead of migrating."""
+    ws, done = guarded(migrate_workspace, directory)
+    click.echo(f"{redacted(ws.db)}: " + (f"applied {', '.join(done)}" if done else "already up to date"))
 
 
 @click.command("status")
