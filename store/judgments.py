@@ -137,7 +137,8 @@ def retract_judgment(con: duckdb.DuckDBPyConnection, judgment_id: int, reviewer_
     """
     row = con.execute(
         "SELECT comparison_id, reviewer_id, retracted_at IS NOT NULL, "
-        "date_diff('millisecond', created_at, current_localtimestamp()) / 1000.0 FROM judgments WHERE id = ?",
+        "CAST(extract(epoch FROM date_trunc('milliseconds', localtimestamp) - date_trunc('milliseconds', created_at)) "
+        "AS DOUBLE PRECISION) FROM judgments WHERE id = ?",
         [judgment_id],
     ).fetchone()
     if row is None or row[1] != reviewer_id:
@@ -148,7 +149,7 @@ def retract_judgment(con: duckdb.DuckDBPyConnection, judgment_id: int, reviewer_
     if age_s > window_s:
         raise ValueError(f"judgment {judgment_id}: too late to undo ({age_s:.0f} s ago, window {window_s:.0f} s)")
     con.execute(
-        "UPDATE judgments SET retracted_at = current_localtimestamp(), retracted_by = ? WHERE id = ?",
+        "UPDATE judgments SET retracted_at = localtimestamp, retracted_by = ? WHERE id = ?",
         [actor, judgment_id],
     )
     log_event(con, actor, "judgment.undo", {"judgment_id": judgment_id, "comparison_id": comparison_id})

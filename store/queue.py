@@ -68,24 +68,24 @@ def display_order(reviewer_id: int, comparison_id: int, response_ids: list[int])
     return sorted(response_ids, key=key)
 
 
-_OPEN = "l.closed_at IS NULL AND l.expires_at > current_localtimestamp()"
+_OPEN = "l.closed_at IS NULL AND l.expires_at > localtimestamp"
 _ORDER = "ORDER BY round, priority DESC, created_at, id LIMIT 1"
 # One pass over the queue for one reviewer: what is left for them, the next regular item, the next gold item.
 _QUEUE = f"""
     WITH done AS (
         SELECT comparison_id, count(DISTINCT reviewer_id) AS n FROM judgments j WHERE {counted('j')} GROUP BY 1),
     held AS (SELECT comparison_id, count(*) AS n FROM leases l WHERE {_OPEN} GROUP BY 1),
-    mine AS (SELECT DISTINCT comparison_id FROM judgments WHERE reviewer_id = $r AND retracted_at IS NULL),
-    own AS (SELECT coalesce(list(id), []) AS ids FROM responses
-            WHERE json_extract_string(params, '$.edited_by_reviewer_id') = CAST($r AS VARCHAR)),
+    mine AS (SELECT DISTINCT comparison_id FROM judgments WHERE reviewer_id = ? AND retracted_at IS NULL),
+    own AS (SELECT coalesce(array_agg(id), CAST(ARRAY[] AS BIGINT[])) AS ids FROM responses
+            WHERE params->>'edited_by_reviewer_id' = CAST(? AS VARCHAR)),
     cand AS MATERIALIZED (
         SELECT c.id, c.round, c.priority, c.created_at, c.required_reviewers AS needed, coalesce(done.n, 0) AS d,
                coalesce(held.n, 0) AS h, g.comparison_id IS NOT NULL AS gold
         FROM comparisons c
         LEFT JOIN done ON done.comparison_id = c.id LEFT JOIN held ON held.comparison_id = c.id
         LEFT JOIN gold_answers g ON g.comparison_id = c.id
-        WHERE c.id NOT IN (SELECT comparison_id FROM mine) AND NOT list_has_any(c.response_ids, (SELECT ids FROM own))
-          AND ($round IS NULL OR c.round = $round))
+        WHERE c.id NOT IN (SELECT comparison_id FROM mine) AND NOT (c.response_ids && (SELECT ids FROM own))
+          AND (CAST(? AS INTEGER) IS NULL OR c.round = ?))
     SELECT (SELECT count(*) FROM cand WHERE NOT gold AND d < needed),
            (SELECT id FROM cand WHERE NOT gold AND d + h < needed {_ORDER}),
            (SELECT id FROM cand WHERE gold {_ORDER})
@@ -95,6 +95,12 @@ _QUEUE = f"""
 # The query above aggregates every judgment on every call (20+ ms with 100k judgments): the queue normally picks
 # from what store.queue_cache keeps instead, and uses the query when more comparisons are open than it keeps.
 _OPEN_CACHE_MAX = 20_000
+
+
+def _queue_query(con: duckdb.DuckDBPyConnection, reviewer_id: int,
+                 round: int | None) -> tuple[int, int | None, int | None]:
+    """`_QUEUE` for one reviewer (and round): its positional parameters in order."""
+    return tuple(con.execute(_QUEUE, [reviewer_id, reviewer_id, round, round]).fetchone())
 
 
 def _queue_state(con: duckdb.DuckDBPyConnection, reviewer_id: int,
@@ -110,7 +116,7 @@ def _held_counts(con: duckdb.DuckDBPyConnection, reviewer_id: int | None = None)
     held: dict[int, int] = {}
     mine, expired = None, False
     for cid, rid, lid, live in con.execute(
-            "SELECT comparison_id, reviewer_id, id, expires_at > current_localtimestamp() FROM leases "
+            "SELECT comparison_id, reviewer_id, id, expires_at > localtimestamp FROM leases "
             "WHERE closed_at IS NULL").fetchall():
         if not live:
             expired = True
@@ -120,15 +126,15 @@ def _held_counts(con: duckdb.DuckDBPyConnection, reviewer_id: int | None = None)
             mine = lid
     if expired:
         con.execute(
-            "UPDATE leases SET closed_at = current_localtimestamp(), outcome = 'expired' "
-            "WHERE closed_at IS NULL AND expires_at <= current_localtimestamp()")
+            "UPDATE leases SET closed_at = localtimestamp, outcome = 'expired' "
+            "WHERE closed_at IS NULL AND expires_at <= localtimestamp")
     return held, mine
 
 
 def _pick(con: duckdb.DuckDBPyConnection, view: queue_cache.Snapshot, reviewer_id: int, round: int | None,
           held: dict[int, int]) -> tuple[int, int | None, int | None]:
     if len(view.open) > _OPEN_CACHE_MAX:
-        remaining, regular, gold = con.execute(_QUEUE, {"r": reviewer_id, "round": round}).fetchone()
+        remaining, regular, gold = _queue_query(con, reviewer_id, round)
         return int(remaining), regular, gold
     mine = view.reviewer(con, reviewer_id).live
     own = view.own(con, reviewer_id)
@@ -184,7 +190,7 @@ def _item(con: duckdb.DuckDBPyConnection, lease_id: int, reviewer_id: int, cid: 
 def _new_lease(con: duckdb.DuckDBPyConnection, reviewer_id: int, comparison_id: int, minutes: int) -> int:
     (lid,) = con.execute(
         "INSERT INTO leases (id, comparison_id, reviewer_id, leased_at, expires_at) VALUES "
-        "(nextval('leases_id'), ?, ?, current_localtimestamp(), current_localtimestamp() + to_minutes(?)) "
+        "(nextval('leases_id'), ?, ?, localtimestamp, localtimestamp + CAST(? AS INTEGER) * INTERVAL '1 minute') "
         "RETURNING id",
         [comparison_id, reviewer_id, int(minutes)],
     ).fetchone()
@@ -260,7 +266,7 @@ def _record(con: duckdb.DuckDBPyConnection, lease_id: int, reviewer_id: int, rev
         source=source,
     ), known=(reviewer_id, response_ids))
     con.execute(
-        "UPDATE leases SET closed_at = current_localtimestamp(), outcome = ?, judgment_id = ? WHERE id = ?",
+        "UPDATE leases SET closed_at = localtimestamp, outcome = ?, judgment_id = ? WHERE id = ?",
         ["skipped" if skipped else "submitted", jid, lease_id],
     )
     return jid, queue_cache.appended(view, jid, cid, reviewer_id, counted=not skipped)
@@ -303,7 +309,7 @@ def undo(db: str | Path, judgment_id: int, reviewer_id: int, reviewer: str,
         cid = retract_judgment(con, judgment_id, reviewer_id, reviewer, s["undo_window_s"])
         if release_lease_id is not None:
             con.execute(
-                "UPDATE leases SET closed_at = current_localtimestamp(), outcome = 'released' "
+                "UPDATE leases SET closed_at = localtimestamp, outcome = 'released' "
                 "WHERE id = ? AND reviewer_id = ? AND closed_at IS NULL",
                 [release_lease_id, reviewer_id],
             )
@@ -327,7 +333,7 @@ def _answer_as_draft(con: duckdb.DuckDBPyConnection, judgment_id: int) -> dict[s
 
 def _put_draft(con: duckdb.DuckDBPyConnection, lease_id: int, reviewer_id: int, draft: dict[str, Any] | None) -> bool:
     return bool(con.execute(
-        "UPDATE leases SET draft = ?, updated_at = current_localtimestamp() "
+        "UPDATE leases SET draft = ?, updated_at = localtimestamp "
         "WHERE id = ? AND reviewer_id = ? AND closed_at IS NULL RETURNING id",
         [None if draft is None else json.dumps(draft), lease_id, reviewer_id]).fetchall())
 
@@ -346,14 +352,14 @@ def save_draft(db: str | Path, lease_id: int, reviewer_id: int, draft: dict[str,
 def release(db: str | Path, lease_id: int, reviewer_id: int) -> None:
     """Give a lease back unanswered (logout): the comparison returns to the queue at once."""
     write(db, lambda con: con.execute(
-        "UPDATE leases SET closed_at = current_localtimestamp(), outcome = 'released' "
+        "UPDATE leases SET closed_at = localtimestamp, outcome = 'released' "
         "WHERE id = ? AND reviewer_id = ? AND closed_at IS NULL", [lease_id, reviewer_id]))
 
 
 def release_reviewer_leases(con: duckdb.DuckDBPyConnection, reviewer_id: int) -> int:
     """Give back every open lease of a reviewer (their last session ended); returns how many."""
     return len(con.execute(
-        "UPDATE leases SET closed_at = current_localtimestamp(), outcome = 'released' "
+        "UPDATE leases SET closed_at = localtimestamp, outcome = 'released' "
         "WHERE reviewer_id = ? AND closed_at IS NULL RETURNING id", [reviewer_id]).fetchall())
 
 
@@ -372,7 +378,7 @@ def release_lease(db: str | Path, lease_id: int, actor: str) -> bool:
 
     def work(con: duckdb.DuckDBPyConnection) -> bool:
         row = con.execute(
-            "UPDATE leases SET closed_at = current_localtimestamp(), outcome = 'released' "
+            "UPDATE leases SET closed_at = localtimestamp, outcome = 'released' "
             "WHERE id = ? AND closed_at IS NULL RETURNING comparison_id, reviewer_id", [lease_id]).fetchone()
         if row:
             log_event(con, actor, "queue.release_lease", {"lease": lease_id, "comparison_id": row[0],
@@ -409,7 +415,8 @@ def set_required_reviewers(db: str | Path, n: int, actor: str, round: int | None
 
     def work(con: duckdb.DuckDBPyConnection) -> int:
         changed = len(con.execute(
-            "UPDATE comparisons SET required_reviewers = ? WHERE (? IS NULL OR round = ?) AND required_reviewers <> ? "
+            "UPDATE comparisons SET required_reviewers = ? WHERE (CAST(? AS INTEGER) IS NULL OR round = ?) "
+            "AND required_reviewers <> ? "
             "RETURNING id", [n, round, round, n]).fetchall())
         log_event(con, actor, "queue.required_reviewers", {"n": n, "round": round, "comparisons": changed})
         return changed
@@ -425,8 +432,8 @@ def set_priority(db: str | Path, priority: float, actor: str, round: int | None 
 
     def work(con: duckdb.DuckDBPyConnection) -> int:
         rows = con.execute(
-            "UPDATE comparisons SET priority = ? WHERE (? IS NULL OR round = ?) "
-            "AND (? IS NULL OR id IN (SELECT unnest(?))) RETURNING id",
+            "UPDATE comparisons SET priority = ? WHERE (CAST(? AS INTEGER) IS NULL OR round = ?) "
+            "AND (CAST(? AS BIGINT[]) IS NULL OR id = ANY(CAST(? AS BIGINT[]))) RETURNING id",
             [float(priority), round, round, comparison_ids, comparison_ids or []]).fetchall()
         log_event(con, actor, "queue.priority", {"priority": priority, "round": round,
                                                  "comparison_ids": comparison_ids, "comparisons": len(rows)})

@@ -46,11 +46,11 @@ _FINGERPRINT = """
                  coalesce(sum(hash(id, round, priority, required_reviewers)), 0) FROM comparisons) c
 """
 _OPEN_SET = f"""
-    SELECT c.id, any_value(c.round), any_value(c.priority), any_value(c.created_at), any_value(c.required_reviewers),
-           any_value(c.response_ids), any_value(c.prompt_id),
-           list(DISTINCT j.reviewer_id) FILTER (WHERE j.reviewer_id IS NOT NULL)
-    FROM comparisons c LEFT JOIN judgments j ON j.comparison_id = c.id AND {counted('j')}
-    GROUP BY c.id HAVING count(DISTINCT j.reviewer_id) < any_value(c.required_reviewers)
+    SELECT c.id, c.round, c.priority, c.created_at, c.required_reviewers, c.response_ids, c.prompt_id, d.who
+    FROM comparisons c LEFT JOIN (
+        SELECT j.comparison_id, count(DISTINCT j.reviewer_id) AS n, array_agg(DISTINCT j.reviewer_id) AS who
+        FROM judgments j WHERE {counted('j')} GROUP BY j.comparison_id) d ON d.comparison_id = c.id
+    WHERE coalesce(d.n, 0) < c.required_reviewers
 """
 _NEW = "SELECT id, comparison_id, reviewer_id, retracted_at IS NULL, skipped, created_at FROM judgments WHERE id > ?"
 _REVIEWER = ("SELECT comparison_id, skipped, CAST(created_at AS DATE) FROM judgments "
@@ -58,7 +58,7 @@ _REVIEWER = ("SELECT comparison_id, skipped, CAST(created_at AS DATE) FROM judgm
 _GOLD = ("SELECT c.id, c.round, c.response_ids FROM comparisons c "
          "WHERE c.id IN (SELECT comparison_id FROM gold_answers) "
          "ORDER BY c.round, c.priority DESC, c.created_at, c.id")
-_OWN = "SELECT id FROM responses WHERE json_extract_string(params, '$.edited_by_reviewer_id') = CAST(? AS VARCHAR)"
+_OWN = "SELECT id FROM responses WHERE params->>'edited_by_reviewer_id' = CAST(? AS VARCHAR)"
 
 
 @dataclass(frozen=True)

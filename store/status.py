@@ -24,7 +24,8 @@ def workspace_status(db: str | Path) -> dict[str, Any]:
         rounds: dict[int, dict[str, int]] = {}
         for rnd, pending, complete in con.execute(
             f"SELECT round, count(*) FILTER (WHERE done < required_reviewers), "
-            f"count(*) FILTER (WHERE done >= required_reviewers) FROM ({COMPLETION_SQL}) GROUP BY round ORDER BY round"
+            f"count(*) FILTER (WHERE done >= required_reviewers) FROM ({COMPLETION_SQL}) s "
+            "GROUP BY round ORDER BY round"
         ).fetchall():
             rounds[int(rnd)] = {"comparisons_pending": pending, "comparisons_complete": complete, "judgments": 0}
         for rnd, n, skipped, all_bad in con.execute(
@@ -73,7 +74,7 @@ def queue_overview(db: str | Path) -> dict[str, Any]:
                    count(*) FILTER (WHERE g.comparison_id IS NOT NULL) AS gold
                 FROM ({COMPLETION_SQL}) s
                 LEFT JOIN (SELECT comparison_id, count(*) AS n FROM leases
-                           WHERE closed_at IS NULL AND expires_at > current_localtimestamp() GROUP BY 1) l
+                           WHERE closed_at IS NULL AND expires_at > localtimestamp GROUP BY 1) l
                        ON l.comparison_id = s.id
                 LEFT JOIN gold_answers g ON g.comparison_id = s.id
                 GROUP BY s.round ORDER BY s.round"""
@@ -86,12 +87,13 @@ def queue_overview(db: str | Path) -> dict[str, Any]:
         per_reviewer = con.execute(
             f"""SELECT r.name AS reviewer, count(*) AS judgments,
                    count(*) FILTER (WHERE j.all_bad) AS all_bad,
-                   median(j.time_spent_ms) / 1000.0 AS median_seconds
+                   percentile_cont(0.5) WITHIN GROUP (ORDER BY j.time_spent_ms) / 1000.0 AS median_seconds
                 FROM judgments j JOIN reviewers r ON r.id = j.reviewer_id
                 WHERE {counted('j')} AND r.kind = 'human' GROUP BY 1 ORDER BY 1"""
         ).fetchdf()
         (median_s,) = con.execute(
-            f"SELECT median(time_spent_ms) / 1000.0 FROM judgments j WHERE {counted('j')}"
+            f"SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY time_spent_ms) / 1000.0 FROM judgments j "
+            f"WHERE {counted('j')}"
         ).fetchone()
         return {"by_round": by_round, "per_day": per_day, "per_reviewer": per_reviewer, "median_seconds": median_s}
 

@@ -95,7 +95,7 @@ _USER_COLS = "id, name, role, active, kind, last_login_at, locked_until, coalesc
 
 
 def list_users(db: str | Path, include_imported: bool = False) -> list[User]:
-    sql = f"SELECT {_USER_COLS} FROM reviewers WHERE ? OR kind = 'human' ORDER BY name"
+    sql = f"SELECT {_USER_COLS} FROM reviewers WHERE CAST(? AS BOOLEAN) OR kind = 'human' ORDER BY name"
     return [User(*r) for r in read(db, lambda con: con.execute(sql, [include_imported]).fetchall())]
 
 
@@ -138,7 +138,7 @@ def reset_user(db: str | Path, name: str, password: str, actor: str, role: str |
         rid = _human(con, name)
         con.execute(
             "UPDATE reviewers SET password_hash = ?, failed_logins = 0, locked_until = NULL, active = true, "
-            "role = coalesce(?, role) WHERE id = ?",
+            "role = coalesce(CAST(? AS VARCHAR), role) WHERE id = ?",
             [hashed, role, rid],
         )
         con.execute(
@@ -160,8 +160,9 @@ def login(db: str | Path, name: str, password: str) -> LoginResult:
     """Check a password; rate-limited per account. A success starts a session and returns its token."""
     refused = LoginResult(None, None, "Wrong name or password.")
     row = read(db, lambda con: con.execute(
-        "SELECT id, password_hash, active, locked_until > current_localtimestamp(), "
-        "date_diff('second', current_localtimestamp(), locked_until) FROM reviewers "
+        "SELECT id, password_hash, active, locked_until > localtimestamp, "
+        "CAST(extract(epoch FROM date_trunc('second', locked_until) - date_trunc('second', localtimestamp)) "
+        "AS BIGINT) FROM reviewers "
         "WHERE name = ? AND kind = 'human'", [name]).fetchone())
     if row is None or not row[2] or row[1] is None:
         try:
@@ -189,7 +190,8 @@ def login(db: str | Path, name: str, password: str) -> LoginResult:
             if over >= 0:
                 lock_s = min(MAX_LOCKOUT_S, s["lockout_s"] * 2**min(over, 20))
                 con.execute(
-                    "UPDATE reviewers SET locked_until = current_localtimestamp() + to_seconds(?) WHERE id = ?",
+                    "UPDATE reviewers SET locked_until = localtimestamp "
+                    "+ CAST(? AS DOUBLE PRECISION) * INTERVAL '1 second' WHERE id = ?",
                     [float(lock_s), rid],
                 )
             log_event(con, name, "login.failed", {"reason": "wrong password", "failed_in_a_row": n})
@@ -206,8 +208,8 @@ def _start_session(con: duckdb.DuckDBPyConnection, rid: int, name: str, token: s
                    via: str | None = None) -> User:
     """A new session for account `rid` (the caller checked who it is): one `login` audit row."""
     con.execute(
-        "UPDATE reviewers SET failed_logins = 0, locked_until = NULL, last_login_at = current_localtimestamp(), "
-        "password_hash = coalesce(?, password_hash) WHERE id = ?",
+        "UPDATE reviewers SET failed_logins = 0, locked_until = NULL, last_login_at = localtimestamp, "
+        "password_hash = coalesce(CAST(? AS VARCHAR), password_hash) WHERE id = ?",
         [rehash, rid],
     )
     con.execute(
@@ -264,8 +266,11 @@ def session_context(db: str | Path, token: str | None, touch_after_s: int = 30) 
         return None, {}
     th = _token_hash(token)
     sql = (
-        "SELECT s.id, s.ended_at IS NOT NULL, date_diff('second', s.last_seen_at, current_localtimestamp()), "
-        "date_diff('second', s.created_at, current_localtimestamp()), r.id, r.name, r.role, r.active, r.kind, "
+        "SELECT s.id, s.ended_at IS NOT NULL, "
+        "CAST(extract(epoch FROM date_trunc('second', localtimestamp) - date_trunc('second', s.last_seen_at)) "
+        "AS BIGINT), "
+        "CAST(extract(epoch FROM date_trunc('second', localtimestamp) - date_trunc('second', s.created_at)) "
+        "AS BIGINT), r.id, r.name, r.role, r.active, r.kind, "
         "r.last_login_at, r.locked_until, coalesce(r.failed_logins, 0) "
         "FROM sessions s JOIN reviewers r ON r.id = s.reviewer_id WHERE s.token_hash = ?"
     )
@@ -304,7 +309,7 @@ def session_context(db: str | Path, token: str | None, touch_after_s: int = 30) 
         return None, s
     if idle_s >= touch_after_s:  # only the session's own row: the queue's view and what is kept above stay
         write(db, lambda con: con.execute(
-            "UPDATE sessions SET last_seen_at = current_localtimestamp() WHERE id = ?", [sid]), keeps_queue_cache=True)
+            "UPDATE sessions SET last_seen_at = localtimestamp WHERE id = ?", [sid]), keeps_queue_cache=True)
         with _seen_lock:
             if key in _seen and _seen[key].changes == changes:
                 _seen[key] = _Seen(changes, (*row[:2], 0, age_s, *row[4:]), s, now)
@@ -327,7 +332,7 @@ def end_session(db: str | Path, token: str, reason: str = "logout") -> None:
         if row is None:
             return
         con.execute(
-            "UPDATE sessions SET ended_at = current_localtimestamp(), end_reason = ? WHERE id = ?", [reason, row[0]]
+            "UPDATE sessions SET ended_at = localtimestamp, end_reason = ? WHERE id = ?", [reason, row[0]]
         )
         others = con.execute(
             "SELECT count(*) FROM sessions WHERE reviewer_id = ? AND ended_at IS NULL", [row[2]]).fetchone()[0]
