@@ -108,7 +108,7 @@ def _rankings(con: duckdb.DuckDBPyConnection, round: int | None) -> dict[int, di
     rows = con.execute(
         "SELECT j.comparison_id, r.name, j.ranking FROM judgments j JOIN reviewers r ON r.id = j.reviewer_id "
         f"JOIN comparisons c ON c.id = j.comparison_id WHERE {counted('j')} AND j.ranking IS NOT NULL "
-        "AND NOT j.all_bad AND (? IS NULL OR c.round = ?) ORDER BY j.id",
+        "AND NOT j.all_bad AND (CAST(? AS INTEGER) IS NULL OR c.round = ?) ORDER BY j.id",
         [round, round],
     ).fetchall()
     out: dict[int, dict[str, Ranks]] = defaultdict(dict)
@@ -167,8 +167,9 @@ def set_gold(db: str | Path, comparison_id: int, actor: str, ranking: list[list[
             raise ValueError(f"no comparison with id {comparison_id}")
         check_ranking(ranking, list(row[0]), all_bad=all_bad, skipped=False)
         con.execute(
-            "INSERT OR REPLACE INTO gold_answers (comparison_id, ranking, all_bad, note, created_by) "
-            "VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO gold_answers (comparison_id, ranking, all_bad, note, created_by) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (comparison_id) DO UPDATE SET ranking = excluded.ranking, all_bad = excluded.all_bad, "
+            "note = excluded.note, created_by = excluded.created_by",
             [comparison_id, None if ranking is None else json.dumps(ranking), all_bad, note, actor],
         )
         log_event(con, actor, "gold.set", {"comparison_id": comparison_id, "ranking": ranking, "all_bad": all_bad})

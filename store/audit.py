@@ -28,7 +28,7 @@ def list_events(db: str | Path, actor: str | None = None, action: str | None = N
                 limit: int = 500) -> list[dict[str, Any]]:
     """The newest events first, optionally one actor's or one action's (a prefix: 'login' matches 'login.failed')."""
     rows = read(db, lambda con: con.execute(
-        "SELECT id, logged_at, actor, action, details FROM audit_log WHERE (? IS NULL OR actor = ?) "
-        "AND (? IS NULL OR starts_with(action, ?)) ORDER BY id DESC LIMIT ?",
+        "SELECT id, logged_at, actor, action, details FROM audit_log WHERE (CAST(? AS VARCHAR) IS NULL OR actor = ?) "
+        "AND (CAST(? AS VARCHAR) IS NULL OR starts_with(action, ?)) ORDER BY id DESC LIMIT ?",
         [actor, actor, action, action, limit]).fetchall())
     return [{"id": r[0], "logged_at": r[1], "actor": r[2], "action": r[3], "details": json.loads(r[4])} for r in rows]

@@ -100,7 +100,14 @@ def prompt_hash(messages: list[dict[str, str]], text: str | None) -> str:
 def _ids(con: duckdb.DuckDBPyConnection, sequence: str, n: int) -> list[int]:
     if n == 0:
         return []
-    return [r[0] for r in con.execute(f"SELECT nextval('{sequence}') FROM range(?)", [n]).fetchall()]
+    sql = f"SELECT nextval('{sequence}') FROM generate_series(1, ?) ORDER BY 1"
+    return [r[0] for r in con.execute(sql, [n]).fetchall()]
+
+
+# Frame columns cast to their table's type on insert: JSON arrives as text, which PostgreSQL does not assign to a
+# json column implicitly; a list column whose values are all empty or None has no element type to infer.
+_CASTS = {"messages": "JSON", "params": "JSON", "ranking": "JSON", "tags": "VARCHAR[]", "flags": "VARCHAR[]",
+          "response_ids": "BIGINT[]", "display_order": "BIGINT[]"}
 
 
 def _insert(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> None:
@@ -109,7 +116,8 @@ def _insert(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> 
     con.register("_batch_frame", frame)
     try:
         cols = ", ".join(frame.columns)
-        con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _batch_frame")
+        values = ", ".join(f"CAST({c} AS {_CASTS[c]})" if c in _CASTS else c for c in frame.columns)
+        con.execute(f"INSERT INTO {table} ({cols}) SELECT {values} FROM _batch_frame")
     finally:
         con.unregister("_batch_frame")
 
@@ -120,7 +128,8 @@ def ensure_reviewers(
     """Ids of the named reviewers, creating the missing ones as `kind` reviewers (no password, cannot log in)."""
     if not names:
         return {}, 0
-    rows = con.execute("SELECT name, id FROM reviewers WHERE name IN (SELECT unnest(?))", [sorted(names)]).fetchall()
+    rows = con.execute("SELECT name, id FROM reviewers WHERE name = ANY(CAST(? AS VARCHAR[]))",
+                       [sorted(names)]).fetchall()
     found = dict(rows)
     missing = sorted(names - found.keys())
     for name, rid in zip(missing, _ids(con, "reviewers_id", len(missing)), strict=True):
@@ -138,7 +147,7 @@ def write_batch(con: duckdb.DuckDBPyConnection, batch: Batch) -> BatchResult:
     hashes = {p.key: prompt_hash(p.messages, p.text) for p in batch.prompts}
     existing = dict(
         con.execute(
-            "SELECT content_hash, id FROM prompts WHERE content_hash IN (SELECT unnest(?))",
+            "SELECT content_hash, id FROM prompts WHERE content_hash = ANY(CAST(? AS VARCHAR[]))",
             [sorted(set(hashes.values()))],
         ).fetchall()
     )

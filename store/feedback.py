@@ -80,16 +80,16 @@ def _scope_sql(rounds: Sequence[int], splits: Sequence[str], reviewers: Sequence
     clauses = [f"j.id IN (SELECT id FROM judgments WHERE {LIVE_JUDGMENT})"]
     params: list = []
     if comparisons:
-        clauses.append("list_contains(?::BIGINT[], c.id)")
+        clauses.append("c.id = ANY(CAST(? AS BIGINT[]))")
         params.append(list(comparisons))
     if rounds:
-        clauses.append("list_contains(?::INTEGER[], c.round)")
+        clauses.append("c.round = ANY(CAST(? AS INTEGER[]))")
         params.append(list(rounds))
     if splits:
-        clauses.append("list_contains(?::VARCHAR[], p.split)")
+        clauses.append("p.split = ANY(CAST(? AS VARCHAR[]))")
         params.append(list(splits))
     if reviewers:
-        clauses.append("list_contains(?::VARCHAR[], r.name)")
+        clauses.append("r.name = ANY(CAST(? AS VARCHAR[]))")
         params.append(list(reviewers))
     return " AND ".join(clauses), params
 
@@ -114,14 +114,14 @@ def _read(con: duckdb.DuckDBPyConnection, rounds: Sequence[int], splits: Sequenc
         int(cid): ComparisonInfo(int(cid), int(pid), [int(x) for x in rids], int(rnd), split)
         for cid, pid, rids, rnd, split in con.execute(
             "SELECT c.id, c.prompt_id, c.response_ids, c.round, p.split FROM comparisons c "
-            "JOIN prompts p ON p.id = c.prompt_id WHERE list_contains(?::BIGINT[], c.id)",
+            "JOIN prompts p ON p.id = c.prompt_id WHERE c.id = ANY(CAST(? AS BIGINT[]))",
             [comparison_ids],
         ).fetchall()
     }
     prompts = {
         int(pid): PromptInfo(int(pid), text, json.loads(messages))
         for pid, text, messages in con.execute(
-            "SELECT id, text, messages FROM prompts WHERE list_contains(?::BIGINT[], id)",
+            "SELECT id, text, messages FROM prompts WHERE id = ANY(CAST(? AS BIGINT[]))",
             [sorted({c.prompt_id for c in comparisons.values()})],
         ).fetchall()
     }
@@ -129,7 +129,7 @@ def _read(con: duckdb.DuckDBPyConnection, rounds: Sequence[int], splits: Sequenc
         int(rid): ResponseInfo(int(rid), text, frozenset(n for n in (source_name, model_name) if n))
         for rid, text, source_name, model_name in con.execute(
             "SELECT r.id, r.text, r.model_name, m.name FROM responses r LEFT JOIN models m ON m.id = r.model_id "
-            "WHERE list_contains(?::BIGINT[], r.id)",
+            "WHERE r.id = ANY(CAST(? AS BIGINT[]))",
             [sorted({r for c in comparisons.values() for r in c.response_ids})],
         ).fetchall()
     }

@@ -46,7 +46,7 @@ def prompts_with_comparisons(con: duckdb.DuckDBPyConnection, prompt_ids: list[in
     if not prompt_ids:
         return set()
     rows = con.execute(
-        "SELECT DISTINCT prompt_id FROM comparisons WHERE prompt_id IN (SELECT unnest(?))", [list(prompt_ids)]
+        "SELECT DISTINCT prompt_id FROM comparisons WHERE prompt_id = ANY(CAST(? AS BIGINT[]))", [list(prompt_ids)]
     ).fetchall()
     return {int(r[0]) for r in rows}
 

@@ -82,7 +82,8 @@ def get_run(db: str | Path, run_id: int) -> RunRow:
 
 def list_runs(db: str | Path, kind: str | None = None, run_id: int | None = None) -> list[RunRow]:
     sql = ("SELECT id, kind, config, data_snapshot, status, metrics, output_path, error, started_at, finished_at "
-           "FROM runs WHERE (? IS NULL OR kind = ?) AND (? IS NULL OR id = ?) ORDER BY id")
+           "FROM runs WHERE (CAST(? AS VARCHAR) IS NULL OR kind = ?) AND (CAST(? AS BIGINT) IS NULL OR id = ?) "
+           "ORDER BY id")
     rows = read(db, lambda con: con.execute(sql, [kind, kind, run_id, run_id]).fetchall())
     return [RunRow(r[0], r[1], json.loads(r[2]), json.loads(r[3]), r[4], json.loads(r[5]), *r[6:]) for r in rows]
 

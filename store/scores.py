@@ -12,14 +12,14 @@ import pandas as pd
 from store.audit import log_event
 from store.db import read, write
 
-_IN_SCOPE = "SELECT id, response_ids FROM comparisons WHERE (? IS NULL OR round = ?)"
+_IN_SCOPE = "SELECT id, response_ids FROM comparisons WHERE (CAST(? AS INTEGER) IS NULL OR round = ?)"
 
 
 def responses_to_score(db: str | Path, round: int | None = None) -> pd.DataFrame:
     """Each response that is a candidate in a comparison of `round` (every round when None), with its prompt:
     columns response_id, prompt_id, prompt_text, prompt_messages (a list of {role, content}), text."""
     sql = f"""
-        WITH ids AS (SELECT DISTINCT unnest(response_ids) AS rid FROM ({_IN_SCOPE}))
+        WITH ids AS (SELECT DISTINCT unnest(response_ids) AS rid FROM ({_IN_SCOPE}) s)
         SELECT r.id AS response_id, r.prompt_id, p.text AS prompt_text, p.messages AS prompt_messages, r.text
         FROM ids JOIN responses r ON r.id = ids.rid JOIN prompts p ON p.id = r.prompt_id
         ORDER BY r.id"""
@@ -45,8 +45,9 @@ def save_scores(db: str | Path, model_id: int, scores: dict[int, float], priorit
     def work(con: duckdb.DuckDBPyConnection) -> None:
         if not score_frame.empty:
             con.register("_scores", score_frame)
-            con.execute("INSERT OR REPLACE INTO response_scores (response_id, model_id, score) "
-                        "SELECT response_id, model_id, score FROM _scores")
+            con.execute("INSERT INTO response_scores (response_id, model_id, score) "
+                        "SELECT response_id, model_id, score FROM _scores "
+                        "ON CONFLICT (response_id, model_id) DO UPDATE SET score = excluded.score")
             con.unregister("_scores")
         if not priority_frame.empty:
             con.register("_priorities", priority_frame)
@@ -62,6 +63,6 @@ def response_scores(db: str | Path, model_id: int, response_ids: list[int] | Non
     """The stored scores of one model, optionally only for some responses."""
     rows = read(db, lambda con: con.execute(
         "SELECT response_id, score FROM response_scores WHERE model_id = ? "
-        "AND (? IS NULL OR response_id IN (SELECT unnest(?)))",
+        "AND (CAST(? AS BIGINT[]) IS NULL OR response_id = ANY(CAST(? AS BIGINT[])))",
         [model_id, response_ids, response_ids or []]).fetchall())
     return {int(r): float(s) for r, s in rows}

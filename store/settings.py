@@ -74,7 +74,9 @@ def set_setting(db: str | Path, key: str, value: Any, actor: str) -> Any:
     def work(con: duckdb.DuckDBPyConnection) -> Any:
         old = settings_in(con)[key]
         con.execute(
-            "INSERT OR REPLACE INTO settings (key, value, updated_at, updated_by) VALUES (?, ?, current_timestamp, ?)",
+            "INSERT INTO settings (key, value, updated_at, updated_by) VALUES (?, ?, current_timestamp, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at, "
+            "updated_by = excluded.updated_by",
             [key, json.dumps(value), actor],
         )
         shown = (lambda v: f"{len(v)} chars") if key == "guidelines" else (lambda v: v)

@@ -24,7 +24,7 @@ def simulated_reviewers(db: str | Path, names: list[str]) -> dict[str, int]:
     reviewer is refused (a simulation never writes under a person's name)."""
 
     def work(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
-        rows = con.execute("SELECT name, id, kind FROM reviewers WHERE name IN (SELECT unnest(?))",
+        rows = con.execute("SELECT name, id, kind FROM reviewers WHERE name = ANY(CAST(? AS VARCHAR[]))",
                            [list(names)]).fetchall()
         taken = sorted(name for name, _, kind in rows if kind != "simulated")
         if taken:
@@ -36,7 +36,7 @@ def simulated_reviewers(db: str | Path, names: list[str]) -> dict[str, int]:
                 con.execute("INSERT INTO reviewers (id, name, role, kind, active) VALUES (?, ?, 'reviewer', "
                             "'simulated', true)", [rid, name])
                 found[name] = int(rid)
-        con.execute("UPDATE reviewers SET active = true WHERE kind = 'simulated' AND name IN (SELECT unnest(?))",
+        con.execute("UPDATE reviewers SET active = true WHERE kind = 'simulated' AND name = ANY(CAST(? AS VARCHAR[]))",
                     [list(names)])
         return found
 
@@ -49,8 +49,9 @@ def round_progress(db: str | Path, round: int | None = None) -> dict[str, int]:
     def work(con: duckdb.DuckDBPyConnection) -> tuple:
         return con.execute(
             f"SELECT count(*), count(*) FILTER (WHERE done >= required_reviewers), "
-            f"coalesce(sum(required_reviewers), 0), coalesce(sum(least(done, required_reviewers)), 0) "
-            f"FROM ({COMPLETION_SQL}) s WHERE (? IS NULL OR round = ?)", [round, round]).fetchone()
+            "CAST(coalesce(sum(required_reviewers), 0) AS BIGINT), "
+            "CAST(coalesce(sum(least(done, required_reviewers)), 0) AS BIGINT) "
+            f"FROM ({COMPLETION_SQL}) s WHERE (CAST(? AS INTEGER) IS NULL OR round = ?)", [round, round]).fetchone()
 
     comparisons, complete, needed, given = read(db, work)
     return {"comparisons": int(comparisons), "complete": int(complete), "judgments_needed": int(needed),
@@ -72,7 +73,7 @@ def round_responses(db: str | Path, round: int) -> list[dict[str, Any]]:
     round showed the reviewers."""
     rows = read(db, lambda con: con.execute(
         "SELECT r.id, c.id, p.messages, r.text, r.model_name FROM comparisons c "
-        "JOIN prompts p ON p.id = c.prompt_id JOIN responses r ON list_contains(c.response_ids, r.id) "
+        "JOIN prompts p ON p.id = c.prompt_id JOIN responses r ON r.id = ANY(c.response_ids) "
         "WHERE c.round = ? ORDER BY r.id", [round]).fetchall())
     return [{"response_id": int(r), "comparison_id": int(c), "messages": json.loads(m), "text": t, "model": n}
             for r, c, m, t, n in rows]
