@@ -31,7 +31,7 @@ from store.backup import (
     check_database,
     compare_hashes,
     copy_database,
-    database_hashes,
+    file_hashes,
     restore_postgres,
 )
 from store.db import WorkspaceBusy, connection, is_encrypted
@@ -73,7 +73,7 @@ def backup_workspace(ws: Workspace, dest: str | Path, with_runs: bool = False, a
                 _with_database((ws.root / CONFIG_NAME).read_text(encoding="utf-8"), ""), encoding="utf-8")
         else:
             counts = copy_database(ws.db, tmp / DB_NAME, actor, label=str(dest))
-            hashes = database_hashes(tmp / DB_NAME)
+            hashes = file_hashes(tmp / DB_NAME)
             shutil.copy2(ws.root / CONFIG_NAME, tmp / CONFIG_NAME)
         if with_runs and ws.runs_dir.is_dir():
             shutil.copytree(ws.runs_dir, tmp / "runs", symlinks=True)
@@ -120,7 +120,7 @@ def check_backup(src: str | Path) -> dict[str, Any]:
                              "damaged")
     info = check_database(src / DB_NAME)
     if want is not None:
-        compare_hashes(want, database_hashes(src / DB_NAME), str(src / DB_NAME))
+        compare_hashes(want, file_hashes(src / DB_NAME), str(src / DB_NAME))
     info["table_hashes"] = want
     return info
 

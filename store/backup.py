@@ -103,6 +103,7 @@ _BATCH = 10_000
 # The key each table is copied in (its primary key); any other table is copied in the order of all its columns.
 _KEYS = {"response_scores": ("response_id", "model_id"), "settings": ("key",), "gold_answers": ("comparison_id",),
          "schema_migrations": ("version",)}
+_INT_KEYED = ("response_scores", "gold_answers", "schema_migrations")
 # queue_state.changes is PostgreSQL's database-wide change counter (store.db.lock_queue), unused on DuckDB, where it
 # stays 0: a backup writes it as 0 (what a DuckDB workspace holds), and a restore into PostgreSQL sets it past the
 # target's previous value so that every server's queue caches rebuild. It is not content, so not part of the hash.
@@ -160,32 +161,48 @@ def _normal(value: Any) -> Any:
 
 
 class _Hasher:
-    """sha256 of a table: its sorted column names, then its rows (normalized, columns in name order) sorted."""
+    """sha256 of a table: its sorted column names, then one line per row (values normalized, columns in name order),
+    the rows in the order of an integer key (read in that order: constant memory), or sorted (tables keyed by text,
+    whose order depends on the collation: small)."""
 
     def __init__(self, table: str, cols: list[str]) -> None:
         self.table = table
         self.cols = cols
         self.order = sorted(range(len(cols)), key=lambda i: cols[i])
         self.skip = cols.index(_COUNTER[1]) if table == _COUNTER[0] and _COUNTER[1] in cols else None
+        self.sorts = _sorts(table, cols)
         self.lines: list[str] = []
+        self.rows = 0
+        self.h = hashlib.sha256(json.dumps(sorted(cols)).encode())
 
     def add(self, rows: list[tuple]) -> None:
         for row in rows:
-            self.lines.append(json.dumps([None if i == self.skip else _normal(row[i]) for i in self.order],
-                                         ensure_ascii=False))
+            line = json.dumps([None if i == self.skip else _normal(row[i]) for i in self.order], ensure_ascii=False)
+            self.rows += 1
+            if self.sorts:
+                self.lines.append(line)
+            else:
+                self.h.update(b"\n")
+                self.h.update(line.encode())
 
     def result(self) -> dict[str, Any]:
-        h = hashlib.sha256(json.dumps(sorted(self.cols)).encode())
         for line in sorted(self.lines):
-            h.update(b"\n")
-            h.update(line.encode())
-        return {"rows": len(self.lines), "sha256": h.hexdigest()}
+            self.h.update(b"\n")
+            self.h.update(line.encode())
+        self.lines = []
+        return {"rows": self.rows, "sha256": self.h.hexdigest()}
+
+
+def _sorts(table: str, cols: list[str]) -> bool:
+    """Whether a table's rows are sorted in memory for its hash (no integer key to read them in)."""
+    return "id" not in cols and table not in _INT_KEYED
 
 
 def _hash_table(con: Any, table: str) -> dict[str, Any]:
     cols = columns(con, table)
     hasher = _Hasher(table, cols)
-    res = con.execute(f'SELECT {_quoted(cols)} FROM "{table}"')
+    order = "" if hasher.sorts else f" ORDER BY {_order(table, cols)}"
+    res = con.execute(f'SELECT {_quoted(cols)} FROM "{table}"{order}')
     while batch := res.fetchmany(_BATCH):
         hasher.add(batch)
     return hasher.result()
@@ -199,6 +216,19 @@ def table_hashes(con: Any) -> dict[str, dict[str, Any]]:
 def database_hashes(db: str | Path) -> dict[str, dict[str, Any]]:
     """`table_hashes` of a workspace database (a DuckDB file or a PostgreSQL URL)."""
     return read(db, table_hashes)
+
+
+def file_hashes(db: str | Path) -> dict[str, dict[str, Any]]:
+    """`table_hashes` of a DuckDB file that no workspace process writes (a backup), on a connection of its own."""
+    con = _open_file(Path(db))
+    try:
+        return table_hashes(con)
+    finally:
+        con.close()
+
+
+def _pg_error(e: BaseException) -> bool:
+    return type(e).__module__.startswith("psycopg")
 
 
 def compare_hashes(want: dict[str, dict[str, Any]], have: dict[str, dict[str, Any]], where: str) -> None:
@@ -307,8 +337,13 @@ def backup_postgres(url: str, dest: str | Path, actor: str, label: str | None = 
             pg.execute("COMMIT")
 
     try:
-        read(url, copy)
-        copied = database_hashes(dest)
+        try:
+            read(url, copy)
+        except Exception as e:
+            if _pg_error(e):
+                raise ValueError(f"{redacted(url)}: the backup failed ({type(e).__name__}: {e})") from e
+            raise
+        copied = file_hashes(dest)
         compare_hashes(source, {t: h for t, h in copied.items() if t in source}, str(dest))
     except BaseException:
         dest.unlink(missing_ok=True)
@@ -395,8 +430,14 @@ def restore_postgres(src: str | Path, url: str, want: dict[str, dict[str, Any]] 
 
 
 def _in_transaction(url: str, work: Any) -> dict[str, Any]:
-    with transaction(url, migration=True) as pg:
-        return work(pg)
+    try:
+        with transaction(url, migration=True) as pg:
+            return work(pg)
+    except Exception as e:
+        if _pg_error(e):
+            raise ValueError(f"{redacted(url)}: the restore failed and was rolled back, the database is as it was "
+                             f"({type(e).__name__}: {e})") from e
+        raise
 
 
 def _target_state(pg: Any, url: str, force: bool) -> int:
