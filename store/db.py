@@ -513,7 +513,7 @@ def change_count(path: str | Path) -> tuple[int, int] | None:
     read that is equal later means nothing but the queue's own kind of writes (see `transaction`) happened."""
     if is_postgres(path):
         row = read(path, lambda con: con.execute("SELECT changes FROM queue_state WHERE id = 1").fetchone())
-        return (0, int(row[0])) if row else None
+        return (_pg_rollbacks, int(row[0])) if row else None
     if not _hold_all:
         return None
     held = _held.get(os.path.abspath(path))
@@ -575,18 +575,37 @@ def transaction(path: str | Path, timeout_s: float | None = None, *, keeps_queue
         _finish(con, "COMMIT", held, counted=not keeps_queue_cache)
 
 
+# A rollback on PostgreSQL bumps no counter, but the queue may have cached, under the transaction's label, a
+# judgment the rollback undid: every rollback in this process moves `_pg_rollbacks` on (before the ROLLBACK, while
+# the queue's lock is still held), and it is part of every label this process makes.
+_pg_rollbacks = 0
+
+
+def _pg_label(url: str, changes: int) -> tuple[str, int, int]:
+    from store.dialect import redacted
+
+    return redacted(url), _pg_rollbacks, changes
+
+
+def pg_label(con: duckdb.DuckDBPyConnection) -> tuple[str, int, int] | None:
+    """For a queue read inside a PostgreSQL transaction that did not start labelled (not `keeps_queue_cache`):
+    take the queue's lock now and return a label (a cache made under it is never reused: the transaction will
+    bump the counter or roll back). None on DuckDB."""
+    changes = lock_queue(con)
+    return None if changes is None else _pg_label(getattr(con, "url", "postgresql"), changes)
+
+
 @contextmanager
 def _pg_transaction(url: str, keeps_queue_cache: bool, bump: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
     """READ COMMITTED: the queue's lock is its first statement, and what it reads after the wait must be the
     latest committed state (docs/postgresql.md, section 5)."""
-    from store.dialect import redacted
-
+    global _pg_rollbacks
     with _pg_connection(url, counted=False) as con:
         con.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
         label = None
         try:
             if keeps_queue_cache:
-                label = (redacted(url), 0, lock_queue(con))
+                label = _pg_label(url, lock_queue(con))  # type: ignore[arg-type]
             token = _label.set(label)
             try:
                 yield con
@@ -595,6 +614,7 @@ def _pg_transaction(url: str, keeps_queue_cache: bool, bump: bool = True) -> Ite
             if bump and not keeps_queue_cache:
                 con.execute(_BUMP)
         except BaseException:
+            _pg_rollbacks += 1
             try:
                 con.execute("ROLLBACK")
             except Exception:  # a broken connection: the pool discards it, the server rolls back

@@ -98,7 +98,7 @@ def _column_type(values: pd.Series) -> str:
 
 def _plain(value: Any) -> Any:
     """A frame cell as psycopg adapts it: numpy scalars and arrays as Python values, NaN/NaT as NULL."""
-    if value is None or value is pd.NaT:
+    if value is None or value is pd.NaT or value is pd.NA:
         return None
     if isinstance(value, float) and value != value:
         return None
@@ -114,8 +114,9 @@ class Connection:
 
     backend = "postgresql"
 
-    def __init__(self, raw: psycopg.Connection) -> None:
+    def __init__(self, raw: psycopg.Connection, url: str = "postgresql") -> None:
         self.raw = raw
+        self.url = url  # the database's URL (for labels, never shown with a password)
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> Result:
         cur = self.raw.cursor()
@@ -215,7 +216,7 @@ def connect(url: str, size: int) -> Iterator[Connection]:
     """A connection from the pool for one unit of work; a broken one is replaced, never handed out again."""
     try:
         with pool_for(url, size).connection() as raw:
-            yield Connection(raw)
+            yield Connection(raw, url)
     except PoolTimeout as e:
         raise ConnectionError(f"{redacted(url)}: no database connection free within 60 s ({e})") from e
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import duckdb
 
-from store.db import queue_label
+from store.db import pg_label, queue_label
 from store.judgments import counted
 from store.settings import settings_in
 
@@ -138,6 +138,10 @@ _cache_lock = threading.Lock()
 def snapshot(con: duckdb.DuckDBPyConnection) -> Snapshot:
     """The queue's view as of the caller's transaction: from the cache when it still matches, else rebuilt."""
     label = queue_label()
+    if label is None and getattr(con, "backend", "duckdb") == "postgresql":
+        # A PostgreSQL transaction that may have changed anything before this read: built, never reused.
+        label = pg_label(con)
+        return _build(con, (label[0], True), label)
     if label is not None:  # a holding process: the same label means at most judgments appended since
         key: tuple = (label[0], True)
         with _cache_lock:

@@ -158,7 +158,7 @@ def test_a_database_replaced_under_the_same_path_is_reopened(workspace, tmp_path
 
 
 def _plain(db: Path, reviewer_id: int, round: int | None) -> tuple:
-    return read(db, lambda con: tuple(con.execute(q._QUEUE, {"r": reviewer_id, "round": round}).fetchone()))
+    return read(db, lambda con: tuple(q._queue_query(con, reviewer_id, round)))
 
 
 def _cached(db: Path, reviewer_id: int, round: int | None) -> tuple:
