@@ -16,7 +16,7 @@ import store.backup as store_backup
 from rankloop.cli import main
 from rankloop.config import load_config
 from rankloop.workspace import init_workspace, open_workspace
-from store.backup import database_hashes
+from store.backup import database_hashes, file_hashes
 from store.db import read, release, write
 from tests.test_backup import _seeded
 
@@ -249,3 +249,40 @@ def test_restore_into_postgres_refuses_a_url_with_a_password(workspace, tmp_path
                                   "postgresql://u:secret@localhost:5432/db"])
     assert r.exit_code == 1 and "holds a password" in r.output and "secret" not in r.output
     assert not (tmp_path / "t").exists()
+
+
+def _old_backup(folder):
+    """A backup folder as an older rankloop (schema version 5, no backup.json) left it."""
+    from rankloop.config import Config, render_config
+    from store.migrations import migrate
+
+    folder.mkdir()
+    migrate(folder / "rankloop.duckdb", upto=5)
+    write(folder / "rankloop.duckdb", lambda con: con.execute(
+        "INSERT INTO audit_log (id, actor, action, details) VALUES (nextval('audit_log_id'), 'old', 'x', '{}')"))
+    (folder / "rankloop.toml").write_text(render_config(Config()), encoding="utf-8")
+    return folder
+
+
+def test_an_older_backup_goes_into_an_empty_database_and_is_migrated_there(tmp_path, pg_databases, pg_url):
+    from store.migrations import SCHEMA_VERSION
+
+    bk = _old_backup(tmp_path / "old")
+    r = CliRunner().invoke(main, ["restore", str(bk), str(tmp_path / "a"), "--database", pg_url])
+    assert r.exit_code == 1 and "schema version 6, the backup at 5" in r.output, r.output  # the migrated template
+
+    name = f"{pg_url.rsplit('/', 1)[1]}_empty"
+    pg_databases._admin.execute(f"CREATE DATABASE {name} OWNER {pg_databases.cluster.role}")
+    empty = pg_databases.url_of(name)
+    try:
+        r = CliRunner().invoke(main, ["restore", str(bk), str(tmp_path / "b"), "--database", empty])
+        assert r.exit_code == 0, r.output
+        assert open_workspace(tmp_path / "b").db == empty  # the schema check passes: migrated to the current version
+        have, want = database_hashes(empty), file_hashes(bk / "rankloop.duckdb")
+        assert read(empty, lambda con: con.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]) \
+            == SCHEMA_VERSION
+        assert {t: h for t, h in have.items() if t not in ("schema_migrations", "queue_state")} == \
+            {t: h for t, h in want.items() if t != "schema_migrations"}
+        assert _next(empty, "audit_log_id") == 2
+    finally:
+        pg_databases.drop(empty)
