@@ -182,6 +182,11 @@ def pool_for(url: str, size: int) -> ConnectionPool:
     with _pools_lock:
         pool = _pools.get(key)
         if pool is None:
+            try:  # first a plain connection: a wrong name or a refused login fails at once, with libpq's reason
+                psycopg.connect(url, connect_timeout=10).close()
+            except psycopg.OperationalError as e:
+                raise ConnectionError(f"{redacted(url)}: cannot connect to the PostgreSQL database: "
+                                      f"{str(e).strip()}") from e
             pool = ConnectionPool(
                 url, min_size=1, max_size=size, kwargs={"autocommit": True}, configure=_configure,
                 check=ConnectionPool.check_connection, open=False, name=f"rankloop-{os.getpid()}",

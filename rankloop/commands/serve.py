@@ -53,6 +53,10 @@ def serve_command(ws: Workspace, host: str, port: int) -> None:
     except ValueError as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"serving {ws.root} on http://{host}:{port} (Ctrl+C stops)", err=True)
+    if ws.on_postgres:  # several servers may serve one PostgreSQL workspace (sticky sessions behind a balancer)
+        from store.dialect import redacted
+
+        click.echo(f"database: {redacted(ws.db)}", err=True)
     click.echo(accounts_line(ws), err=True)
     sys.stdout.flush()
     sys.stderr.flush()
