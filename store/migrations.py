@@ -11,8 +11,8 @@ from pathlib import Path
 
 import duckdb
 
-from store.db import transaction
-from store.dialect import is_postgres, pg_ddl
+from store.db import read, transaction
+from store.dialect import is_postgres, pg_ddl, redacted
 
 Migration = Callable[[duckdb.DuckDBPyConnection], None]
 
@@ -272,10 +272,13 @@ class _PgDDL:
 
 
 def _applied(con: duckdb.DuckDBPyConnection) -> set[int]:
-    con.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, "
-        "applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)"
-    )
+    exists = getattr(con, "backend", "duckdb") == "postgresql" and \
+        con.execute("SELECT to_regclass('schema_migrations')").fetchone()[0] is not None  # no DDL right needed
+    if not exists:
+        con.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, "
+            "applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)"
+        )
     return {v for (v,) in con.execute("SELECT version FROM schema_migrations").fetchall()}
 
 
@@ -283,16 +286,43 @@ def migrate(path: str | Path, upto: int | None = None) -> list[str]:
     """Apply the missing migrations (up to `upto`, default all) to the database at `path`; return their names."""
     done: list[str] = []
     target = SCHEMA_VERSION if upto is None else upto
+    if is_postgres(path) and _pg_applied(path) >= set(range(1, target + 1)):
+        return done  # up to date: nothing that needs more than the app role's rights (no DDL, no lock)
     for version, fn in enumerate(MIGRATIONS[:target], start=1):
-        with transaction(path, migration=True) as con:
-            if is_postgres(path):  # two migrators at once: the second waits, then sees the version applied
-                con.execute(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
-            if version in _applied(con):
-                continue
-            fn(_PgDDL(con) if is_postgres(path) else con)
-            con.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, fn.__name__])
-        done.append(fn.__name__)
+        try:
+            if _apply(path, version, fn):
+                done.append(fn.__name__)
+        except Exception as e:
+            if type(e).__name__ == "InsufficientPrivilege":
+                reason = str(e).splitlines()[0]
+                raise PermissionError(
+                    f"{redacted(path)}: migration {fn.__name__} needs rights this role lacks ({reason}); "
+                    "run `rankloop migrate` as the role that owns the schema") from e
+            raise
     return done
+
+
+def _apply(path: str | Path, version: int, fn: Migration) -> bool:
+    """Apply migration `version` in its own transaction unless it is recorded; whether it was applied now."""
+    with transaction(path, migration=True) as con:
+        if is_postgres(path):  # two migrators at once: the second waits, then sees the version applied
+            con.execute(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+        if version in _applied(con):
+            return False
+        fn(_PgDDL(con) if is_postgres(path) else con)
+        con.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, fn.__name__])
+    return True
+
+
+def _pg_applied(url: str) -> set[int]:
+    """The versions recorded in a PostgreSQL database, read without DDL (an empty set when it has no schema)."""
+
+    def work(con: duckdb.DuckDBPyConnection) -> set[int]:
+        if con.execute("SELECT to_regclass('schema_migrations')").fetchone()[0] is None:
+            return set()
+        return {v for (v,) in con.execute("SELECT version FROM schema_migrations").fetchall()}
+
+    return read(url, work)
 
 
 def schema_version(con: duckdb.DuckDBPyConnection) -> int:

@@ -21,7 +21,7 @@ from store.models import UnknownModel
 # Errors whose message is the whole story: printed without a traceback, exit code 1.
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
     InputError, ConfigError, NotAWorkspace, WorkspaceBusy, UnknownModel, FileNotFoundError, NotADirectoryError,
-    ValueError, FileExistsError, SchemaBehind, ConnectionError,
+    ValueError, FileExistsError, SchemaBehind, ConnectionError, PermissionError,
 )
 
 
