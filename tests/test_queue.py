@@ -3,12 +3,11 @@
 import json
 import threading
 
-import duckdb
 import pytest
 
 from store.agreement import gold_accuracy, set_gold
 from store.batch import Batch, Comparison, Prompt, Response, write_batch
-from store.db import transaction
+from store.db import read, transaction
 from store.queue import (
     AlreadyJudged,
     Answer,
@@ -51,11 +50,7 @@ def rank_as_shown(item):
 
 
 def _rows(db, sql, params=()):
-    con = duckdb.connect(str(db))
-    try:
-        return con.execute(sql, list(params)).fetchall()
-    finally:
-        con.close()
+    return read(db, lambda con: con.execute(sql, list(params)).fetchall())
 
 
 def test_display_order_is_shuffled_per_reviewer_and_stable():
@@ -101,9 +96,8 @@ def test_expired_lease_and_skip_give_the_slot_back(workspace):
     ids = reviewers(workspace.db, "ana", "bo", "cy")
     a = next_item(workspace.db, ids["ana"])
     assert next_item(workspace.db, ids["bo"]) is None
-    con = duckdb.connect(str(workspace.db))
-    con.execute("UPDATE leases SET expires_at = expires_at - INTERVAL 1 DAY")
-    con.close()
+    with transaction(workspace.db) as con:
+        con.execute("UPDATE leases SET expires_at = expires_at - INTERVAL '1 day'")
     b = next_item(workspace.db, ids["bo"])
     assert b.comparison_id == cid
     assert _rows(workspace.db, "SELECT outcome FROM leases WHERE id = ?", [a.lease_id]) == [("expired",)]
@@ -156,11 +150,10 @@ def test_a_second_lease_on_a_judged_comparison_cannot_store_twice(workspace):
     ids = reviewers(workspace.db, "ana")
     item = next_item(workspace.db, ids["ana"])
     submit(workspace.db, item.lease_id, ids["ana"], "ana", rank_as_shown(item))
-    con = duckdb.connect(str(workspace.db))
-    con.execute("INSERT INTO leases (id, comparison_id, reviewer_id, expires_at) VALUES "
-                "(nextval('leases_id'), ?, ?, now()::TIMESTAMP + INTERVAL 1 HOUR)", [cid, ids["ana"]])
-    (other,) = con.execute("SELECT max(id) FROM leases").fetchone()
-    con.close()
+    with transaction(workspace.db) as con:
+        con.execute("INSERT INTO leases (id, comparison_id, reviewer_id, expires_at) VALUES "
+                    "(nextval('leases_id'), ?, ?, localtimestamp + INTERVAL '1 hour')", [cid, ids["ana"]])
+        (other,) = con.execute("SELECT max(id) FROM leases").fetchone()
     with pytest.raises(AlreadyJudged):
         submit(workspace.db, other, ids["ana"], "ana", rank_as_shown(item))
 
