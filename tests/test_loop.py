@@ -39,6 +39,7 @@ def loop_workspace(workspace, tiny_lm, train: int = 16, held_out: int = 2):
     return workspace
 
 
+@pytest.mark.both_backends  # the whole circle on a PostgreSQL workspace too
 def test_one_full_ppo_round_has_its_run_rows_lineage_and_report(workspace, tiny_lm):
     from rankloop.loop import LoopConfig, run_loop
     from store.models import get_model
