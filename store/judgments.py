@@ -10,7 +10,7 @@ import duckdb
 
 from store.audit import log_event
 from store.batch import ensure_reviewers
-from store.db import write
+from store.db import lock_queue, write
 
 FLAGS = ("unsafe", "off_topic", "factually_wrong", "other")
 MAX_TEXT_CHARS = {"edited_text": 100_000, "rationale": 10_000}  # an edited answer, a reviewer's "why"
@@ -103,17 +103,23 @@ def _insert(con: duckdb.DuckDBPyConnection, j: NewJudgment,
         reviewer_id = ensure_reviewers(con, {j.reviewer}, kind=kind)[0][j.reviewer]
     else:
         reviewer_id = known[0]
-    (jid,) = con.execute(
+    # ON CONFLICT: a concurrent transaction that stored the same key first (PostgreSQL waits for it, READ
+    # COMMITTED) leaves nothing returned, and the committed row is the answer.
+    inserted = con.execute(
         "INSERT INTO judgments (id, comparison_id, reviewer_id, ranking, all_bad, skipped, flags, edited_text, "
         "rationale, display_order, time_spent_ms, idempotency_key, source) "
-        "VALUES (nextval('judgments_id'),?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
+        "VALUES (nextval('judgments_id'),?,?,?,?,?,?,?,?,?,?,?,?) "
+        "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
         [
             j.comparison_id, reviewer_id, None if j.ranking is None else json.dumps(j.ranking), j.all_bad,
             j.skipped, list(j.flags), j.edited_text, j.rationale, j.display_order, j.time_spent_ms,
             j.idempotency_key, j.source,
         ],
     ).fetchone()
-    return int(jid)
+    if inserted is None:
+        (jid,) = con.execute("SELECT id FROM judgments WHERE idempotency_key = ?", [j.idempotency_key]).fetchone()
+        return int(jid)
+    return int(inserted[0])
 
 
 def insert_judgment(con: duckdb.DuckDBPyConnection, judgment: NewJudgment,
@@ -124,8 +130,15 @@ def insert_judgment(con: duckdb.DuckDBPyConnection, judgment: NewJudgment,
 
 
 def add_judgment(db: str | Path, judgment: NewJudgment) -> int:
-    """Store `judgment` in its own transaction and return its id once committed; a repeated key returns the first."""
-    return write(db, lambda con: _insert(con, judgment))
+    """Store `judgment` in its own transaction and return its id once committed; a repeated key returns the first.
+    On PostgreSQL it takes the queue's lock first: a judgment changes what the queue decides, and the key's lookup
+    then sees every submit committed before it."""
+
+    def work(con: duckdb.DuckDBPyConnection) -> int:
+        lock_queue(con)
+        return _insert(con, judgment)
+
+    return write(db, work)
 
 
 def retract_judgment(con: duckdb.DuckDBPyConnection, judgment_id: int, reviewer_id: int, actor: str,

@@ -26,7 +26,7 @@ import duckdb
 
 from store import queue_cache
 from store.audit import log_event
-from store.db import read, write
+from store.db import lock_queue, read, write
 from store.judgments import MAX_TEXT_CHARS, NewJudgment, check_text, counted, insert_judgment, retract_judgment
 from store.settings import settings_in
 
@@ -305,6 +305,7 @@ def undo(db: str | Path, judgment_id: int, reviewer_id: int, reviewer: str,
     """
 
     def work(con: duckdb.DuckDBPyConnection) -> Item:
+        lock_queue(con)  # PostgreSQL: the queue's lock first, as every queue decision takes it (no-op on DuckDB)
         s = settings_in(con)
         cid = retract_judgment(con, judgment_id, reviewer_id, reviewer, s["undo_window_s"])
         if release_lease_id is not None:
@@ -351,13 +352,18 @@ def save_draft(db: str | Path, lease_id: int, reviewer_id: int, draft: dict[str,
 
 def release(db: str | Path, lease_id: int, reviewer_id: int) -> None:
     """Give a lease back unanswered (logout): the comparison returns to the queue at once."""
-    write(db, lambda con: con.execute(
-        "UPDATE leases SET closed_at = localtimestamp, outcome = 'released' "
-        "WHERE id = ? AND reviewer_id = ? AND closed_at IS NULL", [lease_id, reviewer_id]))
+
+    def work(con: duckdb.DuckDBPyConnection) -> None:
+        lock_queue(con)  # before the lease's row lock: the commit's bump takes the queue's lock anyway
+        con.execute("UPDATE leases SET closed_at = localtimestamp, outcome = 'released' "
+                    "WHERE id = ? AND reviewer_id = ? AND closed_at IS NULL", [lease_id, reviewer_id])
+
+    write(db, work)
 
 
 def release_reviewer_leases(con: duckdb.DuckDBPyConnection, reviewer_id: int) -> int:
     """Give back every open lease of a reviewer (their last session ended); returns how many."""
+    lock_queue(con)  # PostgreSQL: before the leases' row locks, so a submit holding the queue's lock never waits here
     return len(con.execute(
         "UPDATE leases SET closed_at = localtimestamp, outcome = 'released' "
         "WHERE reviewer_id = ? AND closed_at IS NULL RETURNING id", [reviewer_id]).fetchall())
@@ -377,6 +383,7 @@ def release_lease(db: str | Path, lease_id: int, actor: str) -> bool:
     """An admin gives a lease back to the queue (the reviewer's next submit of it is refused); audited."""
 
     def work(con: duckdb.DuckDBPyConnection) -> bool:
+        lock_queue(con)
         row = con.execute(
             "UPDATE leases SET closed_at = localtimestamp, outcome = 'released' "
             "WHERE id = ? AND closed_at IS NULL RETURNING comparison_id, reviewer_id", [lease_id]).fetchone()
