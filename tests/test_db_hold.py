@@ -177,6 +177,7 @@ def _plain_progress(db: Path, reviewer_id: int) -> dict:
     return {"done_today": today, "total": total, "remaining": _plain(db, reviewer_id, None)[0]}
 
 
+@pytest.mark.both_backends
 @pytest.mark.parametrize("holding", [False, True])
 def test_the_cached_queue_answers_what_the_plain_query_answers(workspace, holding):
     """Random submits, skips, undos, imports, new N, priorities and gold: after each, every reviewer's
@@ -225,6 +226,7 @@ def test_the_cached_queue_answers_what_the_plain_query_answers(workspace, holdin
         hold(False)
 
 
+@pytest.mark.both_backends
 @pytest.mark.parametrize("holding", [False, True])
 def test_a_judgment_written_by_another_process_closes_the_comparison_in_the_cache(workspace, holding):
     """Holding the file, the other process's write arrives across a hand-over (a reopen renews the label);
