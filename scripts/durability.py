@@ -14,14 +14,25 @@ At the end the server stops, the database is opened again (every table read, a C
 acknowledged judgment is stored exactly once under its key, no reviewer has two live judgments of one comparison,
 and every stored judgment is one a session submitted.
 
+On PostgreSQL (`--database URL`, or `--postgres` for a throw-away cluster from tests/pg_cluster.py) several
+servers can serve one workspace: `--servers 2` starts two `rankloop serve` processes on ports of their own, on the
+same workspace folder (both read its rankloop.toml; nothing per server is written there). Sessions are spread over
+them and sticky: a session always talks to its own server and reconnects to it after a kill. Each server is killed
+with SIGKILL (by its own PID) at random moments of its own and restarted on its port, the kills spread over the
+servers (every server is killed at least once when --kills >= --servers); the check reads the database through
+store.db, so it is the same on both backends.
+
     .venv/bin/python scripts/durability.py --sessions 20 --submits 500 --kills 3
     .venv/bin/python scripts/durability.py --sessions 4 --submits 15 --kills 1 --workspace /tmp/ws  # keep it
+    .venv/bin/python scripts/durability.py --postgres --servers 2 --sessions 20 --submits 500 --kills 4
+    .venv/bin/python scripts/durability.py --database postgresql://app@db:5432/rankloop --servers 2
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import random
 import shutil
@@ -29,7 +40,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,6 +85,9 @@ class Result:
     wall_s: float
     opens_cleanly: bool
     problems: list[str]
+    backend: str = "duckdb"
+    servers: int = 1
+    kills_by_server: list[int] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -166,36 +180,48 @@ async def review(url: str, session: Session, submits: int, progress: list[int], 
         await s.close()
 
 
-async def _killer(state: dict, ws_root: Path, port: int, kills: int, total: int, progress: list[int],
-                  rng: random.Random, log: Path) -> None:
-    """SIGKILL the server when the acknowledged count passes random points of the run, then restart it."""
+async def _killer(state: dict, index: int, ws_root: Path, kills: int, total: int, progress: list[int],
+                  rng: random.Random) -> None:
+    """SIGKILL server `index` (its own PID) when the acknowledged count passes random points of the run, then
+    restart it on its port. One killer per server: two servers may be down at once. It returns when
+    `state["done"]` is set before its next point (never cancelled mid-restart: the server it is starting in a
+    thread would be left running without anyone holding its PID)."""
     points = sorted(rng.uniform(0.1, 0.9) * total for _ in range(kills))
     for point in points:
         while progress[0] < point:
+            if state["done"]:
+                return
             await asyncio.sleep(0.05)
         await asyncio.sleep(rng.uniform(0, 0.4))  # land anywhere inside a submit, not just after a toast
-        proc = state["proc"]
+        proc = state["procs"][index]
         stop_server(proc, signal.SIGKILL)
         state["kills"] += 1
-        proc, _ = await asyncio.to_thread(start_server, ws_root, port, log)
-        state["proc"] = proc
+        state["kills_by_server"][index] += 1
+        proc, _ = await asyncio.to_thread(start_server, ws_root, state["ports"][index], state["logs"][index])
+        state["procs"][index] = proc
         state["restarts"] += 1
 
 
-def check(db: Path, sessions: list[Session]) -> tuple[dict[str, int], list[str]]:
-    """Open the database again and compare the app's judgments with what the sessions saw acknowledged."""
-    import duckdb
+def _read_everything(con) -> list[tuple]:
+    """Every table read (a broken file or database fails here), a CHECKPOINT on DuckDB, then the app's judgments."""
+    postgres = getattr(con, "backend", "duckdb") == "postgresql"
+    tables = con.execute("SELECT table_name FROM information_schema.tables "
+                         "WHERE table_schema IN ('main', 'public')").fetchall()
+    for (table,) in tables:
+        con.execute(f'SELECT count(*) FROM "{table}"').fetchone()
+    if not postgres:
+        con.execute("CHECKPOINT")  # PostgreSQL: a superuser's command, and its WAL is not what this checks
+    return con.execute("SELECT id, idempotency_key, reviewer_id, comparison_id, retracted_at IS NULL "
+                       "FROM judgments WHERE idempotency_key LIKE 'app:%'").fetchall()
+
+
+def check(db: Path | str, sessions: list[Session]) -> tuple[dict[str, int], list[str]]:
+    """Open the database again (through store.db: the DuckDB file or the PostgreSQL URL) and compare the app's
+    judgments with what the sessions saw acknowledged."""
+    from store.db import read
 
     problems: list[str] = []
-    con = duckdb.connect(str(db))
-    try:
-        for (table,) in con.execute("SELECT table_name FROM information_schema.tables").fetchall():
-            con.execute(f'SELECT count(*) FROM "{table}"').fetchone()
-        con.execute("CHECKPOINT")
-        rows = con.execute("SELECT id, idempotency_key, reviewer_id, comparison_id, retracted_at IS NULL "
-                           "FROM judgments WHERE starts_with(idempotency_key, 'app:')").fetchall()
-    finally:
-        con.close()
+    rows = read(db, _read_everything)
     by_key: dict[str, list[int]] = {}
     live: dict[tuple[int, int], int] = {}
     for jid, key, rid, cid, is_live in rows:
@@ -231,38 +257,63 @@ def check(db: Path, sessions: list[Session]) -> tuple[dict[str, int], list[str]]
 
 
 async def _run(ws_root: Path, accounts: list[tuple[str, int]], submits: int, kills: int, seed_: int,
-               log: Path) -> tuple[list[Session], dict]:
-    port = free_port()
-    proc, url = await asyncio.to_thread(start_server, ws_root, port, log)
-    state = {"proc": proc, "kills": 0, "restarts": 0}
-    sessions = [Session(name, rid) for name, rid in accounts]
-    progress = [0]
-    killer = asyncio.create_task(_killer(state, ws_root, port, kills, len(sessions) * submits, progress,
-                                         random.Random(seed_), log))
+               log_dir: Path, servers: int = 1) -> tuple[list[Session], dict]:
+    ports = [free_port() for _ in range(servers)]
+    logs = [log_dir / ("serve.log" if servers == 1 else f"serve-{i}.log") for i in range(servers)]
+    state = {"procs": [], "ports": ports, "logs": logs, "kills": 0, "restarts": 0,
+             "kills_by_server": [0] * servers, "done": False}
     try:
-        results = await asyncio.gather(*(review(url, s, submits, progress) for s in sessions),
-                                       return_exceptions=True)
-        if not killer.done():  # every session finished before the last kill point: a short run
-            killer.cancel()
-        await asyncio.gather(killer, return_exceptions=True)
+        started = await asyncio.gather(*(asyncio.to_thread(start_server, ws_root, port, log)
+                                         for port, log in zip(ports, logs, strict=True)), return_exceptions=True)
+        state["procs"] = [p for p, _ in (r for r in started if not isinstance(r, BaseException))]
+        failed = [r for r in started if isinstance(r, BaseException)]
+        if failed:
+            raise failed[0]
+        urls = [url for _, url in started]
+        sessions = [Session(name, rid) for name, rid in accounts]
+        progress = [0]
+        rng = random.Random(seed_)
+        total = len(sessions) * submits
+        killers = [asyncio.create_task(_killer(state, i, ws_root, kills // servers + (i < kills % servers), total,
+                                               progress, random.Random(rng.random())))
+                   for i in range(servers)]
+        # sticky sessions: session i always talks to server i % servers, and reconnects there after a kill
+        results = await asyncio.gather(*(review(urls[i % servers], s, submits, progress)
+                                         for i, s in enumerate(sessions)), return_exceptions=True)
+        state["done"] = True  # a killer whose next point never came (a short run) stops; one restarting finishes
+        killer_errors = [k for k in await asyncio.gather(*killers, return_exceptions=True) if k is not None]
     finally:
-        stop_server(state["proc"])
+        for proc in state["procs"]:
+            stop_server(proc)
     state["errors"] = [f"{s.name}: {type(r).__name__}: {r}" for s, r in zip(sessions, results, strict=True)
                        if isinstance(r, BaseException)]
+    state["errors"] += [f"killer: {type(e).__name__}: {e}" for e in killer_errors]
     return sessions, state
 
 
+@contextlib.contextmanager
+def throwaway_postgres() -> Iterator[str]:
+    """A throw-away PostgreSQL cluster (tests/pg_cluster.py), its app database's URL; stopped and removed after."""
+    from tests.pg_cluster import running_cluster
+
+    with running_cluster() as cluster:
+        yield cluster.url
+
+
 def run(sessions: int = 20, submits: int = 500, kills: int = 3, seed_: int = 0,
-        workspace: Path | None = None) -> Result:
-    """Seed a workspace, run the sessions against a server killed `kills` times, and check the database."""
+        workspace: Path | None = None, database: str | None = None, servers: int = 1) -> Result:
+    """Seed a workspace (its tables in the PostgreSQL `database` when given, which must be empty or freshly
+    migrated), run the sessions against `servers` servers killed `kills` times in all, and check the database."""
     from rankloop.workspace import init_workspace
 
+    if servers > 1 and not database:
+        raise ValueError("several servers serve one workspace only on PostgreSQL (--database or --postgres)")
     tmp = None if workspace else Path(tempfile.mkdtemp(prefix="rankloop-durability-"))
-    ws = init_workspace(workspace or tmp / "ws")
+    ws = init_workspace(workspace or tmp / "ws", database=database)
     try:
         accounts = seed(ws.db, sessions, submits)
         t0 = time.perf_counter()
-        done, state = asyncio.run(_run(ws.root, accounts, submits, kills, seed_, ws.root / "serve.log"))
+        done, state = asyncio.run(_run(ws.root, accounts, submits, kills, seed_, ws.root, servers))
         wall = time.perf_counter() - t0
         problems = list(state["errors"])
         try:
@@ -285,7 +336,8 @@ def run(sessions: int = 20, submits: int = 500, kills: int = 3, seed_: int = 0,
             acknowledged=sum(len(s.acked) for s in done), refused=refused, kills=state["kills"],
             kills_survived=state["restarts"] if not state["errors"] else 0,
             reconnects=sum(s.reconnects for s in done), retries=sum(s.retries for s in done), wall_s=wall,
-            opens_cleanly=opens, problems=problems, **counts,
+            opens_cleanly=opens, problems=problems, backend="postgresql" if database else "duckdb",
+            servers=servers, kills_by_server=state["kills_by_server"], **counts,
         )
     finally:
         if tmp is not None:
@@ -296,12 +348,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sessions", type=int, default=20, help="Concurrent reviewer sessions (one account each).")
     ap.add_argument("--submits", type=int, default=500, help="Acknowledged submits each session makes.")
-    ap.add_argument("--kills", type=int, default=3, help="Times the server is killed with SIGKILL and restarted.")
+    ap.add_argument("--kills", type=int, default=3,
+                    help="Times a server is killed with SIGKILL and restarted, in all (spread over the servers).")
     ap.add_argument("--seed", type=int, default=0, help="Seed for the kill moments.")
     ap.add_argument("--workspace", type=Path, help="Workspace folder to create and keep (default: a temporary one).")
+    ap.add_argument("--database", help="postgresql://USER@HOST:PORT/DB: the workspace's tables live there (an empty "
+                                       "or freshly migrated database).")
+    ap.add_argument("--postgres", action="store_true",
+                    help="Without --database: a throw-away PostgreSQL cluster (tests/pg_cluster.py) for the run.")
+    ap.add_argument("--servers", type=int, default=1, help="`rankloop serve` processes on the workspace "
+                                                          "(more than one only on PostgreSQL).")
     args = ap.parse_args()
-    r = run(args.sessions, args.submits, args.kills, args.seed, args.workspace)
-    print(f"{r.sessions} sessions x {r.submits} submits, {r.kills} SIGKILLs, wall {r.wall_s:.0f} s")
+    if args.servers > 1 and not (args.database or args.postgres):
+        ap.error("--servers above 1 needs --database or --postgres (one DuckDB file is served by one process)")
+    cluster = throwaway_postgres() if args.postgres and not args.database else contextlib.nullcontext(args.database)
+    with cluster as database:
+        r = run(args.sessions, args.submits, args.kills, args.seed, args.workspace, database, args.servers)
+    print(f"{r.sessions} sessions x {r.submits} submits on {r.backend}, {r.servers} server(s), {r.kills} SIGKILLs "
+          f"(per server {r.kills_by_server}), wall {r.wall_s:.0f} s")
     print(f"submits attempted      {r.attempted}  (+{r.retries} retried after a reconnect, same key)")
     print(f"acknowledged           {r.acknowledged}")
     print(f"stored (acknowledged)  {r.stored}")

@@ -2,6 +2,8 @@
 
 - The bounded run of scripts/durability.py: 4 sessions x 15 submits while the server is killed with SIGKILL once
   and restarted; every submit a session saw acknowledged is stored exactly once and the database opens cleanly.
+- The same on PostgreSQL with two `rankloop serve` processes on one workspace (sessions sticky to their server,
+  each server killed once): no acknowledged submit lost or stored twice across the servers.
 - A CLI training job (`rankloop train reward`, tiny model) reads and writes the workspace while reviewers submit
   through the server: no submit fails, and the training run succeeds.
 """
@@ -38,6 +40,19 @@ def test_acknowledged_submits_survive_a_sigkill_of_the_server_exactly_once(tmp_p
         assert con.execute("SELECT count(*) FROM judgments").fetchone()[0] == 60 + result.unacked_stored
     finally:
         con.close()
+
+
+def test_two_servers_on_one_postgresql_workspace_each_killed_once_lose_and_duplicate_nothing(tmp_path, pg_databases):
+    url = pg_databases.create()
+    try:
+        result = run(sessions=4, submits=15, kills=2, seed_=11, workspace=tmp_path / "ws", database=url, servers=2)
+    finally:
+        pg_databases.drop(url)
+    assert result.problems == []
+    assert result.acknowledged == result.stored == 60 and result.lost == 0 and result.duplicates == 0
+    assert result.kills_by_server == [1, 1] and result.kills_survived == 2 and result.reconnects >= 2
+    assert result.unexplained == 0 and result.opens_cleanly
+    assert sorted(p.name for p in (tmp_path / "ws").glob("serve-*.log")) == ["serve-0.log", "serve-1.log"]
 
 
 def test_reviewers_submit_while_a_cli_training_job_reads_and_writes_the_workspace(workspace, tiny_lm):
