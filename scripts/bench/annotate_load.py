@@ -19,6 +19,16 @@ p50/p95 of a key and of a submit in ms, acknowledged submits per second, and ran
     .venv/bin/python scripts/bench/annotate_load.py                     # everything (about 10 minutes)
     .venv/bin/python scripts/bench/annotate_load.py --sizes 1 5 --no-labelstudio --items 10
     .venv/bin/python scripts/bench/annotate_load.py --with-job          # also beside a reward-training job
+
+On PostgreSQL (issue 15): `--database URL` (an empty or freshly migrated database) or `--postgres` (a throw-away
+cluster from tests/pg_cluster.py) adds PostgreSQL configurations to the same run, one per `--servers` count
+(`rankloop serve` processes on one workspace, the sessions spread over them, each sticky to its server), after the
+DuckDB one (one server); the same judgments and items on both backends, and every figure's ratio against DuckDB's
+from this run at the end. The PostgreSQL configurations share one database, seeded once (the second runs with the
+first's few hundred submits also stored).
+
+    .venv/bin/python scripts/bench/annotate_load.py --postgres --servers 1 2 --sizes 1 20 --items 10 --seconds 20 \
+        --judgments 20000 --no-labelstudio
 """
 
 from __future__ import annotations
@@ -109,12 +119,14 @@ async def _rankloop_session(url: str, name: str, items: int, clock: dict, paused
         await s.close()
 
 
-async def _rankloop_run(url: str, names: list[str], items: int, seconds: float, paused: bool) -> Figures:
+async def _rankloop_run(urls: str | list[str], names: list[str], items: int, seconds: float, paused: bool) -> Figures:
+    """The sessions spread over the servers at `urls` (session i on server i mod len(urls), sticky)."""
+    urls = [urls] if isinstance(urls, str) else urls
     out = Figures()
     clock = {"logged_in": 0, "ready": asyncio.Event(), "until": float("inf")}
     rng = random.Random(len(names) * 2 + paused)
-    tasks = [asyncio.create_task(_rankloop_session(url, n, 0 if paused else items, clock, paused, out,
-                                                   random.Random(rng.random()))) for n in names]
+    tasks = [asyncio.create_task(_rankloop_session(urls[i % len(urls)], n, 0 if paused else items, clock, paused,
+                                                   out, random.Random(rng.random()))) for i, n in enumerate(names)]
     while clock["logged_in"] < len(names) and not any(t.done() for t in tasks):
         await asyncio.sleep(0.05)
     t0 = time.monotonic()
@@ -278,7 +290,7 @@ def _ms(values: list[float], q: float) -> str:
 
 
 def report(system: str, mode: str, n: int, f: Figures) -> None:
-    print(f"{system:<12} {mode:<9} N={n:<3} key p50 {_ms(f.keys, 50)} p95 {_ms(f.keys, 95)} ms   "
+    print(f"{system:<13} {mode:<9} N={n:<3} key p50 {_ms(f.keys, 50)} p95 {_ms(f.keys, 95)} ms   "
           f"submit p50 {_ms(f.submits, 50)} p95 {_ms(f.submits, 95)} ms   {f.acked:5d} acked in {f.wall_s:5.1f} s = "
           f"{f.rate:6.1f}/s" + (f"   {f.duplicates} tasks annotated twice" if f.duplicates else "")
           + (f"   {len(f.errors)} errors (first: {f.errors[0]})" if f.errors else ""), flush=True)
@@ -307,21 +319,38 @@ def training_job(ws_root: Path, db: Path):
             time.sleep(0.5)
 
 
-def store_figures(db: Path, items: int = 40) -> None:
+def store_figures(db: Path | str, items: int = 40, label: str = "store", judgments: int = 100_000) -> None:
     """The submit + lease-next transaction straight through the store, opening the file per unit of work (as a CLI
     command does, and as the server did) and on the instance `rankloop serve` keeps open."""
     from store import db as store_db
 
     ms = {}
-    for label, held in (("opened per unit of work", False), ("kept open, as rankloop serve", True)):
+    for how, held in (("opened per unit of work", False), ("kept open, as rankloop serve", True)):
         store_db.hold(held)
         try:
             ms[held] = store_only(db, "bench_store", items)
         finally:
             store_db.hold(False)
-        print(f"store        submit + lease-next, {label:<29} p50 {_ms(ms[held], 50)} p95 {_ms(ms[held], 95)} ms "
-              f"(n={len(ms[held])}, 100k judgments)", flush=True)
-    print(f"store        kept open / opened per unit: p50 {_ratio(ms[True], ms[False], 50)}", flush=True)
+        print(f"{label:<13} submit + lease-next, {how:<29} p50 {_ms(ms[held], 50)} p95 {_ms(ms[held], 95)} ms "
+              f"(n={len(ms[held])}, {judgments} judgments)", flush=True)
+    print(f"{label:<13} kept open / opened per unit: p50 {_ratio(ms[True], ms[False], 50)}", flush=True)
+
+
+def _pg_ratios(results: dict, configs: list, sizes: list[int], modes: list) -> None:
+    """Each PostgreSQL configuration against DuckDB (one server) measured in this run."""
+    others = [label for label, _, _ in configs if label != "rankloop"]
+    if not others or not any(k[0] == "rankloop" for k in results):
+        return
+    print("\nPostgreSQL / DuckDB, same run (latency: < 1 is PostgreSQL faster; submits/s: > 1 is PostgreSQL faster)")
+    for label in others:
+        for mode, _ in modes:
+            for n in sizes:
+                a, b = results.get((label, mode, n)), results.get(("rankloop", mode, n))
+                if a and b:
+                    print(f"  {label:<12} {mode:<9} N={n:<3} key p50 {_ratio(a.keys, b.keys, 50)} "
+                          f"p95 {_ratio(a.keys, b.keys, 95)}  submit p50 {_ratio(a.submits, b.submits, 50)} "
+                          f"p95 {_ratio(a.submits, b.submits, 95)}  submits/s "
+                          f"{a.rate / b.rate if b.rate else float('nan'):5.2f}x", flush=True)
 
 
 def main() -> None:
@@ -332,47 +361,108 @@ def main() -> None:
     ap.add_argument("--judgments", type=int, default=100_000, help="Judgments stored before the run.")
     ap.add_argument("--no-labelstudio", action="store_true", help="Only rankloop.")
     ap.add_argument("--with-job", action="store_true",
-                    help="Also run the rankloop phases beside a `train reward` job (as the Runs page starts it).")
+                    help="Also run the rankloop phases beside a `train reward` job (as the Runs page launches it).")
+    ap.add_argument("--database", help="postgresql://USER@HOST:PORT/DB (empty or freshly migrated): also run on "
+                                       "PostgreSQL, one configuration per --servers count.")
+    ap.add_argument("--postgres", action="store_true",
+                    help="Without --database: a throw-away PostgreSQL cluster (tests/pg_cluster.py) for the run.")
+    ap.add_argument("--servers", type=int, nargs="+", default=[1],
+                    help="PostgreSQL configurations: `rankloop serve` processes on the workspace (e.g. 1 2).")
+    ap.add_argument("--no-duckdb", action="store_true", help="Only the PostgreSQL configurations.")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    on_pg = bool(args.database or args.postgres)
+    if args.no_duckdb and not on_pg:
+        ap.error("--no-duckdb needs --database or --postgres")
+    if args.with_job and on_pg:
+        ap.error("--with-job runs on DuckDB only")
+    cluster = contextlib.nullcontext(args.database)
+    if args.postgres and not args.database:
+        from tests.pg_cluster import running_cluster
+
+        @contextlib.contextmanager
+        def throwaway():
+            with running_cluster() as c:
+                yield c.url
+
+        cluster = throwaway()
+    with cluster as database:
+        _main(args, database)
+
+
+def _start_servers(ws_root: Path, count: int, log_dir: Path) -> tuple[list[subprocess.Popen], list[str]]:
+    procs, urls = [], []
+    try:
+        for i in range(count):
+            proc, url = start_server(ws_root, log=log_dir / f"server-{ws_root.name}-{i}.log")
+            procs.append(proc)
+            urls.append(url)
+    except BaseException:
+        for proc in procs:
+            stop_server(proc)
+        raise
+    return procs, urls
+
+
+def _main(args: argparse.Namespace, database: str | None) -> None:
     modes = [("no pause", False), ("paused", True)]
     per_session = max(args.items, int(args.seconds / 4) + 5)
-    fresh = sum(args.sizes) * per_session * len(modes) * (2 if args.with_job else 1) + 100
-    tmp = Path(tempfile.mkdtemp(prefix="rankloop-load-"))
+    per_config = sum(args.sizes) * per_session * len(modes)
     from rankloop.workspace import init_workspace
     from store.users import add_user
 
-    ws = init_workspace(tmp / "ws")
-    t0 = time.perf_counter()
-    seed(ws.db, args.judgments, fresh)
+    tmp = Path(tempfile.mkdtemp(prefix="rankloop-load-"))
     names = [f"bench{i:02d}" for i in range(max(args.sizes))]
-    for n in [*names, "bench_store"]:
-        add_user(ws.db, n, "reviewer", PASSWORD, actor="bench")
-    print(f"rankloop: {args.judgments} judgments + {fresh} fresh comparisons seeded in "
-          f"{time.perf_counter() - t0:.0f} s; "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the start", flush=True)
+    # (label, workspace, servers): DuckDB with one server, then PostgreSQL with each --servers count
+    backends = ([] if args.no_duckdb else [("duckdb", None, [1])]) + (
+        [("postgresql", database, args.servers)] if database else [])
+    configs: list[tuple[str, object, int]] = []
+    workspaces = {}
+    for backend, url, counts in backends:
+        fresh = per_config * len(counts) * (2 if args.with_job else 1) + 100
+        ws = init_workspace(tmp / f"ws-{backend}", database=url)
+        t0 = time.perf_counter()
+        seed(ws.db, args.judgments, fresh)
+        for n in [*names, "bench_store"]:
+            add_user(ws.db, n, "reviewer", PASSWORD, actor="bench")
+        print(f"rankloop on {backend}: {args.judgments} judgments + {fresh} fresh comparisons seeded in "
+              f"{time.perf_counter() - t0:.0f} s; "
+              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the start", flush=True)
+        workspaces[backend] = ws
+        for c in counts:
+            label = "rankloop" if backend == "duckdb" else f"pg {c} server{'s' * (c > 1)}"
+            configs.append((label, ws, c))
     results: dict[tuple[str, str, int], Figures] = {}
-    proc, url = start_server(ws.root, log=tmp / "server.log")
-    try:
-        phases = [("", contextlib.nullcontext)]
-        if args.with_job:
-            phases.append(("+job", lambda: training_job(ws.root, ws.db)))
-        for tag, ctx in phases:
-            with ctx():
-                for mode, paused in modes:
-                    for n in args.sizes:
-                        f = asyncio.run(_rankloop_run(url, names[:n], args.items, args.seconds, paused))
-                        results[("rankloop" + tag, mode, n)] = f
-                        report("rankloop" + tag, mode, n, f)
-    finally:
-        stop_server(proc)
-    store_figures(ws.db)
+    for label, ws, count in configs:
+        procs, urls = _start_servers(ws.root, count, tmp)
+        try:
+            phases = [("", contextlib.nullcontext)]
+            if args.with_job:
+                phases.append(("+job", lambda ws=ws: training_job(ws.root, ws.db)))
+            for tag, ctx in phases:
+                with ctx():
+                    for mode, paused in modes:
+                        for n in args.sizes:
+                            f = asyncio.run(_rankloop_run(urls, names[:n], args.items, args.seconds, paused))
+                            results[(label + tag, mode, n)] = f
+                            report(label + tag, mode, n, f)
+        finally:
+            for proc in procs:
+                stop_server(proc)
+    for backend, ws in workspaces.items():
+        store_figures(ws.db, label="store" if backend == "duckdb" else "store pg", judgments=args.judgments)
+    if "duckdb" not in workspaces:
+        _pg_ratios(results, configs, args.sizes, modes)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    _pg_ratios(results, configs, args.sizes, modes)
     if not args.no_labelstudio:
         exe = install_labelstudio()
         ls = LabelStudio(exe, tmp / "labelstudio", names)
         try:
             t0 = time.perf_counter()
             ls.start()
+            fresh = per_config + 100
             pid = ls.project(fresh)
             print(f"Label Studio {LS_VERSION}: started with {len(names)} users and {fresh} tasks in "
                   f"{time.perf_counter() - t0:.0f} s ({ls.url}, SQLite)", flush=True)
