@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,7 +139,16 @@ def add_judgment(db: str | Path, judgment: NewJudgment) -> int:
         lock_queue(con)
         return _insert(con, judgment)
 
-    return write(db, work)
+    for attempt in range(5):
+        try:
+            return write(db, work)
+        except duckdb.ConstraintException as e:
+            # DuckDB: another transaction stored the same key after this one's lookup (ON CONFLICT does not see
+            # uncommitted rows there); once it committed, the lookup finds its row
+            if "idempotency_key" not in str(e) or attempt == 4:
+                raise
+            time.sleep(0.02 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def retract_judgment(con: duckdb.DuckDBPyConnection, judgment_id: int, reviewer_id: int, actor: str,
