@@ -1,20 +1,18 @@
 """Accounts: argon2 hashes, lockout after failed logins, sessions that end, the `rankloop users` commands."""
 
-import duckdb
 import pytest
 from click.testing import CliRunner
 
 from store.audit import list_events
+from store.db import read, transaction
 from store.settings import get_settings, set_setting
 from store.users import add_user, deactivate_user, end_session, get_user, list_users, login, reset_user, session_user
 
+pytestmark = pytest.mark.both_backends
+
 
 def _one(db, sql, params=()):
-    con = duckdb.connect(str(db))
-    try:
-        return con.execute(sql, list(params)).fetchone()
-    finally:
-        con.close()
+    return read(db, lambda con: con.execute(sql, list(params)).fetchone())
 
 
 def test_password_is_stored_as_argon2id_and_login_starts_a_session(workspace):
@@ -78,9 +76,8 @@ def test_logout_and_deactivation_end_sessions(workspace):
 def test_idle_session_expires(workspace):
     add_user(workspace.db, "ana", "reviewer", "correct horse", actor="test")
     token = login(workspace.db, "ana", "correct horse").token
-    con = duckdb.connect(str(workspace.db))
-    con.execute("UPDATE sessions SET last_seen_at = last_seen_at - INTERVAL 2 HOUR")
-    con.close()
+    with transaction(workspace.db) as con:
+        con.execute("UPDATE sessions SET last_seen_at = last_seen_at - INTERVAL '2 hours'")
     assert get_settings(workspace.db)["session_idle_minutes"] == 60
     assert session_user(workspace.db, token) is None
     (reason,) = _one(workspace.db, "SELECT end_reason FROM sessions")
@@ -91,7 +88,7 @@ def test_a_server_that_keeps_sessions_still_ends_them_on_logout_deactivation_and
     """`rankloop serve` holds the database and keeps what session_context read; every way a session ends still
     ends it there, and its periodic touch reaches the database."""
     import store.users as users
-    from store.db import hold, read
+    from store.db import hold
 
     hold(True)
     try:
@@ -103,7 +100,8 @@ def test_a_server_that_keeps_sessions_still_ends_them_on_logout_deactivation_and
         clock[0] += 45  # past the 30 s touch interval: the row is touched and the kept idle time starts again
         assert session_user(workspace.db, tokens[0]) is not None
         idle = read(workspace.db, lambda con: con.execute(
-            "SELECT date_diff('second', last_seen_at, current_localtimestamp()) FROM sessions ORDER BY id").fetchall())
+            "SELECT CAST(extract(epoch FROM localtimestamp - last_seen_at) AS BIGINT) FROM sessions ORDER BY id"
+        ).fetchall())
         assert idle[0][0] <= 2 and idle[1][0] <= 2 + 1  # only the first was touched now; the others were at login
         clock[0] += 3 * 3600  # idle for longer than the 60 minutes allowed, as kept in memory
         assert session_user(workspace.db, tokens[2]) is None
