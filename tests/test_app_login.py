@@ -1,4 +1,6 @@
-"""The app's front door (AppTest): login, wrong password, lockout, logout, roles, and a start without torch."""
+"""The app's front door (AppTest): login, wrong password, lockout, logout, roles, and a start without torch.
+
+Login, lockout, deactivation and the every-page start also run on a PostgreSQL workspace (`both_backends`)."""
 
 import subprocess
 import sys
@@ -13,6 +15,7 @@ from store.users import add_user, deactivate_user
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "annotate" / "app.py"
 PAGES = ROOT / "annotate" / "app_pages"
+
 
 
 def app(workspace, monkeypatch) -> AppTest:
@@ -50,6 +53,7 @@ def accounts(workspace):
     return workspace
 
 
+@pytest.mark.both_backends
 def test_login_page_then_rank_page(accounts, monkeypatch):
     at = app(accounts, monkeypatch)
     assert [t.value for t in at.title] == ["rankloop"]
@@ -67,6 +71,7 @@ def test_wrong_password_is_refused_and_logged(accounts, monkeypatch):
     assert [e["action"] for e in list_events(accounts.db, actor="rita")] == ["login.failed"]
 
 
+@pytest.mark.both_backends
 def test_repeated_failures_lock_the_account(accounts, monkeypatch):
     at = app(accounts, monkeypatch)
     for _ in range(5):
@@ -87,6 +92,7 @@ def test_logout_ends_the_session(accounts, monkeypatch):
     assert "logout" in [e["action"] for e in list_events(accounts.db, actor="rita")]
 
 
+@pytest.mark.both_backends
 def test_deactivation_ends_an_open_session(accounts, monkeypatch):
     at = app(accounts, monkeypatch)
     log_in(at, "rita", "rita's password")
@@ -115,6 +121,7 @@ def test_admin_sees_admin_pages(accounts, monkeypatch):
     assert at.title[0].value == "Overview" and not at.exception
 
 
+@pytest.mark.both_backends
 def test_the_app_starts_without_torch_or_transformers(accounts):
     code = (
         "import os, sys\n"

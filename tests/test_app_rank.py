@@ -1,10 +1,13 @@
-"""The ranking page (AppTest), read back from the real DuckDB: rank, tie, all bad, edit, skip, undo, double submit."""
+"""The ranking page (AppTest), read back from the real database: rank, tie, all bad, edit, skip, undo, double submit.
+
+The tests whose clicks write or read rows in their own way also run on PostgreSQL (`both_backends`); the widget
+logic is the same on both backends, so the rest run on DuckDB only (CI time)."""
 
 import json
 
-import duckdb
 import pytest
 
+from store.db import read
 from store.settings import set_setting
 from store.users import add_user
 from tests.test_app_login import PAGES, app, button, log_in, texts
@@ -12,13 +15,9 @@ from tests.test_queue import seed_comparisons
 
 
 def _judgments(db):
-    con = duckdb.connect(str(db))
-    try:
-        rows = con.execute(
-            "SELECT comparison_id, ranking, all_bad, skipped, flags, edited_text, rationale, display_order, "
-            "time_spent_ms, retracted_at IS NOT NULL, source FROM judgments ORDER BY id").fetchall()
-    finally:
-        con.close()
+    rows = read(db, lambda con: con.execute(
+        "SELECT comparison_id, ranking, all_bad, skipped, flags, edited_text, rationale, display_order, "
+        "time_spent_ms, retracted_at IS NOT NULL, source FROM judgments ORDER BY id").fetchall())
     cols = ["comparison_id", "ranking", "all_bad", "skipped", "flags", "edited_text", "rationale", "display_order",
             "time_spent_ms", "retracted", "source"]
     out = [dict(zip(cols, r, strict=True)) for r in rows]
@@ -47,6 +46,7 @@ def _rank_as_shown(at):
         button(at, "B next").click().run()
 
 
+@pytest.mark.both_backends
 def test_submit_a_ranking_then_read_the_row(ranking):
     ws, at, ids = ranking
     item = _item(at)
@@ -102,6 +102,7 @@ def test_all_bad(ranking):
     assert row["all_bad"] and row["ranking"] is None
 
 
+@pytest.mark.both_backends
 def test_edit_flags_and_rationale_are_stored(ranking):
     ws, at, _ = ranking
     item = _item(at)
@@ -133,6 +134,7 @@ def test_skip_records_a_skip_and_moves_on(ranking):
     assert _item(at).comparison_id == ids[1]
 
 
+@pytest.mark.both_backends
 def test_undo_brings_the_item_back_and_keeps_the_row(ranking):
     ws, at, ids = ranking
     _rank_as_shown(at)
@@ -157,6 +159,7 @@ def test_undo_window_closes(ranking):
     assert button(at, "Undo last submit").disabled
 
 
+@pytest.mark.both_backends
 def test_double_submit_is_stored_once(ranking):
     ws, at, ids = ranking
     first = _item(at)
@@ -180,6 +183,7 @@ def test_guidelines_are_one_click_away(ranking):
     assert "Prefer **short, correct** answers." in [m.value for m in at.markdown]
 
 
+@pytest.mark.both_backends
 def test_my_judgments_shows_only_mine(ranking, monkeypatch):
     ws, at, ids = ranking
     add_user(ws.db, "otto", "reviewer", "otto's password", actor="test")
@@ -192,11 +196,10 @@ def test_my_judgments_shows_only_mine(ranking, monkeypatch):
     assert list(frame["answer"]) == ["skipped"] and list(frame["item"]) == [ids[0]]
 
 
+@pytest.mark.both_backends
 def test_logout_gives_the_leased_item_back(ranking):
     ws, at, ids = ranking
     lease = _item(at).lease_id
     button(at, "Log out").click().run()
-    con = duckdb.connect(str(ws.db))
-    (outcome,) = con.execute("SELECT outcome FROM leases WHERE id = ?", [lease]).fetchone()
-    con.close()
+    (outcome,) = read(ws.db, lambda con: con.execute("SELECT outcome FROM leases WHERE id = ?", [lease]).fetchone())
     assert outcome == "released"

@@ -1,13 +1,14 @@
-"""The ranking page keeps one meaning per key and never loses work (AppTest, read back from the real DuckDB).
+"""The ranking page keeps one meaning per key and never loses work (AppTest, read back from the real database;
+the tests about drafts, undo and leases also on PostgreSQL).
 
 Two answers: the last choice wins. Four answers: changing one's mind keeps every answer ranked. Undo brings back
 the whole answer. A draft survives a reload (a new browser session with the same login). Admins land on Overview
 and lease nothing until they choose to review; the Queue page lists and releases leases.
 """
 
-import duckdb
 import pytest
 
+from store.db import read
 from store.queue import active_leases
 from store.users import add_user, login
 from tests.test_app_login import app, button, texts
@@ -88,6 +89,7 @@ def test_four_answers_change_of_mind(workspace, rita, monkeypatch):
     assert _judgments(workspace.db)[0]["ranking"] == [[a], [c], [d], [b]]
 
 
+@pytest.mark.both_backends
 def test_undo_brings_back_the_whole_answer(workspace, rita, monkeypatch):
     ids = seed_comparisons(workspace.db, 2, k=3)
     at = _session(workspace, monkeypatch, rita)
@@ -115,6 +117,7 @@ def test_undo_brings_back_the_whole_answer(workspace, rita, monkeypatch):
     assert rows[1]["edited_text"] == "A better answer." and rows[1]["flags"] == ["off_topic"]
 
 
+@pytest.mark.both_backends
 def test_a_draft_survives_a_reload(workspace, rita, monkeypatch):
     ids = seed_comparisons(workspace.db, 2, k=3)
     at = _session(workspace, monkeypatch, rita)
@@ -149,6 +152,7 @@ def test_admin_lands_on_overview_and_leases_nothing_until_reviewing(workspace, m
     assert "Your queue is empty" not in texts(adam)
 
 
+@pytest.mark.both_backends
 def test_queue_page_lists_and_releases_leases(workspace, rita, monkeypatch):
     seed_comparisons(workspace.db, 1, k=2)
     at = _session(workspace, monkeypatch, rita)
@@ -166,6 +170,7 @@ def test_queue_page_lists_and_releases_leases(workspace, rita, monkeypatch):
     assert "no longer" in texts(at) and _judgments(workspace.db) == []
 
 
+@pytest.mark.both_backends
 def test_leases_go_back_when_the_last_session_ends(workspace, rita, monkeypatch):
     from store.users import end_session
 
@@ -176,9 +181,7 @@ def test_leases_go_back_when_the_last_session_ends(workspace, rita, monkeypatch)
     assert len(active_leases(workspace.db)) == 1  # the first browser still shows it
     end_session(workspace.db, rita)
     assert active_leases(workspace.db) == []
-    con = duckdb.connect(str(workspace.db))
-    outcomes = con.execute("SELECT outcome FROM leases").fetchall()
-    con.close()
+    outcomes = read(workspace.db, lambda con: con.execute("SELECT outcome FROM leases").fetchall())
     assert outcomes == [("released",)]
 
 
