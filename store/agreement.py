@@ -198,7 +198,7 @@ def gold_accuracy(db: str | Path) -> dict[str, dict[str, float]]:
     rows = read(db, lambda con: con.execute(
         "SELECT r.name, j.ranking, j.all_bad, g.ranking, g.all_bad FROM judgments j "
         "JOIN gold_answers g ON g.comparison_id = j.comparison_id JOIN reviewers r ON r.id = j.reviewer_id "
-        f"WHERE {counted('j')}").fetchall())
+        f"WHERE {counted('j')} ORDER BY j.id").fetchall())
     scores: dict[str, list[float]] = defaultdict(list)
     for name, ranking, all_bad, gold_ranking, gold_all_bad in rows:
         if gold_all_bad or all_bad or not ranking or not gold_ranking:

@@ -114,14 +114,14 @@ def _read(con: duckdb.DuckDBPyConnection, rounds: Sequence[int], splits: Sequenc
         int(cid): ComparisonInfo(int(cid), int(pid), [int(x) for x in rids], int(rnd), split)
         for cid, pid, rids, rnd, split in con.execute(
             "SELECT c.id, c.prompt_id, c.response_ids, c.round, p.split FROM comparisons c "
-            "JOIN prompts p ON p.id = c.prompt_id WHERE c.id = ANY(CAST(? AS BIGINT[]))",
+            "JOIN prompts p ON p.id = c.prompt_id WHERE c.id = ANY(CAST(? AS BIGINT[])) ORDER BY c.id",
             [comparison_ids],
         ).fetchall()
     }
     prompts = {
         int(pid): PromptInfo(int(pid), text, json.loads(messages))
         for pid, text, messages in con.execute(
-            "SELECT id, text, messages FROM prompts WHERE id = ANY(CAST(? AS BIGINT[]))",
+            "SELECT id, text, messages FROM prompts WHERE id = ANY(CAST(? AS BIGINT[])) ORDER BY id",
             [sorted({c.prompt_id for c in comparisons.values()})],
         ).fetchall()
     }
@@ -129,7 +129,7 @@ def _read(con: duckdb.DuckDBPyConnection, rounds: Sequence[int], splits: Sequenc
         int(rid): ResponseInfo(int(rid), text, frozenset(n for n in (source_name, model_name) if n))
         for rid, text, source_name, model_name in con.execute(
             "SELECT r.id, r.text, r.model_name, m.name FROM responses r LEFT JOIN models m ON m.id = r.model_id "
-            "WHERE r.id = ANY(CAST(? AS BIGINT[]))",
+            "WHERE r.id = ANY(CAST(? AS BIGINT[])) ORDER BY r.id",
             [sorted({r for c in comparisons.values() for r in c.response_ids})],
         ).fetchall()
     }
@@ -144,6 +144,8 @@ def read_feedback(db: str | Path, *, rounds: Sequence[int] = (), splits: Sequenc
     def work(con: duckdb.DuckDBPyConnection) -> Feedback:
         con.execute("BEGIN TRANSACTION")  # one consistent snapshot across the SELECTs
         try:
+            if getattr(con, "backend", "duckdb") == "postgresql":  # READ COMMITTED takes one per statement
+                con.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             return _read(con, rounds, splits, reviewers, comparisons)
         finally:
             con.execute("ROLLBACK")

@@ -63,6 +63,6 @@ def response_scores(db: str | Path, model_id: int, response_ids: list[int] | Non
     """The stored scores of one model, optionally only for some responses."""
     rows = read(db, lambda con: con.execute(
         "SELECT response_id, score FROM response_scores WHERE model_id = ? "
-        "AND (CAST(? AS BIGINT[]) IS NULL OR response_id = ANY(CAST(? AS BIGINT[])))",
+        "AND (CAST(? AS BIGINT[]) IS NULL OR response_id = ANY(CAST(? AS BIGINT[]))) ORDER BY response_id",
         [model_id, response_ids, response_ids or []]).fetchall())
     return {int(r): float(s) for r, s in rows}
