@@ -6,6 +6,8 @@ from store.agreement import agreement_report, kendall_tau_b, krippendorff_alpha,
 from store.judgments import NewJudgment, add_judgment
 from tests.test_queue import _rows, seed_comparisons
 
+pytestmark = pytest.mark.both_backends
+
 # Krippendorff (2011), "Computing Krippendorff's Alpha-Reliability", section C: 4 observers, 12 units, missing data.
 # Published: nominal 0.743, interval 0.849, ordinal 0.815.
 _A = [1, 2, 3, 3, 2, 1, 4, 1, 2, None, None, None]

@@ -164,6 +164,18 @@ def test_bad_input_gives_a_clear_error_and_changes_nothing(populated, tmp_path, 
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") and p.name not in files_before]
 
 
+# The cases whose error comes from what the database holds (the rest are refused before any SQL runs).
+SQL_CASES = ["cli:users-unknown", "cli:train-resume-unknown", "cli:eval-unknown-model", "cli:score-unknown-model",
+             "model:duplicate-name"]
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in SQL_CASES], ids=SQL_CASES)
+def test_bad_input_that_reaches_the_database_changes_nothing_on_postgresql(populated, tmp_path, monkeypatch, case,
+                                                                          backend):
+    test_bad_input_gives_a_clear_error_and_changes_nothing(populated, tmp_path, monkeypatch, case)
+
+
 def test_the_table_has_at_least_forty_cases():
     assert len(CASES) >= 40
 
@@ -225,14 +237,17 @@ def test_the_rank_page_refuses_bad_text_and_stores_nothing(workspace, monkeypatc
 
 @pytest.mark.parametrize("case", UI_KEPT, ids=[c[0] for c in UI_KEPT])
 def test_the_rank_page_keeps_odd_but_valid_text_verbatim(workspace, monkeypatch, case):
-    import duckdb
+    from store.db import read
 
     _, fields, stored = case
     at = _choose(_rank_page(workspace, monkeypatch))
     _type_and_submit(at, fields)
-    con = duckdb.connect(str(workspace.db))
-    row = con.execute("SELECT edited_text, rationale FROM judgments").fetchall()
-    con.close()
+    row = read(workspace.db, lambda con: con.execute("SELECT edited_text, rationale FROM judgments").fetchall())
     assert len(row) == 1 and row[0][0] == stored
     if "why" in fields:
         assert row[0][1] == fields["why"]
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_the_rank_page_keeps_unicode_verbatim_on_postgresql(workspace, monkeypatch, backend):
+    test_the_rank_page_keeps_odd_but_valid_text_verbatim(workspace, monkeypatch, UI_KEPT[1])

@@ -45,6 +45,7 @@ def test_render_transcript_is_hh_style():
     assert render_transcript([{"role": "user", "content": "x"}]) == "\n\nHuman: x\n\nAssistant:"
 
 
+@pytest.mark.both_backends
 def test_pairs_standard_jsonl_and_its_manifest(judged, tmp_path):
     out = tmp_path / "pairs.jsonl"
     manifest = export(judged.db, "pairs", out)
@@ -69,6 +70,7 @@ def test_pairs_standard_jsonl_and_its_manifest(judged, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.jsonl", "pairs.jsonl.manifest.json", "ws"]
 
 
+@pytest.mark.both_backends
 def test_pairs_conversational_parquet_with_meta(judged, tmp_path):
     out = tmp_path / "pairs.parquet"
     export(judged.db, "pairs", out, style="conversational", with_meta=True, with_margin=False)
@@ -82,6 +84,7 @@ def test_pairs_conversational_parquet_with_meta(judged, tmp_path):
     assert _manifest(out)["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
 
 
+@pytest.mark.both_backends
 def test_implicit_styles_put_the_prompt_inside_the_answers(judged, tmp_path):
     export(judged.db, "pairs", tmp_path / "i.jsonl", style="implicit", with_margin=False)
     export(judged.db, "pairs", tmp_path / "ic.jsonl", style="implicit-conversational", with_margin=False)
@@ -92,6 +95,7 @@ def test_implicit_styles_put_the_prompt_inside_the_answers(judged, tmp_path):
     assert len(text) == len(conv) == 13
 
 
+@pytest.mark.both_backends
 def test_aggregated_pairs_with_agreement_filter(judged, tmp_path):
     out = tmp_path / "agg.jsonl"
     manifest = export(judged.db, "pairs", out, aggregate=True, with_meta=True)
@@ -110,6 +114,7 @@ def test_aggregated_pairs_with_agreement_filter(judged, tmp_path):
     assert strict["filters"]["min_agreement"] == 0.6
 
 
+@pytest.mark.both_backends
 def test_kto_per_reviewer_and_aggregated(judged, tmp_path):
     manifest = export(judged.db, "kto", tmp_path / "kto.jsonl", with_meta=True)
     rows = _jsonl(tmp_path / "kto.jsonl")
@@ -136,6 +141,7 @@ def test_kto_per_reviewer_and_aggregated(judged, tmp_path):
         export(judged.db, "kto", tmp_path / "x.jsonl", filters=PairFilter(min_agreement=0.5))
 
 
+@pytest.mark.both_backends
 def test_sft_from_edits_and_single_top_responses(judged, tmp_path):
     export(judged.db, "sft", tmp_path / "sft.jsonl", with_meta=True)
     got = sorted((r["source"], r["reviewer"], r["prompt"], r["completion"]) for r in _jsonl(tmp_path / "sft.jsonl"))
@@ -158,6 +164,7 @@ def test_sft_from_edits_and_single_top_responses(judged, tmp_path):
     assert agg["counts"]["left_out"]["no_majority_top"] == 2
 
 
+@pytest.mark.both_backends
 def test_filters_reach_the_export_and_the_manifest(judged, tmp_path):
     m = export(judged.db, "pairs", tmp_path / "r1.jsonl", filters=PairFilter(round=1))
     assert [r["prompt"] for r in _jsonl(tmp_path / "r1.jsonl")] == ["Held out."] and m["filters"]["round"] == [1]
@@ -168,6 +175,7 @@ def test_filters_reach_the_export_and_the_manifest(judged, tmp_path):
     assert m["counts"]["rows"] == 9 and all({"green", "the"} & {r["chosen"], r["rejected"]} for r in rows)
 
 
+@pytest.mark.both_backends
 def test_ties_all_bad_and_skips_never_become_preferences(workspace, tmp_path):
     seed = Seed().comparison("q", "Anything.", {"a": "one", "b": "two", "c": "three"})
     seed.judge("q", "ana", "a=b=c").judge("q", "bo", all_bad=True).judge("q", "cy", skipped=True)
@@ -193,12 +201,14 @@ def test_ties_all_bad_and_skips_never_become_preferences(workspace, tmp_path):
     ("out.jsonl", {"kind": "sft", "sft_source": "gold"}, ValueError, "sft_source"),
 ])
 def test_bad_arguments_leave_no_file(judged, tmp_path, name, kwargs, error, message):
+    kwargs = dict(kwargs)  # the parameter dict is shared by both backends' runs
     kind = kwargs.pop("kind", "pairs")
     with pytest.raises(error, match=message):
         export(judged.db, kind, tmp_path / name, **kwargs)
     assert [p.name for p in tmp_path.iterdir()] == ["ws"]
 
 
+@pytest.mark.both_backends
 def test_existing_output_is_kept_unless_overwrite(judged, tmp_path):
     out = tmp_path / "pairs.jsonl"
     out.write_text("keep me\n")
@@ -214,6 +224,7 @@ def test_existing_output_is_kept_unless_overwrite(judged, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.jsonl", "pairs.jsonl", "ws"]
 
 
+@pytest.mark.both_backends
 def test_cli_export_commands(judged, tmp_path):
     runner = CliRunner()
     out = tmp_path / "pairs.jsonl"
@@ -237,3 +248,51 @@ def test_cli_export_commands(judged, tmp_path):
     res = runner.invoke(export_group, ["pairs", "-w", str(judged.root), "--out", str(tmp_path / "p.jsonl"),
                                        "--min-agreement", "2"])
     assert res.exit_code == 2
+
+
+def test_the_same_data_exports_byte_for_byte_the_same_from_duckdb_and_postgresql(pg_databases, tmp_path):
+    """The issue's promise: whatever backend holds the judgments, the training files are identical (rows, their
+    order, floats, JSON text); the manifests differ only in their creation time."""
+    from rankloop.workspace import init_workspace
+    from store.imports import import_pairs
+    from tests.conftest import FIXTURES
+
+    url = pg_databases.create()
+    try:
+        files = {}
+        for backend, database in (("duckdb", None), ("postgresql", url)):
+            ws = init_workspace(tmp_path / backend, database=database)
+            seed = Seed().comparison("q1", "Name a colour. ¿Qué?", {"a": "red", "b": "blue 🙂", "c": "green",
+                                                                    "d": "the"})
+            seed.judge("q1", "ana", "a>b=c>d").judge("q1", "bo", "b>a>c>d").judge("q1", "cy", "c>a>d>b")
+            seed.judge("q1", "dee", all_bad=True, edited_text="Red is a colour.").judge("q1", "eve", skipped=True)
+            seed.comparison("q2", CHAT, {"x": "Goodbye!", "y": "What?", "z": "\u202eodd"}, round=1)
+            seed.judge("q2", "ana", "x>y>z").judge("q2", "bo", "x=y>z").judge("q2", "cy", "y>x=z")
+            seed.write(ws.db)
+            for fixture in ("oasst_message_trees_first15.jsonl", "fastchat_arena_battles.SYNTHETIC.jsonl",
+                            "argilla_v2_records_ranking.SYNTHETIC.jsonl"):
+                import_pairs(ws.db, FIXTURES / fixture)
+            for name, kind, kw in [
+                ("pairs.jsonl", "pairs", {}),
+                ("pairs-meta.jsonl", "pairs", {"style": "conversational", "with_meta": True}),
+                ("pairs-agg.jsonl", "pairs", {"aggregate": True, "with_meta": True}),
+                ("pairs-agreed.jsonl", "pairs", {"aggregate": True, "filters": PairFilter(min_agreement=0.6)}),
+                ("pairs.parquet", "pairs", {"style": "implicit-conversational", "with_meta": True}),
+                ("kto.jsonl", "kto", {"style": "conversational"}),
+                ("kto-agg.jsonl", "kto", {"aggregate": True}),
+                ("sft.jsonl", "sft", {}),
+                ("sft.parquet", "sft", {"style": "conversational", "aggregate": True}),
+            ]:
+                out = tmp_path / f"{backend}-{name}"
+                manifest = export(ws.db, kind, out, **kw)
+                rows = pq.read_table(out).to_pylist() if out.suffix == ".parquet" else out.read_bytes()
+                files[backend, name] = rows, {k: v for k, v in manifest.items() if k not in ("created_at", "file")}
+        names = {name for _, name in files}
+        assert len(names) == 9
+        for name in sorted(names):
+            duck, pg = files["duckdb", name], files["postgresql", name]
+            assert duck[0] == pg[0], name
+            assert duck[1] == pg[1], name
+            assert duck[1]["counts"]["rows"] > 0, name
+    finally:
+        pg_databases.drop(url)

@@ -37,6 +37,7 @@ def _load(path, cache):
     return datasets.load_dataset(fmt, data_files=str(path), split="train", cache_dir=str(cache))
 
 
+@pytest.mark.both_backends  # the trainers below read the files only: DuckDB alone
 def test_every_export_loads_with_datasets(exported, tmp_path):
     expected = {"pairs": {"prompt", "chosen", "rejected", "margin"}, "kto": {"prompt", "completion", "label"},
                 "sft": {"prompt", "completion"}}

@@ -144,6 +144,13 @@ def test_bad_input_is_refused_whole(populated, tmp_path, monkeypatch, case):
     assert table_hash(populated.db) == before
 
 
+@pytest.mark.parametrize("backend", ["postgresql"])  # the other cases are refused before any SQL runs
+def test_bad_input_found_while_writing_is_refused_whole_on_postgresql(populated, tmp_path, monkeypatch, backend):
+    case = next(c for c in CASES if c[0] == "lone-surrogate")
+    test_bad_input_is_refused_whole(populated, tmp_path, monkeypatch, case)
+
+
+@pytest.mark.both_backends
 def test_reimport_is_refused_and_names_a_line(populated, tmp_path):
     arena = FIXTURES / "fastchat_arena_battles.SYNTHETIC.jsonl"
     before = table_hash(populated.db)
@@ -159,6 +166,7 @@ def test_reimport_is_refused_and_names_a_line(populated, tmp_path):
     assert table_hash(populated.db) == before
 
 
+@pytest.mark.both_backends
 def test_empty_responses_are_allowed(workspace, tmp_path):
     f = tmp_path / "p.jsonl"
     f.write_bytes(jl({"prompt": "Say nothing.", "chosen": "", "rejected": "Something."}))
@@ -178,9 +186,34 @@ def test_cli_reports_the_error_and_exits_non_zero(populated, tmp_path):
     assert table_hash(populated.db) == before
 
 
+@pytest.mark.both_backends
 def test_cli_pairs_prints_what_was_added(workspace):
     result = CliRunner().invoke(import_group, ["pairs", str(FIXTURES / "argilla_v2_records_ranking.SYNTHETIC.jsonl"),
                                                "-w", str(workspace.root)])
     assert result.exit_code == 0, result.output
     assert "(argilla): 2 comparisons, 6 responses, 2 judgments added" in result.output
     assert "left out: 1 draft responses (not submitted)" in result.output
+
+
+@pytest.mark.both_backends
+def test_an_import_that_fails_midway_leaves_the_database_as_it_was(populated, tmp_path, monkeypatch):
+    """Prompts, responses, comparisons and new reviewers are written, then the judgments' step fails: the one
+    transaction rolls all of it back (on PostgreSQL too), and the same file imports cleanly afterwards."""
+    import store.batch
+
+    real = store.batch.ensure_reviewers
+
+    def then_fail(con, names, kind="import"):
+        real(con, names, kind)
+        assert con.execute("SELECT count(*) FROM comparisons").fetchone()[0] > 4  # the new rows are there
+        raise RuntimeError("the disk filled up")
+
+    f = tmp_path / "p.jsonl"
+    f.write_bytes(jl({**GOOD, "reviewer": "new-reviewer"}, GOOD2))
+    before = table_hash(populated.db)
+    monkeypatch.setattr(store.batch, "ensure_reviewers", then_fail)
+    with pytest.raises(RuntimeError, match="the disk filled up"):
+        import_pairs(populated.db, f)
+    assert table_hash(populated.db) == before
+    monkeypatch.setattr(store.batch, "ensure_reviewers", real)
+    assert import_pairs(populated.db, f)["judgments"] == 2

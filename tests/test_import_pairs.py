@@ -3,13 +3,15 @@
 import gzip
 import json
 
-import duckdb
 import pandas as pd
 import pytest
 
+from store.db import read
 from store.formats import FORMATS, detect_format
 from store.imports import import_pairs, import_prompts
 from tests.conftest import FIXTURES
+
+pytestmark = pytest.mark.both_backends
 
 OASST = FIXTURES / "oasst_message_trees_first15.jsonl"
 LABELSTUDIO = FIXTURES / "labelstudio_pairwise_export.SYNTHETIC.json"
@@ -19,11 +21,7 @@ HH = FIXTURES / "hh_harmless_sample.jsonl.gz"
 
 
 def q(db, sql, params=()):
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql, list(params)).fetchall()
-    finally:
-        con.close()
+    return read(db, lambda con: con.execute(sql, list(params)).fetchall())
 
 
 def counts(db):

@@ -4,23 +4,22 @@ import gzip
 import json
 from pathlib import Path
 
-import duckdb
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 
 from rankloop.commands.imports import import_group
+from store.db import read
 from store.imports import import_prompts
+
+pytestmark = pytest.mark.both_backends
 
 DEMO = Path(__file__).resolve().parents[1] / "rankloop" / "data" / "demo_prompts.jsonl"
 
 
 def prompts(db):
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        rows = con.execute(
-            "SELECT text, messages, source, split, tags, external_id FROM prompts ORDER BY id").fetchall()
-    finally:
-        con.close()
+    rows = read(db, lambda con: con.execute(
+        "SELECT text, messages, source, split, tags, external_id FROM prompts ORDER BY id").fetchall())
     return [{"text": t, "messages": json.loads(m), "source": s, "split": sp, "tags": list(tags), "id": e}
             for t, m, s, sp, tags, e in rows]
 

@@ -17,6 +17,8 @@ from store.pairs import (
 )
 from tests.preferences import Seed
 
+pytestmark = pytest.mark.both_backends
+
 
 def _letters(frame, ids, key="q"):
     names = {v: k.split("/")[1] for k, v in ids.responses.items() if k.startswith(f"{key}/")}

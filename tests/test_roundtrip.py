@@ -11,6 +11,8 @@ from store.pairs import preference_pairs
 from store.rows import prompt_string
 from tests.preferences import Seed
 
+pytestmark = pytest.mark.both_backends
+
 imports = pytest.importorskip("store.imports", reason="the TRL importer (store/imports.py) is not there yet")
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},

@@ -28,6 +28,7 @@ def seed_queue(db, n: int = 6, required: int = 1, round: int = 0):
     return ids
 
 
+@pytest.mark.both_backends
 def test_noise_zero_gives_the_oracle_ranking_through_the_queue(workspace):
     from rankloop.simulate import SimulationConfig, simulate_reviewers
     from store.agreement import agreement_report
@@ -52,6 +53,7 @@ def test_noise_zero_gives_the_oracle_ranking_through_the_queue(workspace):
     assert again.judgments == 0  # nothing pending: a rerun adds nothing
 
 
+@pytest.mark.both_backends
 def test_max_judgments_stops_early_and_gives_the_held_items_back(workspace):
     from rankloop.simulate import SimulationConfig, simulate_reviewers
     from store.db import read
@@ -65,6 +67,7 @@ def test_max_judgments_stops_early_and_gives_the_held_items_back(workspace):
     assert simulate_reviewers(workspace, SimulationConfig("length-in-range", reviewers=2)).judgments == 1
 
 
+@pytest.mark.both_backends
 def test_noise_lowers_agreement_and_spread_is_per_reviewer(workspace):
     from rankloop.simulate import SimulationConfig, simulate_reviewers
     from store.agreement import agreement_report
@@ -79,6 +82,7 @@ def test_noise_lowers_agreement_and_spread_is_per_reviewer(workspace):
     assert flip.reviewer_noise(0) == 0.5
 
 
+@pytest.mark.both_backends
 def test_round_filter_and_the_pairs_export_reads_simulated_judgments(workspace):
     from rankloop.simulate import SimulationConfig, simulate_reviewers
     from store.pairs import preference_pairs
@@ -95,6 +99,7 @@ def test_round_filter_and_the_pairs_export_reads_simulated_judgments(workspace):
     assert set(pairs["chosen"]) <= {TEXTS["b"], TEXTS["c"], TEXTS["a"]} and TEXTS["d"] in set(pairs["rejected"])
 
 
+@pytest.mark.both_backends
 def test_pairs_file_and_python_function_oracles(workspace, tmp_path):
     from rankloop.oracles import resolve_oracle
 
@@ -135,6 +140,13 @@ def test_bad_oracles_fail_naming_what_and_where_and_write_nothing(workspace, tmp
     assert table_hash(workspace.db) == before
 
 
+@pytest.mark.parametrize("backend", ["postgresql"])  # the one bad oracle found by a database read
+def test_a_missing_model_oracle_writes_nothing_on_postgresql(workspace, tmp_path, backend):
+    test_bad_oracles_fail_naming_what_and_where_and_write_nothing(workspace, tmp_path, "model:missing",
+                                                                   "no model named 'missing'")
+
+
+@pytest.mark.both_backends
 def test_cli_simulate_and_bad_arguments(workspace):
     from rankloop.cli import main
 
@@ -151,6 +163,7 @@ def test_cli_simulate_and_bad_arguments(workspace):
     assert table_hash(workspace.db) == before
 
 
+@pytest.mark.both_backends
 def test_a_reward_model_oracle_ranks_by_its_scores(workspace, tiny_lm, tmp_path):
     from rankloop.oracles import resolve_oracle
     from rankloop.simulate import SimulationConfig, simulate_reviewers
