@@ -68,6 +68,11 @@ def claim_next(db: str | Path) -> JobRow | None:
     """The oldest queued job, now `starting`, when no other job is starting or running; else None."""
 
     def work(con) -> int | None:
+        if getattr(con, "backend", "duckdb") == "postgresql":
+            # Two runners (two servers) must not both see none running: the lock conflicts with itself and with
+            # every write to jobs, and READ COMMITTED reads what was committed before it was granted. On DuckDB
+            # the file lock serializes (docs/postgresql.md, section 5).
+            con.execute("LOCK TABLE jobs IN SHARE ROW EXCLUSIVE MODE")
         busy = con.execute("SELECT count(*) FROM jobs WHERE status IN ('starting', 'running')").fetchone()[0]
         if busy:
             return None
