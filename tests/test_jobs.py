@@ -87,6 +87,7 @@ def test_a_bad_form_launches_nothing(jobs_ws):
     assert list_jobs(jobs_ws.db) == [] and not list_events(jobs_ws.db, action="job.")
 
 
+@pytest.mark.both_backends
 def test_a_failing_command_ends_failed_with_its_error(workspace):
     job = launch(workspace.root, workspace.db, "train reward", {"max-steps": 2, "resume": True}, "", "adam")
     job = wait_for(workspace, job.id, finished, 60)
@@ -135,6 +136,7 @@ def test_cancel_interrupts_the_run_and_the_queue_moves_on(jobs_ws):
     assert [e["details"]["job"] for e in list_events(jobs_ws.db, action="job.cancel")][-1] == long.id
 
 
+@pytest.mark.both_backends
 def test_cancel_a_queued_job(workspace):
     from store.jobs import add_job
 
@@ -144,6 +146,7 @@ def test_cancel_a_queued_job(workspace):
         cancel(workspace.db, job.id, "adam")
 
 
+@pytest.mark.both_backends
 def test_a_killed_runner_is_marked_lost(jobs_ws):
     job = reward_job(jobs_ws, 100_000)
     job = wait_for(jobs_ws, job.id, lambda j: j.child_pid is not None, 60)
@@ -151,3 +154,30 @@ def test_a_killed_runner_is_marked_lost(jobs_ws):
     job = wait_for(jobs_ws, job.id, finished, 30)
     assert job.status == "lost" and "runner ended" in job.error
     assert get_job(jobs_ws.db, job.id).finished_at is not None
+
+
+@pytest.mark.both_backends
+def test_runners_claiming_at_once_start_one_job(workspace):
+    """claim_next: the oldest queued job when none is starting or running; runners (two servers) asking at the
+    same moment must not both see none running (on PostgreSQL a table lock, on DuckDB the file lock)."""
+    import threading
+
+    from store.jobs import add_job, claim_next, finish_job
+
+    ids = [add_job(workspace.db, "loop", ["loop"], "adam", workspace.root).id for _ in range(4)]
+    for expected in ids[:3]:  # a few rounds: the race is short
+        go, claimed = threading.Barrier(6), []
+
+        def runner(go=go, claimed=claimed):
+            go.wait()
+            claimed.append(claim_next(workspace.db))
+
+        threads = [threading.Thread(target=runner) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        started = [j for j in claimed if j is not None]
+        assert len(claimed) == 6 and [j.id for j in started] == [expected] and started[0].status == "starting"
+        finish_job(workspace.db, expected, "succeeded", 0)
+    assert [j.status for j in list_jobs(workspace.db)] == ["queued"] + ["succeeded"] * 3
