@@ -88,6 +88,8 @@ class Result:
     backend: str = "duckdb"
     servers: int = 1
     kills_by_server: list[int] = field(default_factory=list)
+    overfilled: int = 0  # comparisons with more live judgments than the reviewers they want (a lease race)
+    double_leases: int = 0  # reviewers holding two open leases at the end
 
     @property
     def ok(self) -> bool:
@@ -202,8 +204,10 @@ async def _killer(state: dict, index: int, ws_root: Path, kills: int, total: int
         state["restarts"] += 1
 
 
-def _read_everything(con) -> list[tuple]:
-    """Every table read (a broken file or database fails here), a CHECKPOINT on DuckDB, then the app's judgments."""
+def _read_everything(con) -> tuple[list[tuple], list[tuple], list[tuple]]:
+    """Every table read (a broken file or database fails here), a CHECKPOINT on DuckDB; then the app's judgments,
+    the comparisons judged by more reviewers than they want (two servers leasing one slot twice), and the
+    reviewers holding more than one open lease."""
     postgres = getattr(con, "backend", "duckdb") == "postgresql"
     tables = con.execute("SELECT table_name FROM information_schema.tables "
                          "WHERE table_schema IN ('main', 'public')").fetchall()
@@ -211,8 +215,15 @@ def _read_everything(con) -> list[tuple]:
         con.execute(f'SELECT count(*) FROM "{table}"').fetchone()
     if not postgres:
         con.execute("CHECKPOINT")  # PostgreSQL: a superuser's command, and its WAL is not what this checks
-    return con.execute("SELECT id, idempotency_key, reviewer_id, comparison_id, retracted_at IS NULL "
+    rows = con.execute("SELECT id, idempotency_key, reviewer_id, comparison_id, retracted_at IS NULL "
                        "FROM judgments WHERE idempotency_key LIKE 'app:%'").fetchall()
+    overfilled = con.execute(
+        "SELECT c.id, c.required_reviewers, count(*) FROM comparisons c JOIN judgments j ON j.comparison_id = c.id "
+        "WHERE j.retracted_at IS NULL AND j.idempotency_key LIKE 'app:%' GROUP BY c.id, c.required_reviewers "
+        "HAVING count(*) > c.required_reviewers ORDER BY c.id").fetchall()
+    double_leases = con.execute("SELECT reviewer_id, count(*) FROM leases WHERE closed_at IS NULL "
+                                "GROUP BY reviewer_id HAVING count(*) > 1 ORDER BY reviewer_id").fetchall()
+    return rows, overfilled, double_leases
 
 
 def check(db: Path | str, sessions: list[Session]) -> tuple[dict[str, int], list[str]]:
@@ -221,7 +232,7 @@ def check(db: Path | str, sessions: list[Session]) -> tuple[dict[str, int], list
     from store.db import read
 
     problems: list[str] = []
-    rows = read(db, _read_everything)
+    rows, overfilled, double_leases = read(db, _read_everything)
     by_key: dict[str, list[int]] = {}
     live: dict[tuple[int, int], int] = {}
     for jid, key, rid, cid, is_live in rows:
@@ -252,8 +263,13 @@ def check(db: Path | str, sessions: list[Session]) -> tuple[dict[str, int], list
         problems.append(f"duplicates: keys {list(dup_keys)[:5]}, (reviewer, comparison) {list(dup_live)[:5]}")
     if unexplained:
         problems.append(f"stored judgments no session submitted: {unexplained[:5]}")
+    if overfilled:
+        problems.append(f"comparisons judged by more reviewers than they want (id, wanted, live): {overfilled[:5]}")
+    if double_leases:
+        problems.append(f"reviewers holding several open leases (reviewer, open): {double_leases[:5]}")
     return {"stored": stored, "lost": lost, "duplicates": len(dup_keys) + len(dup_live),
-            "unacked_stored": unacked_stored, "unexplained": len(unexplained)}, problems
+            "unacked_stored": unacked_stored, "unexplained": len(unexplained), "overfilled": len(overfilled),
+            "double_leases": len(double_leases)}, problems
 
 
 async def _run(ws_root: Path, accounts: list[tuple[str, int]], submits: int, kills: int, seed_: int,
@@ -321,7 +337,8 @@ def run(sessions: int = 20, submits: int = 500, kills: int = 3, seed_: int = 0,
             problems += found
             opens = True
         except Exception as e:  # reported, not raised: the figures still print
-            counts = {"stored": 0, "lost": 0, "duplicates": 0, "unacked_stored": 0, "unexplained": 0}
+            counts = {"stored": 0, "lost": 0, "duplicates": 0, "unacked_stored": 0, "unexplained": 0,
+                      "overfilled": 0, "double_leases": 0}
             problems.append(f"the database did not open cleanly: {e}")
             opens = False
         refused = [r for s in done for r in s.refused]
@@ -373,6 +390,7 @@ def main() -> None:
     print(f"lost                   {r.lost}")
     print(f"stored, ack lost       {r.unacked_stored}  (committed; the toast died with the server)")
     print(f"refused by the app     {len(r.refused)}")
+    print(f"over-filled / 2 leases {r.overfilled} comparisons / {r.double_leases} reviewers")
     print(f"kills survived         {r.kills_survived} of {r.kills}  ({r.reconnects} reconnects)")
     print(f"database opens cleanly {'yes' if r.opens_cleanly else 'NO'}")
     for p in r.problems:

@@ -51,6 +51,7 @@ def test_two_servers_on_one_postgresql_workspace_each_killed_once_lose_and_dupli
     assert result.problems == []
     assert result.acknowledged == result.stored == 60 and result.lost == 0 and result.duplicates == 0
     assert result.kills_by_server == [1, 1] and result.kills_survived == 2 and result.reconnects >= 2
+    assert result.overfilled == 0 and result.double_leases == 0  # no slot leased twice across the servers
     assert result.unexplained == 0 and result.opens_cleanly
     assert sorted(p.name for p in (tmp_path / "ws").glob("serve-*.log")) == ["serve-0.log", "serve-1.log"]
 
