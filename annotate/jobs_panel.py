@@ -67,6 +67,9 @@ def show_job(job: JobRow, actor: str, *, lines: int = 200, height: int = 360) ->
     """Status, progress bar (from the log's newest progress bar), the log's tail, and a cancel button."""
     st.markdown(f"**Job {job.id}** `{job.status}` · `rankloop {shlex.join(job.argv)}` "
                 f"· by {job.created_by}")
+    if job.elsewhere():  # team mode: the runner and its log are on another machine
+        st.info(f"This job runs on **{job.runner_host}**: its log and Cancel are on a server on that machine.")
+        return
     view = read_log(job.log_path, lines) if inside_workspace(job.log_path) else None
     if view is None:
         st.warning("This job's log lies outside the workspace: not shown.")

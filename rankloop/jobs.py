@@ -101,8 +101,8 @@ def refresh(db: str | Path) -> list[JobRow]:
 
     jobs = list_jobs(db)
     for job in jobs:
-        if job.status not in ("starting", "running") or runner_alive(job) or command_alive(job):
-            continue
+        if job.status not in ("starting", "running") or job.elsewhere() or runner_alive(job) or command_alive(job):
+            continue  # a runner on another machine (team mode) is judged there
         if job.status == "starting" and job.runner_pid is None and job.started_at is not None and \
                 (datetime.now() - job.started_at).total_seconds() < START_TIMEOUT_S:
             continue  # the launcher has not recorded the runner's PID yet
@@ -116,6 +116,9 @@ def cancel(db: str | Path, job_id: int, actor: str) -> JobRow:
     SIGKILL after the grace period). When the runner is gone but the command still runs, the command gets SIGINT,
     and SIGKILL on a second cancel."""
     before = get_job(db, job_id)
+    if before.active and before.elsewhere():
+        raise ValueError(f"job {job_id} runs on {before.runner_host}: cancel it from a server or shell on that "
+                         "machine (this one cannot signal its processes)")
     job = request_cancel(db, job_id, actor)
     if job.status == "cancelled":
         return job

@@ -10,6 +10,7 @@ start the same job.
 from __future__ import annotations
 
 import json
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from store.db import read, write
 ACTIVE = ("queued", "starting", "running")
 FINISHED = ("succeeded", "failed", "cancelled", "lost")
 _COLUMNS = ("id, command, argv, status, created_by, created_at, started_at, finished_at, runner_pid, child_pid, "
-            "exit_code, cancel_requested_at, cancel_requested_by, log_path, error")
+            "exit_code, cancel_requested_at, cancel_requested_by, log_path, error, runner_host")
 
 
 @dataclass
@@ -40,6 +41,11 @@ class JobRow:
     cancel_requested_by: str | None
     log_path: str
     error: str | None
+    runner_host: str | None = None  # the machine the runner runs on (socket.gethostname()), once it started
+
+    def elsewhere(self) -> bool:
+        """Whether the runner runs on another machine: its PIDs and log mean nothing here."""
+        return self.runner_host is not None and self.runner_host != this_host()
 
     @property
     def active(self) -> bool:
@@ -86,12 +92,17 @@ def claim_next(db: str | Path) -> JobRow | None:
     return None if jid is None else get_job(db, jid)
 
 
+def this_host() -> str:
+    return socket.gethostname()
+
+
 def set_pids(db: str | Path, job_id: int, *, runner_pid: int | None = None, child_pid: int | None = None) -> None:
-    """Record the runner's PID (job still `starting`) or the command's PID (job now `running`)."""
+    """Record the runner's PID and machine (job still `starting`) or the command's PID (job now `running`)."""
 
     def work(con) -> None:
         if runner_pid is not None:
-            con.execute("UPDATE jobs SET runner_pid = ? WHERE id = ?", [runner_pid, job_id])
+            con.execute("UPDATE jobs SET runner_pid = ?, runner_host = ? WHERE id = ?",
+                        [runner_pid, this_host(), job_id])
         if child_pid is not None:
             con.execute("UPDATE jobs SET child_pid = ?, status = 'running' WHERE id = ? AND status = 'starting'",
                         [child_pid, job_id])

@@ -253,8 +253,14 @@ def m006_queue_state(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("INSERT INTO queue_state (id, changes) VALUES (1, 0)")
 
 
+def m007_job_host(con: duckdb.DuckDBPyConnection) -> None:
+    """The machine a job's runner runs on: with servers on several machines (PostgreSQL), only that machine can
+    tell whether its PIDs are alive, signal them, or read its log."""
+    con.execute("ALTER TABLE jobs ADD COLUMN runner_host VARCHAR")
+
+
 MIGRATIONS: list[Migration] = [m001_initial_schema, m002_lookup_indexes_and_scores, m003_annotation_app, m004_jobs,
-                               m005_drafts_with_leases, m006_queue_state]
+                               m005_drafts_with_leases, m006_queue_state, m007_job_host]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

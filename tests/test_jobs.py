@@ -157,6 +157,26 @@ def test_a_killed_runner_is_marked_lost(jobs_ws):
 
 
 @pytest.mark.both_backends
+def test_a_job_running_on_another_machine_is_neither_lost_nor_signalled_here(workspace):
+    """Team mode: servers on several machines share the jobs table, but only the runner's machine knows its PIDs."""
+    from store.db import write
+    from store.jobs import add_job, claim_next
+
+    job = add_job(workspace.db, "loop", ["loop"], "adam", workspace.root)
+    assert claim_next(workspace.db).id == job.id
+    dead = 2**22 + 12345  # above pid_max here: no such process on this machine
+    write(workspace.db, lambda con: con.execute(
+        "UPDATE jobs SET runner_pid = ?, child_pid = ?, status = 'running', runner_host = 'gpu-box-2' WHERE id = ?",
+        [dead, dead, job.id]))
+    assert next(j for j in refresh(workspace.db) if j.id == job.id).status == "running"
+    with pytest.raises(ValueError, match="job 1 runs on gpu-box-2: cancel it from a server or shell on that machine"):
+        cancel(workspace.db, job.id, "adam")
+    assert get_job(workspace.db, job.id).cancel_requested_at is None
+    write(workspace.db, lambda con: con.execute("UPDATE jobs SET runner_host = NULL WHERE id = ?", [job.id]))
+    assert next(j for j in refresh(workspace.db) if j.id == job.id).status == "lost"  # here, it would be lost
+
+
+@pytest.mark.both_backends
 def test_runners_claiming_at_once_start_one_job(workspace):
     """claim_next: the oldest queued job when none is starting or running; runners (two servers) asking at the
     same moment must not both see none running (on PostgreSQL a table lock, on DuckDB the file lock)."""

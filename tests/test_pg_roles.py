@@ -57,14 +57,14 @@ def test_servers_refuse_an_older_schema_and_only_the_owner_migrates_it(dml_url, 
     owner, url = dml_url
     app = init_workspace(tmp_path / "app", database=url).root
     with transaction(owner, migration=True) as con:  # as if rankloop were upgraded after this database was made
-        con.execute("DROP TABLE queue_state")
-        con.execute("DELETE FROM schema_migrations WHERE version = 6")
+        con.execute("ALTER TABLE jobs DROP COLUMN runner_host")  # what the newest migration made
+        con.execute("DELETE FROM schema_migrations WHERE version = 7")
     _migrated.discard(app)  # what a server process started now sees
-    with pytest.raises(SchemaBehind, match="schema version 5, this rankloop needs 6; run `rankloop migrate`"):
+    with pytest.raises(SchemaBehind, match="schema version 6, this rankloop needs 7; run `rankloop migrate`"):
         open_workspace(app)
-    with pytest.raises(PermissionError, match="m006_queue_state needs rights this role lacks.*owns the schema"):
+    with pytest.raises(PermissionError, match="m007_job_host needs rights this role lacks.*owns the schema"):
         migrate_workspace(app)
-    assert read(owner, lambda con: con.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]) == 5
+    assert read(owner, lambda con: con.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]) == 6
     _, done = migrate_workspace(init_workspace(tmp_path / "owner", database=owner).root)  # init as owner migrates
     assert done == [] and read(owner, lambda con: con.execute("SELECT changes FROM queue_state").fetchone()) == (0,)
     _migrated.discard(app)

@@ -244,7 +244,7 @@ def _generating() -> tuple[float | None, str] | None:
     job = next((j for j in list_jobs(db, limit=20) if j.command == "generate" and j.active), None)
     if job is None:
         return None
-    view = read_log(job.log_path, 5) if inside_workspace(job.log_path) else None
+    view = read_log(job.log_path, 5) if inside_workspace(job.log_path) and not job.elsewhere() else None
     if view is None or not view.total:
         return None, "New answers are being generated."
     detail = f" ({view.detail})" if view.detail else ""
