@@ -39,10 +39,17 @@ def _cookie_secret(ws_root: Path) -> str:
     if os.environ.get(COOKIE_SECRET_ENV):
         return os.environ[COOKIE_SECRET_ENV]
     path = ws_root / COOKIE_SECRET_FILE
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    if not path.exists():  # written whole under another name, then linked: two servers starting at once (team
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # mode) agree on one secret, never read a half file
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(32))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
     return path.read_text().strip()
 
 
