@@ -283,9 +283,17 @@ def session_context(db: str | Path, token: str | None, touch_after_s: int = 30) 
     with _seen_lock:
         seen = _seen.get(key)
     now = time.monotonic()
-    if seen is not None and seen.changes == changes:
+    kept = seen is not None and seen.changes == changes
+    if kept:
         ran = int(now - seen.at)
         row, s = (*seen.row[:2], seen.row[2] + ran, seen.row[3] + ran, *seen.row[4:]), seen.settings
+        if row[2] > s["session_idle_minutes"] * 60:
+            # Idle by what this process kept: another server (team mode) may have touched it since, and its
+            # touch counts no change. Ask the database before ending it.
+            row, s = read(db, look)
+            if row is not None:
+                with _seen_lock:
+                    _seen[key] = _Seen(changes, row, s, now)
     else:
         row, s = read(db, look)
         if changes is not None and row is not None:

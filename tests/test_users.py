@@ -4,7 +4,7 @@ import pytest
 from click.testing import CliRunner
 
 from store.audit import list_events
-from store.db import read, transaction
+from store.db import read, transaction, write
 from store.settings import get_settings, set_setting
 from store.users import add_user, deactivate_user, end_session, get_user, list_users, login, reset_user, session_user
 
@@ -104,6 +104,10 @@ def test_a_server_that_keeps_sessions_still_ends_them_on_logout_deactivation_and
         ).fetchall())
         assert idle[0][0] <= 2 and idle[1][0] <= 2 + 1  # only the first was touched now; the others were at login
         clock[0] += 3 * 3600  # idle for longer than the 60 minutes allowed, as kept in memory
+        assert session_user(workspace.db, tokens[1]) is not None  # another server touched it (uncounted): kept
+        write(workspace.db, lambda con: con.execute(  # idle in the database too (as a touch writes it: uncounted)
+            "UPDATE sessions SET last_seen_at = localtimestamp - INTERVAL '3 hours' "
+            "WHERE id = (SELECT max(id) FROM sessions)"), keeps_queue_cache=True)
         assert session_user(workspace.db, tokens[2]) is None
         end_session(workspace.db, tokens[0])  # logout
         assert session_user(workspace.db, tokens[0]) is None
