@@ -118,31 +118,37 @@ def uncertainty_priority(scores: list[float]) -> float:
 class ScoreResult:
     model: str
     responses: int
-    comparisons: int
+    comparisons: int  # whose priority was set (0 when priorities were left alone)
     seconds: float
     responses_per_s: float
+    scope: str = "all"  # "pending", "all" or "round N": which comparisons' candidates were scored
+    in_scope: int = 0  # comparisons in that scope
 
 
 def score_responses(ws: WorkspaceLike, model: str, round: int | None = None, batch_size: int = 16,
-                    set_priority: bool = True, device: str | None = None, actor: str = "cli") -> ScoreResult:
-    """Score every response in the comparisons of `round` (all rounds when None) with the reward model `model`,
-    store the scores per response and model, and set each comparison's priority from the model's uncertainty."""
+                    set_priority: bool = True, device: str | None = None, actor: str = "cli",
+                    pending: bool = False) -> ScoreResult:
+    """Score every response in the comparisons of `round` (all rounds when None; with `pending`, only comparisons
+    that still need reviewers) with the reward model `model`, store the scores per response and model, and set
+    each of those comparisons' priority from the model's uncertainty."""
     from store.models import get_model
     from store.scores import comparisons_to_prioritise, responses_to_score, save_scores
 
     row = get_model(ws.db, model)
-    frame = responses_to_score(ws.db, round)  # read, close: the model loads and scores without the file held
-    comparisons = comparisons_to_prioritise(ws.db, round) if set_priority else []
+    scope = f"round {round}" if round is not None else "pending" if pending else "all"
+    frame = responses_to_score(ws.db, round, pending)  # read, close: the model loads and scores without the file held
+    comparisons = comparisons_to_prioritise(ws.db, round, pending)
     started = time.monotonic()
     if frame.empty:
-        return ScoreResult(row.name, 0, 0, 0.0, 0.0)
+        return ScoreResult(row.name, 0, 0, 0.0, 0.0, scope, len(comparisons))
     scorer = RewardScorer.from_row(row, device=device, batch_size=batch_size)
     prompts = [prompt_string(t, m, scorer.tokenizer) for t, m in zip(frame["prompt_text"], frame["prompt_messages"],
                                                                      strict=True)]
     values = scorer.score_strings(prompts, list(frame["text"]))
     by_response = dict(zip(frame["response_id"].astype(int), values, strict=True))
     priorities = {cid: uncertainty_priority([by_response[r] for r in rids if r in by_response])
-                  for cid, rids in comparisons}
+                  for cid, rids in comparisons} if set_priority else {}
     save_scores(ws.db, row.id, by_response, priorities, actor=actor)
     seconds = time.monotonic() - started
-    return ScoreResult(row.name, len(by_response), len(priorities), seconds, len(by_response) / max(seconds, 1e-9))
+    return ScoreResult(row.name, len(by_response), len(priorities), seconds, len(by_response) / max(seconds, 1e-9),
+                       scope, len(comparisons))

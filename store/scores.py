@@ -11,26 +11,32 @@ import pandas as pd
 
 from store.audit import log_event
 from store.db import read, write
+from store.status import PENDING_SQL
 
-_IN_SCOPE = "SELECT id, response_ids FROM comparisons WHERE (CAST(? AS INTEGER) IS NULL OR round = ?)"
+# Parameters: round, round, pending. Every round when round is NULL; only pending comparisons when pending is true.
+_IN_SCOPE = ("SELECT id, response_ids FROM comparisons WHERE (CAST(? AS INTEGER) IS NULL OR round = ?) "
+             f"AND (NOT CAST(? AS BOOLEAN) OR id IN ({PENDING_SQL}))")
 
 
-def responses_to_score(db: str | Path, round: int | None = None) -> pd.DataFrame:
-    """Each response that is a candidate in a comparison of `round` (every round when None), with its prompt:
-    columns response_id, prompt_id, prompt_text, prompt_messages (a list of {role, content}), text."""
+def responses_to_score(db: str | Path, round: int | None = None, pending: bool = False) -> pd.DataFrame:
+    """Each response that is a candidate in a comparison of `round` (every round when None; with `pending`, only
+    comparisons that still need reviewers), with its prompt: columns response_id, prompt_id, prompt_text,
+    prompt_messages (a list of {role, content}), text."""
     sql = f"""
         WITH ids AS (SELECT DISTINCT unnest(response_ids) AS rid FROM ({_IN_SCOPE}) s)
         SELECT r.id AS response_id, r.prompt_id, p.text AS prompt_text, p.messages AS prompt_messages, r.text
         FROM ids JOIN responses r ON r.id = ids.rid JOIN prompts p ON p.id = r.prompt_id
         ORDER BY r.id"""
-    frame = read(db, lambda con: con.execute(sql, [round, round]).df())
+    frame = read(db, lambda con: con.execute(sql, [round, round, pending]).df())
     frame["prompt_messages"] = [json.loads(m) if isinstance(m, str) else m for m in frame["prompt_messages"]]
     return frame
 
 
-def comparisons_to_prioritise(db: str | Path, round: int | None = None) -> list[tuple[int, list[int]]]:
-    """(comparison id, its response ids) for the comparisons of `round` (every round when None)."""
-    rows = read(db, lambda con: con.execute(_IN_SCOPE + " ORDER BY id", [round, round]).fetchall())
+def comparisons_to_prioritise(db: str | Path, round: int | None = None,
+                              pending: bool = False) -> list[tuple[int, list[int]]]:
+    """(comparison id, its response ids) for the comparisons of `round` (every round when None; with `pending`,
+    only those that still need reviewers)."""
+    rows = read(db, lambda con: con.execute(_IN_SCOPE + " ORDER BY id", [round, round, pending]).fetchall())
     return [(int(cid), [int(r) for r in rids]) for cid, rids in rows]
 
 

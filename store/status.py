@@ -16,6 +16,8 @@ COMPLETION_SQL = f"""
     FROM comparisons c LEFT JOIN judgments j ON j.comparison_id = c.id
     GROUP BY c.id, c.round, c.required_reviewers
 """
+# The comparisons still pending: fewer distinct counted reviewers than they require.
+PENDING_SQL = f"SELECT id FROM ({COMPLETION_SQL}) s WHERE done < required_reviewers"
 
 
 def workspace_status(db: str | Path) -> dict[str, Any]:

@@ -42,9 +42,14 @@ def test_train_eval_score_round_trip(ws):
     report = json.loads(result.stdout)
     assert report["model"] == "rm-1" and 0 <= report["overall"]["accuracy"] <= 1
 
-    result = run("score", *w)
+    result = run("score", *w)  # every comparison is complete: nothing pending
     assert result.exit_code == 0, result.output
-    assert "scored 36 responses with 'rm-1'" in result.output and "12 comparisons" in result.output
+    assert "scored 0 responses of 0 pending comparisons with 'rm-1'" in result.output
+    result = run("score", *w, "--all")
+    assert result.exit_code == 0, result.output
+    assert "scored 36 responses of 12 comparisons (all) with 'rm-1'" in result.output
+    assert "set the priority of 12 comparisons" in result.output
+    assert run("score", *w, "--all", "--round", "0").exit_code == 2
 
     result = run("train", "reward", *w, *FAST, "--name", "rm-1")
     assert result.exit_code == 1 and "name: a model named 'rm-1' already exists" in result.output

@@ -8,11 +8,11 @@ import pytest
 
 from reward.score import RewardScorer, score_responses, uncertainty_priority
 from reward.train import train_reward_model
-from store.db import read
-from store.models import get_model
+from store.db import read, write
+from store.models import add_model, get_model
 from store.scores import response_scores
 from tests.preferences import Seed
-from tests.reward_data import BAD, GOOD, MIDDLE, register_tiny, seed_pairs, tiny_config
+from tests.reward_data import BAD, GOOD, MIDDLE, register_tiny, reward_cli, seed_pairs, tiny_config
 
 
 def test_uncertainty_priority_is_exact():
@@ -69,3 +69,40 @@ def test_rescoring_replaces_and_the_python_api_gives_the_stored_scores(scored):
     assert mine == pytest.approx([stored[ids(f"clear/{x}")] for x in "abc"], abs=1e-5)
     with pytest.raises(ValueError, match="2 prompts but 1 responses"):
         scorer.score(["a", "b"], ["x"])
+
+
+@pytest.mark.both_backends
+def test_score_with_no_round_scores_only_the_pending_comparisons_and_all_scores_every_one(scored, workspace):
+    from click.testing import CliRunner
+
+    _, result, _ = scored
+    ws = workspace  # its own workspace (the module's is shared by the tests above), on DuckDB and on PostgreSQL
+    model_id = add_model(ws.db, "rm", "reward", path=str(result.model_dir))
+    seed = Seed()
+    seed.comparison("done", "Question 1: say something useful.", {"a": GOOD, "b": MIDDLE, "c": BAD})
+    seed.judge("done", "alice", "a>b>c")
+    seed.comparison("open", "Question 2: say something useful.", {"a": GOOD, "b": BAD})  # round 0 too
+    seed.comparison("half", "Question 3: say something useful.", {"a": GOOD, "b": BAD}, round=1)
+    seed.judge("half", "bob", "a>b")
+    seed.judge("half", "carol", skipped=True)  # a skip does not count towards completion
+    ids = seed.write(ws.db)
+    write(ws.db, lambda con: con.execute("UPDATE comparisons SET required_reviewers = 2 WHERE id = ?",
+                                         [ids("half")]))
+    w = ["--workspace", str(ws.root)]
+
+    out = CliRunner().invoke(reward_cli(), ["score", *w], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    assert "scored 4 responses of 2 pending comparisons with 'rm'" in out.output
+    assert "set the priority of 2 comparisons" in out.output
+    pending = {ids(f"{k}/{x}") for k in ("open", "half") for x in "ab"}
+    assert set(response_scores(ws.db, model_id)) == pending
+    assert _priorities(ws)[ids("done")] == 0.0 and _priorities(ws)[ids("open")] > 0.0
+
+    out = CliRunner().invoke(reward_cli(), ["score", *w, "--all"], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    assert "scored 7 responses of 3 comparisons (all) with 'rm'" in out.output
+    assert set(response_scores(ws.db, model_id)) == pending | {ids(f"done/{x}") for x in "abc"}
+
+    out = CliRunner().invoke(reward_cli(), ["score", *w, "--round", "0", "--json"], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    assert '"scope": "round 0"' in out.output and '"responses": 5' in out.output  # --round R: all of round R

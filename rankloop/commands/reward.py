@@ -149,25 +149,32 @@ def eval_reward_command(ws: Workspace, model: str | None, pairs_file: Path | Non
 
 @click.command("score")
 @click.option("--model", default=None, help="Reward model to score with.  [default: the newest]")
-@click.option("--round", "round_", type=int, default=None, help="Only comparisons of this round.  [default: all]")
+@click.option("--round", "round_", type=int, default=None,
+              help="Every comparison of this round.  [default: the comparisons still pending, of every round]")
+@click.option("--all", "all_", is_flag=True, help="Every comparison of every round, complete ones too.")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Texts scored together.")
 @click.option("--no-priority", is_flag=True, help="Store the scores but leave comparison priorities alone.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N or mps.  [default: cuda when present]")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @workspace_option
-def score_command(ws: Workspace, model: str | None, round_: int | None, batch_size: int, no_priority: bool,
-                  device: str | None, as_json: bool) -> None:
-    """Score the candidates of the queued comparisons with a reward model (stored per response and model), and
-    put the comparisons the model is least sure of (small score gaps) first in the reviewers' queue."""
+def score_command(ws: Workspace, model: str | None, round_: int | None, all_: bool, batch_size: int,
+                  no_priority: bool, device: str | None, as_json: bool) -> None:
+    """Score the candidates of the comparisons still pending (still needing reviewers; --round R: every comparison
+    of round R, --all: every comparison) with a reward model (stored per response and model), and put the
+    comparisons the model is least sure of (small score gaps) first in the reviewers' queue."""
     from reward.score import score_responses
 
+    if all_ and round_ is not None:
+        raise click.UsageError("--all scores every round; --round R scores every comparison of round R: give one")
     name = guarded(_newest_reward_model, ws, model)
     result = guarded(score_responses, ws, name, round=round_, batch_size=batch_size,
-                     set_priority=not no_priority, device=device)
+                     set_priority=not no_priority, device=device, pending=round_ is None and not all_)
     if as_json:
         echo_json(result.__dict__)
         return
-    click.echo(f"scored {result.responses} responses with {result.model!r} in {result.seconds:.1f}s "
-               f"({result.responses_per_s:.1f}/s)")
+    what = {"pending": "pending comparisons", "all": "comparisons (all)"}.get(result.scope,
+                                                                              f"comparisons of {result.scope}")
+    click.echo(f"scored {result.responses} responses of {result.in_scope} {what} with {result.model!r} "
+               f"in {result.seconds:.1f}s ({result.responses_per_s:.1f}/s)")
     if not no_priority:
         click.echo(f"set the priority of {result.comparisons} comparisons (least certain first)")
