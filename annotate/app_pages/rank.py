@@ -58,6 +58,45 @@ def _set_ranks(item: Item, ranks: rk.Ranks) -> None:
         ss[_key("rank", item, rid)] = value
 
 
+# Keys whose effect depends on their order. Streamlit merges the clicks that reach the server while a run is busy
+# into one run and calls their callbacks in no order of their own: a fast 1-2-3-4 (30 ms apart) was ranked
+# C > A > B > D. So in any run only the first such callback acts; `_settle_keys`, at the start of the next
+# script run (the page's or the ranking fragment's), puts back the ranking from before it when more came, and
+# says so: a reviewer never gets an order they did not press.
+_ACTED = "keys_this_run"
+
+
+def _state_keys(item: Item) -> list[str]:
+    return [_key("rank", item, rid) for rid in _order(item)] + [_key(n, item) for n in ("allbad", "last", "tie")]
+
+
+def _arrived(name: str) -> bool:
+    """First line of every order-dependent callback: whether it may act (it is the first of its run)."""
+    acted = ss.setdefault(_ACTED, [])
+    acted.append(name)
+    if len(acted) > 1:
+        return False
+    item = ss.get("item")
+    ss["keys_before"] = None if item is None else (item.lease_id, {k: ss.get(k) for k in _state_keys(item)})
+    return True
+
+
+def _settle_keys() -> None:
+    acted, before = ss.pop(_ACTED, []), ss.pop("keys_before", None)
+    if len(acted) < 2:
+        return
+    item = ss.get("item")
+    if item is not None and before is not None and before[0] == item.lease_id:
+        for k, v in before[1].items():
+            ss[k] = v
+        _save(item)
+        ss["flash_error"] = (f"{len(acted)} keys arrived together, too fast to know their order: none was applied. "
+                             "Press them again, one at a time.")
+    else:  # the first was a submit, skip or undo: it acted, on the item that was shown
+        ss["flash_error"] = (f"{len(acted)} keys arrived together: only {acted[0]} was applied, on the item shown "
+                             "before; the others were dropped.")
+
+
 def _start(item: Item | None) -> None:
     """Make `item` the one on screen, its widgets filled from the draft kept with its lease (empty when none)."""
     ss["item"] = item
@@ -105,6 +144,8 @@ def _changed() -> None:
 
 def _choose(choice: str) -> None:
     """Two answers: one choice, the last press wins."""
+    if not _arrived(CHOICE_KEYS[choice]):
+        return
     item = ss["item"]
     _set_ranks(item, rk.choice_ranks(choice, _order(item)))
     ss[_key("allbad", item)] = choice == "bad"
@@ -112,6 +153,8 @@ def _choose(choice: str) -> None:
 
 
 def _press(index: int) -> None:
+    if not _arrived(str(index + 1)):
+        return
     item = ss["item"]
     tie_with = ss.get(_key("last", item)) if ss.get(_key("tie", item)) else None
     _set_ranks(item, rk.press(_ranks(item), _order(item), index, tie_with=tie_with))
@@ -122,6 +165,8 @@ def _press(index: int) -> None:
 
 
 def _tie() -> None:
+    if not _arrived('T'):
+        return
     item = ss["item"]
     last = ss.get(_key("last", item))
     if last is not None and _ranks(item).get(last) is not None:
@@ -131,6 +176,8 @@ def _tie() -> None:
 
 
 def _all_bad() -> None:
+    if not _arrived('X'):
+        return
     item = ss["item"]
     _set_ranks(item, rk.empty(_order(item)))
     ss[_key("allbad", item)] = True
@@ -139,6 +186,8 @@ def _all_bad() -> None:
 
 
 def _clear() -> None:
+    if not _arrived('Backspace'):
+        return
     item = ss["item"]
     _set_ranks(item, rk.empty(_order(item)))
     ss[_key("allbad", item)] = False
@@ -173,6 +222,8 @@ def _answer(item: Item, **kw) -> Answer:
 
 
 def _submit() -> None:
+    if not _arrived('Enter'):
+        return
     item = ss.get("item")
     if item is None:
         return
@@ -187,12 +238,16 @@ def _submit() -> None:
 
 
 def _skip() -> None:
+    if not _arrived('S'):
+        return
     item = ss.get("item")
     if item is not None:
         _finish(item, _answer(item), True, "Skipped")
 
 
 def _undo() -> None:
+    if not _arrived('U'):
+        return
     last = ss.pop("last_submit", None)
     if not last:
         ss["flash_error"] = "Nothing to undo."
@@ -226,6 +281,7 @@ if "item" not in ss or ss["item"] is None or ss.get("item_owner") != user.id:
     ss["item_owner"] = user.id
     _start(next_item(db, user.id))
 item: Item | None = ss["item"]
+_settle_keys()
 
 p = item.progress if item is not None and item.progress else progress(db, user.id)
 if ss.get("flash"):
@@ -299,6 +355,7 @@ def _ranking_area(item: Item) -> None:
     """The answers, their rank controls, the choice buttons and the ranking line: a key press reruns only this
     (half the server's work of a full page run, at 20 reviewers most of its reruns). What needs the whole page
     (Submit, Skip, Undo, flags, rationale, edit) lives outside it."""
+    _settle_keys()
     if ss.get("flash_error"):
         st.error(ss.pop("flash_error"))
     order = _order(item)
