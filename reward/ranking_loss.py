@@ -33,6 +33,13 @@ pulls tied scores together, and it has the Davidson tie parameter for K = 2.
 Batches: `scores` and `groups` are (B, K) with K the longest ranking; `groups[b, i]` is the 0-based group index of
 item i (0 = best; equal indices = tied) and -1 marks padding. Group indices must be 0..G-1 without gaps. Returns
 the per-ranking loss (B,); `reduction="mean"` or `"sum"` reduces it.
+
+Not used by training yet (issue 17). Where it plugs in: a snapshot kind with one row per judgment (prompt,
+response ids and texts, `group_index(ranking, ids)`; today `store.pairs.ranking_pairs` expands rankings into pairs
+and drops ties); the probe's `reward.probe.fit_weights` minimising `ranking_nll(x @ w, groups)` over (B, K, H)
+features instead of the logistic loss on differences; and a `compute_loss` override in the RewardTrainer subclass
+`reward/train.py` builds, scoring the flattened B*K responses, with a collator that pads `groups`. Held-out
+accuracy can stay on expanded pairs so figures compare with Bradley-Terry.
 """
 
 from __future__ import annotations
