@@ -55,7 +55,9 @@ def db_path() -> Path | str:
     return _opened(str(root))
 
 
+@functools.lru_cache(maxsize=8)
 def _team_mode(root: Path) -> bool:
+    """Whether rankloop.toml names a PostgreSQL database (read once per process, not at every click)."""
     from rankloop.config import load_config
 
     return bool(load_config(root / CONFIG_NAME).workspace.database)

@@ -208,7 +208,9 @@ def _read_everything(con) -> tuple[list[tuple], list[tuple], list[tuple]]:
     """Every table read (a broken file or database fails here), a CHECKPOINT on DuckDB; then the app's judgments,
     the comparisons judged by more reviewers than they want (two servers leasing one slot twice), and the
     reviewers holding more than one open lease."""
-    postgres = getattr(con, "backend", "duckdb") == "postgresql"
+    from store.dialect import on_postgres
+
+    postgres = on_postgres(con)
     tables = con.execute("SELECT table_name FROM information_schema.tables "
                          "WHERE table_schema IN ('main', 'public')").fetchall()
     for (table,) in tables:

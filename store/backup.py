@@ -21,8 +21,8 @@ import duckdb
 
 from store.audit import log_event, record_event
 from store.db import _sql_string, attach_encrypted, connection, encryption_key, is_encrypted, read, transaction
-from store.dialect import redacted
-from store.migrations import _MIGRATION_LOCK, MIGRATIONS, SCHEMA_VERSION, _applied, _PgDDL, migrate, schema_version
+from store.dialect import is_pg_error, redacted
+from store.migrations import SCHEMA_VERSION, lock_migrations, migrate, migrate_in, schema_version
 
 _COPY = "rankloop_backup"
 
@@ -110,10 +110,6 @@ _INT_KEYED = ("response_scores", "gold_answers", "schema_migrations")
 _COUNTER = ("queue_state", "changes")
 _ARROW_SCALARS = {"BIGINT": "int64", "INTEGER": "int32", "SMALLINT": "int16", "BOOLEAN": "bool_", "DOUBLE": "float64",
                   "FLOAT": "float32", "VARCHAR": "string", "JSON": "string"}
-
-
-def _is_pg(con: Any) -> bool:
-    return getattr(con, "backend", "duckdb") == "postgresql"
 
 
 def tables(con: Any) -> list[str]:
@@ -227,10 +223,6 @@ def file_hashes(db: str | Path) -> dict[str, dict[str, Any]]:
         con.close()
 
 
-def _pg_error(e: BaseException) -> bool:
-    return type(e).__module__.startswith("psycopg")
-
-
 def compare_hashes(want: dict[str, dict[str, Any]], have: dict[str, dict[str, Any]], where: str) -> None:
     """Raise ValueError naming every table whose count or content differs from `want`."""
     bad = []
@@ -340,7 +332,7 @@ def backup_postgres(url: str, dest: str | Path, actor: str, label: str | None = 
         try:
             read(url, copy)
         except Exception as e:
-            if _pg_error(e):
+            if is_pg_error(e):
                 raise ValueError(f"{redacted(url)}: the backup failed ({type(e).__name__}: {e})") from e
             raise
         copied = file_hashes(dest)
@@ -397,14 +389,14 @@ def restore_postgres(src: str | Path, url: str, want: dict[str, dict[str, Any]] 
         used = _duck_sequences(duck)
 
         def work(pg: Any) -> dict[str, Any]:
-            pg.execute(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")  # no migrate or restore meanwhile
+            lock_migrations(pg)
             have = _target_state(pg, url, force)
             if have > version:
                 raise ValueError(
                     f"{redacted(url)}: the database is at schema version {have}, the backup at {version}: restore "
                     "into an empty database, or first restore the backup into a DuckDB folder (which upgrades it) "
                     "and back that up")
-            _migrate_in(pg, have, version)
+            migrate_in(pg, have, version)
             existing = set(tables(pg))
             missing = sorted(set(names) - existing)
             if missing:
@@ -414,7 +406,7 @@ def restore_postgres(src: str | Path, url: str, want: dict[str, dict[str, Any]] 
             for t in names:
                 _copy_to_pg(duck, pg, t)
             compare_hashes(want, {t: _hash_table(pg, t) for t in names}, redacted(url))
-            _migrate_in(pg, version, SCHEMA_VERSION)
+            migrate_in(pg, version, SCHEMA_VERSION)
             if before is not None:
                 pg.execute("UPDATE queue_state SET changes = greatest(changes, ?) + 1", [before])
             nexts = {}
@@ -434,7 +426,7 @@ def _in_transaction(url: str, work: Any) -> dict[str, Any]:
         with transaction(url, migration=True) as pg:
             return work(pg)
     except Exception as e:
-        if _pg_error(e):
+        if is_pg_error(e):
             raise ValueError(f"{redacted(url)}: the restore failed and was rolled back, the database is as it was "
                              f"({type(e).__name__}: {e})") from e
         raise
@@ -460,15 +452,6 @@ def _target_state(pg: Any, url: str, force: bool) -> int:
         raise FileExistsError(f"{redacted(url)}: not empty ({what} rows); pass --force to replace what is there "
                               "with the backup")
     return schema_version(pg)
-
-
-def _migrate_in(pg: Any, have: int, upto: int) -> None:
-    """Apply migrations have+1..upto inside the caller's transaction (PostgreSQL's DDL is transactional)."""
-    for version, fn in enumerate(MIGRATIONS[have:upto], start=have + 1):
-        if version == 1:
-            _applied(pg)
-        fn(_PgDDL(pg))
-        pg.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, fn.__name__])
 
 
 def _counter(pg: Any) -> int | None:

@@ -27,7 +27,7 @@ from typing import TypeVar
 
 import duckdb
 
-from store.dialect import is_postgres
+from store.dialect import is_pg_error, is_postgres, on_postgres, redacted
 
 T = TypeVar("T")
 
@@ -446,14 +446,14 @@ def _pool_size() -> int:
 # `changes`; every other transaction that wrote anything bumps it before its COMMIT. Its row lock also serializes
 # the queue's decisions across servers, as `_lease_lock` and DuckDB's file lock do in one process.
 _LOCK_QUEUE = "SELECT changes FROM queue_state WHERE id = 1 FOR UPDATE"
-_BUMP = ("UPDATE queue_state SET changes = changes + 1 WHERE id = 1 "
-         "AND pg_current_xact_id_if_assigned() IS NOT NULL")
+_BUMP_ALWAYS = "UPDATE queue_state SET changes = changes + 1 WHERE id = 1"
+_BUMP = _BUMP_ALWAYS + " AND pg_current_xact_id_if_assigned() IS NOT NULL"  # only a transaction that wrote
 
 
 def lock_queue(con: duckdb.DuckDBPyConnection) -> int | None:
     """Take the queue's lock on PostgreSQL (the row of `queue_state`, held to the end of the transaction) and
     return the database-wide count of changes; on DuckDB nothing (the file lock and `_lease_lock` serialize)."""
-    if getattr(con, "backend", "duckdb") != "postgresql":
+    if not on_postgres(con):
         return None
     row = con.execute(_LOCK_QUEUE).fetchone()
     if row is None:
@@ -466,7 +466,7 @@ def _pg_connection(url: str, counted: bool) -> Iterator[duckdb.DuckDBPyConnectio
     with _pg().connect(url, _pool_size()) as con:
         yield con  # type: ignore[misc]
         if counted:  # autocommit statements: what they wrote is committed; say so to the queues
-            con.execute(_BUMP.replace(" AND pg_current_xact_id_if_assigned() IS NOT NULL", ""))
+            con.execute(_BUMP_ALWAYS)
 
 
 @contextmanager
@@ -582,8 +582,6 @@ _pg_rollbacks = 0
 
 
 def _pg_label(url: str, changes: int) -> tuple[str, int, int]:
-    from store.dialect import redacted
-
     return redacted(url), _pg_rollbacks, changes
 
 
@@ -626,7 +624,7 @@ def _pg_transaction(url: str, keeps_queue_cache: bool, bump: bool = True) -> Ite
 def _retryable(e: BaseException) -> bool:
     if isinstance(e, duckdb.TransactionException):
         return any(m in str(e) for m in _CONFLICT_MARKERS)
-    return type(e).__module__.startswith("psycopg") and _pg().is_retryable(e)
+    return is_pg_error(e) and _pg().is_retryable(e)
 
 
 def write(path: str | Path, work: Callable[[duckdb.DuckDBPyConnection], T], retries: int = 8, *,

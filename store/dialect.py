@@ -23,6 +23,16 @@ def is_postgres(db: str | Path) -> bool:
     return isinstance(db, str) and db.startswith(POSTGRES_SCHEMES)
 
 
+def on_postgres(con: object) -> bool:
+    """Whether a connection `store.db` handed out is PostgreSQL's (store.pg.Connection) rather than DuckDB's."""
+    return getattr(con, "backend", "duckdb") == "postgresql"
+
+
+def is_pg_error(e: BaseException) -> bool:
+    """Whether `e` comes from the PostgreSQL driver (psycopg), told by its module: no driver import here."""
+    return type(e).__module__.startswith("psycopg")
+
+
 def redacted(db: str | Path) -> str:
     """`db` as it may be shown in logs, pages and errors: a URL without its password (paths unchanged)."""
     text = str(db)

@@ -16,6 +16,7 @@ from typing import Literal
 import duckdb
 
 from store.db import read
+from store.dialect import on_postgres
 from store.judgments import LIVE_JUDGMENT, counted
 from store.migrations import schema_version
 
@@ -144,7 +145,7 @@ def read_feedback(db: str | Path, *, rounds: Sequence[int] = (), splits: Sequenc
     def work(con: duckdb.DuckDBPyConnection) -> Feedback:
         con.execute("BEGIN TRANSACTION")  # one consistent snapshot across the SELECTs
         try:
-            if getattr(con, "backend", "duckdb") == "postgresql":  # READ COMMITTED takes one per statement
+            if on_postgres(con):  # READ COMMITTED takes one per statement
                 con.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             return _read(con, rounds, splits, reviewers, comparisons)
         finally:

@@ -17,6 +17,7 @@ from typing import Any
 
 from store.audit import log_event
 from store.db import read, write
+from store.dialect import on_postgres
 
 ACTIVE = ("queued", "starting", "running")
 FINISHED = ("succeeded", "failed", "cancelled", "lost")
@@ -74,7 +75,7 @@ def claim_next(db: str | Path) -> JobRow | None:
     """The oldest queued job, now `starting`, when no other job is starting or running; else None."""
 
     def work(con) -> int | None:
-        if getattr(con, "backend", "duckdb") == "postgresql":
+        if on_postgres(con):
             # Two runners (two servers) must not both see none running: the lock conflicts with itself and with
             # every write to jobs, and READ COMMITTED reads what was committed before it was granted. On DuckDB
             # the file lock serializes (docs/postgresql.md, section 5).

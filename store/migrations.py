@@ -12,7 +12,7 @@ from pathlib import Path
 import duckdb
 
 from store.db import read, transaction
-from store.dialect import is_postgres, pg_ddl, redacted
+from store.dialect import is_postgres, on_postgres, pg_ddl, redacted
 
 Migration = Callable[[duckdb.DuckDBPyConnection], None]
 
@@ -278,7 +278,7 @@ class _PgDDL:
 
 
 def _applied(con: duckdb.DuckDBPyConnection) -> set[int]:
-    exists = getattr(con, "backend", "duckdb") == "postgresql" and \
+    exists = on_postgres(con) and \
         con.execute("SELECT to_regclass('schema_migrations')").fetchone()[0] is not None  # no DDL right needed
     if not exists:
         con.execute(
@@ -311,13 +311,32 @@ def migrate(path: str | Path, upto: int | None = None) -> list[str]:
 def _apply(path: str | Path, version: int, fn: Migration) -> bool:
     """Apply migration `version` in its own transaction unless it is recorded; whether it was applied now."""
     with transaction(path, migration=True) as con:
-        if is_postgres(path):  # two migrators at once: the second waits, then sees the version applied
-            con.execute(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+        lock_migrations(con)  # two migrators at once: the second waits, then sees the version applied
         if version in _applied(con):
             return False
-        fn(_PgDDL(con) if is_postgres(path) else con)
-        con.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, fn.__name__])
+        _run(con, version, fn)
     return True
+
+
+def _run(con: duckdb.DuckDBPyConnection, version: int, fn: Migration) -> None:
+    fn(_PgDDL(con) if on_postgres(con) else con)
+    con.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, fn.__name__])
+
+
+def lock_migrations(con: duckdb.DuckDBPyConnection) -> None:
+    """PostgreSQL: hold the migrations' advisory lock to the end of the caller's transaction (no migrate or restore
+    meanwhile). DuckDB: nothing (one writer at a time)."""
+    if on_postgres(con):
+        con.execute(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+
+
+def migrate_in(con: duckdb.DuckDBPyConnection, have: int, upto: int) -> None:
+    """Apply migrations have+1..upto inside the caller's transaction (a restore: PostgreSQL's DDL is
+    transactional, so a failure later in it undoes them too)."""
+    for version, fn in enumerate(MIGRATIONS[have:upto], start=have + 1):
+        if version == 1:
+            _applied(con)  # makes schema_migrations
+        _run(con, version, fn)
 
 
 def _pg_applied(url: str) -> set[int]:

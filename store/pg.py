@@ -209,13 +209,6 @@ def close_pool(url: str) -> None:
         pool.close()
 
 
-def close_pools() -> None:
-    """Close this process's pools (tests; shutdown)."""
-    with _pools_lock:
-        for key in [k for k in _pools if k[1] == os.getpid()]:
-            _pools.pop(key).close()
-
-
 @contextmanager
 def connect(url: str, size: int) -> Iterator[Connection]:
     """A connection from the pool for one unit of work; a broken one is replaced, never handed out again."""
@@ -229,7 +222,3 @@ def connect(url: str, size: int) -> Iterator[Connection]:
 def is_retryable(e: BaseException) -> bool:
     """A serialization failure or a deadlock: the transaction may simply be run again."""
     return isinstance(e, (pg_errors.SerializationFailure, pg_errors.DeadlockDetected))
-
-
-def is_connection_error(e: BaseException) -> bool:
-    return isinstance(e, psycopg.OperationalError)

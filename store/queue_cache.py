@@ -36,6 +36,7 @@ from typing import Any
 import duckdb
 
 from store.db import pg_label, queue_label
+from store.dialect import on_postgres
 from store.judgments import counted
 from store.settings import settings_in
 
@@ -138,7 +139,7 @@ _cache_lock = threading.Lock()
 def snapshot(con: duckdb.DuckDBPyConnection) -> Snapshot:
     """The queue's view as of the caller's transaction: from the cache when it still matches, else rebuilt."""
     label = queue_label()
-    if label is None and getattr(con, "backend", "duckdb") == "postgresql":
+    if label is None and on_postgres(con):
         # A PostgreSQL transaction that may have changed anything before this read: built, never reused.
         label = pg_label(con)
         return _build(con, (label[0], True), label)
