@@ -6,6 +6,8 @@ Ways to name one (`rankloop simulate --oracle SPEC`, `rankloop loop --simulate S
 - a Python reward function by import path, `module:function`, called as `function(prompt, response) -> float`
   (`prompt` is the text of the last user turn);
 - `model:NAME`, a reward model of the workspace (reward.score.RewardScorer);
+- `reward:PATH`, a reward-model folder from anywhere (a probe or a fine-tuned model, e.g. one trained in another
+  workspace on data the loop never sees: the "gold" reward model of scripts/loop_gold), scored the same way;
 - a labelled pairs file, `pairs:PATH` or any path ending in `.jsonl` / `.jsonl.gz`: JSON Lines of
   `{prompt, chosen, rejected}` (prompt: text or chat messages). A response scores its wins minus its losses in
   the file for its prompt; responses the file does not know score 0.
@@ -72,13 +74,14 @@ def prompt_text(prompt: str | Messages) -> str:
 
 @dataclass
 class Oracle:
-    """Scores responses; `spec` is what the user named, `kind` one of function, model, pairs."""
+    """Scores responses; `spec` is what the user named, `kind` one of function, model, reward, pairs."""
 
     spec: str
     kind: str
     fn: Any = None  # function oracles: fn(prompt, response) -> float
     scorer: Any = None  # model oracles: loaded on first use
     model_name: str | None = None
+    folder: Path | None = None  # reward oracles: the reward-model folder
     db: Any = None
     pairs: dict[tuple[str, str], float] = field(default_factory=dict)  # pairs oracles: (prompt, response) -> score
     unknown: int = 0  # pairs oracles: responses the file did not know
@@ -100,6 +103,12 @@ class Oracle:
                 from store.models import get_model
 
                 self.scorer = RewardScorer.from_row(get_model(self.db, self.model_name))
+            return [float(x) for x in self.scorer.score(list(prompts), list(responses))]
+        if self.kind == "reward":
+            if self.scorer is None:
+                from reward.score import RewardScorer
+
+                self.scorer = RewardScorer(self.folder)
             return [float(x) for x in self.scorer.score(list(prompts), list(responses))]
         out = []
         for p, r in zip(prompts, responses, strict=True):
@@ -124,6 +133,28 @@ def _function_oracle(spec: str, path: str) -> Oracle:
     if not callable(fn):
         raise ValueError(f"oracle {spec!r}: {path} is not a function")
     return Oracle(spec, "function", fn=fn)
+
+
+def reward_folder_oracle(spec: str, folder: str | Path) -> Oracle:
+    """An oracle that scores with the reward model saved in `folder` (checked now, loaded on first use)."""
+    import json
+
+    from reward.backbone import META_FILE
+
+    path = Path(folder).expanduser()
+    if not str(folder).strip():
+        raise ValueError(f"oracle {spec!r}: name a reward-model folder after 'reward:'")
+    if not path.is_dir():
+        raise ValueError(f"oracle {spec!r}: {path} is not a folder")
+    try:
+        meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"oracle {spec!r}: {path} is not a rankloop reward model (no {META_FILE})") from None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"oracle {spec!r}: {path / META_FILE} cannot be read ({e})") from e
+    if not isinstance(meta, dict) or "method" not in meta:
+        raise ValueError(f"oracle {spec!r}: {path / META_FILE} has no 'method' (not a rankloop reward model)")
+    return Oracle(spec, "reward", folder=path)
 
 
 def read_pairs_oracle(spec: str, path: str | Path) -> Oracle:
@@ -159,7 +190,7 @@ def resolve_oracle(spec: str, db: str | Path | None = None) -> Oracle:
     spec = spec.strip()
     if not spec:
         raise ValueError("oracle: empty; name a built-in (" + ", ".join(BUILTINS) + "), module:function, "
-                         "model:NAME or a pairs file")
+                         "model:NAME, reward:FOLDER or a pairs file")
     if spec in BUILTINS:
         return _function_oracle(spec, BUILTINS[spec])
     if spec.startswith("model:"):
@@ -172,6 +203,8 @@ def resolve_oracle(spec: str, db: str | Path | None = None) -> Oracle:
         if row.kind != "reward":
             raise ValueError(f"oracle {spec!r}: {name!r} is a {row.kind} model, not a reward model")
         return Oracle(spec, "model", model_name=name, db=db)
+    if spec.startswith("reward:"):
+        return reward_folder_oracle(spec, spec[len("reward:"):])
     if spec.startswith("pairs:"):
         return read_pairs_oracle(spec, spec[len("pairs:"):])
     if spec.endswith((".jsonl", ".jsonl.gz")) or Path(spec).suffix == ".json":
@@ -179,4 +212,4 @@ def resolve_oracle(spec: str, db: str | Path | None = None) -> Oracle:
     if ":" in spec and not spec.startswith((".", "/", "~")):
         return _function_oracle(spec, spec)
     raise ValueError(f"oracle {spec!r}: unknown; use a built-in ({', '.join(BUILTINS)}), module:function, "
-                     "model:NAME, or a pairs file (pairs:PATH or a .jsonl path)")
+                     "model:NAME, reward:FOLDER, or a pairs file (pairs:PATH or a .jsonl path)")
