@@ -207,3 +207,94 @@ def gold_accuracy(db: str | Path) -> dict[str, dict[str, float]]:
         s, t = pair_agreement(ranks_of(json.loads(ranking)), ranks_of(json.loads(gold_ranking)))
         scores[name].append(s / t if t else 1.0)
     return {n: {"gold_items": len(v), "gold_accuracy": sum(v) / len(v)} for n, v in scores.items()}
+
+
+# --- per round: humans against each other, the reward model and simulated reviewers ------------------------------
+
+# Counted rankings with the round and the reviewer's kind ('simulated' or a person: 'human', 'import').
+_ROUND_RANKINGS = (
+    "SELECT c.round, j.comparison_id, r.name, r.kind, j.ranking FROM judgments j "
+    "JOIN reviewers r ON r.id = j.reviewer_id JOIN comparisons c ON c.id = j.comparison_id "
+    f"WHERE {counted('j')} AND j.ranking IS NOT NULL AND NOT j.all_bad "
+    "AND (CAST(? AS INTEGER) IS NULL OR c.round = ?) ORDER BY j.id")
+
+# Per round, the newest reward model (highest model id) with stored scores for the round's responses, and those
+# scores. Parameters: round, round.
+_ROUND_SCORES = """
+    WITH sc AS (
+        SELECT c.round, s.model_id, s.response_id, s.score FROM comparisons c
+        JOIN response_scores s ON s.response_id = ANY(c.response_ids)
+        JOIN models m ON m.id = s.model_id
+        WHERE m.kind = 'reward' AND (CAST(? AS INTEGER) IS NULL OR c.round = ?)),
+    newest AS (SELECT round, max(model_id) AS model_id FROM sc GROUP BY round)
+    SELECT DISTINCT sc.round, sc.model_id, m.name, sc.response_id, sc.score FROM sc
+    JOIN newest n ON n.round = sc.round AND n.model_id = sc.model_id JOIN models m ON m.id = sc.model_id
+    ORDER BY sc.round, sc.response_id"""
+
+
+def _agree(pairs: list[tuple[Ranks, Ranks]]) -> tuple[float | None, int]:
+    same = total = 0
+    for a, b in pairs:
+        s, t = pair_agreement(a, b)
+        same, total = same + s, total + t
+    return (same / total if total else None), total
+
+
+def round_agreements(db: str | Path, round: int | None = None) -> list[dict[str, Any]]:
+    """Per round (one, or every round with rankings): pairwise agreement (`pair_agreement`: ties count as a relation)
+
+    - `human_human`: between two people on the same comparison (comparisons two or more people ranked): the ceiling
+      a reward model's agreement with people can reach;
+    - `model_human`: the newest reward model with stored scores for the round's responses (`rankloop score`), its
+      scores read as a ranking (higher is better, equal scores tie), against each person's ranking of the round;
+    - `simulated_human`: a simulated reviewer (kind 'simulated') against a person on the same comparison;
+    - `simulated_simulated`: two simulated reviewers on the same comparison.
+
+    Each with the number of response pairs it counts (`*_pairs`); None where there is nothing to compare. People
+    are every reviewer that is not simulated (app accounts and imported reviewers)."""
+
+    def work(con: duckdb.DuckDBPyConnection) -> tuple[list, list]:
+        return (con.execute(_ROUND_RANKINGS, [round, round]).fetchall(),
+                con.execute(_ROUND_SCORES, [round, round]).fetchall())
+
+    ranking_rows, score_rows = read(db, work)
+    people: dict[int, dict[int, dict[str, Ranks]]] = defaultdict(lambda: defaultdict(dict))  # round -> cid -> name
+    sims: dict[int, dict[int, dict[str, Ranks]]] = defaultdict(lambda: defaultdict(dict))
+    for rnd, cid, name, kind, ranking in ranking_rows:
+        (sims if kind == "simulated" else people)[int(rnd)][int(cid)][name] = ranks_of(json.loads(ranking))
+    model: dict[int, tuple[int, str]] = {}
+    scores: dict[int, dict[int, float]] = defaultdict(dict)
+    for rnd, model_id, name, rid, score in score_rows:
+        model[int(rnd)] = (int(model_id), name)
+        scores[int(rnd)][int(rid)] = -float(score)  # as a rank: lower is better
+    out = []
+    for rnd in sorted(set(people) | set(sims)):
+        mine, theirs = people.get(rnd, {}), sims.get(rnd, {})
+        hh = [(r[a], r[b]) for r in mine.values() for a, b in combinations(sorted(r), 2)]
+        ss = [(r[a], r[b]) for r in theirs.values() for a, b in combinations(sorted(r), 2)]
+        sh = [(s, p) for cid, r in theirs.items() for s in r.values() for p in mine.get(cid, {}).values()]
+        model_ranks = scores.get(rnd, {})
+        mh = [({i: model_ranks[i] for i in p if i in model_ranks}, p) for r in mine.values() for p in r.values()]
+        row: dict[str, Any] = {"round": rnd,
+                               "multi_person_comparisons": sum(len(r) >= 2 for r in mine.values()),
+                               "reward_model": model[rnd][1] if rnd in model else None}
+        for key, pairs in (("human_human", hh), ("model_human", mh), ("simulated_human", sh),
+                           ("simulated_simulated", ss)):
+            row[key], row[f"{key}_pairs"] = _agree(pairs)
+        out.append(row)
+    return out
+
+
+INFLUENCE_KIND = "influence"  # run rows of `rankloop eval influence` (reward/influence.py)
+INFLUENCE_FILE = "influence.json"
+
+
+def latest_influence(db: str | Path) -> dict[str, Any] | None:
+    """The newest succeeded influence run's report (its run folder's influence.json) with its run id, or None."""
+    from store.runs import list_runs
+
+    for run in reversed(list_runs(db, kind=INFLUENCE_KIND)):
+        path = Path(run.output_path or "", INFLUENCE_FILE)
+        if run.status == "succeeded" and run.output_path and path.is_file():
+            return {"run_id": run.id, "finished_at": run.finished_at, **json.loads(path.read_text(encoding="utf-8"))}
+    return None

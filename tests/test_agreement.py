@@ -62,3 +62,77 @@ def test_report_over_stored_judgments(workspace):
     taus = {r["reviewer"]: r["tau_vs_consensus"] for r in report["reviewers"]}
     assert taus["cy"] == pytest.approx(-1.0) and taus["ana"] > 0.5
     assert report["alpha_ordinal"] is not None and report["alpha_ordinal"] < 0.5
+
+
+def _three_kinds(db):
+    """Round 0: c1 and c2 ranked by two people (ana, bo) and simulated reviewers, the responses scored by a reward
+    model; round 1: one comparison ranked by ana alone. Returns the response ids by letter."""
+    from store.models import add_model
+    from store.scores import save_scores
+    from tests.preferences import Seed
+
+    seed = Seed()
+    seed.comparison("c1", "First?", {"x": "x", "y": "y", "z": "z"}, round=0)
+    seed.comparison("c2", "Second?", {"p": "p", "q": "q", "r": "r"}, round=0)
+    seed.comparison("c3", "Third?", {"u": "u", "v": "v"}, round=1)
+    ids = seed.write(db)
+
+    def judge(key, who, order, source="app"):
+        ranking = [[ids(f"{key}/{x}")] for x in order]
+        add_judgment(db, NewJudgment(ids(key), who, f"{key}:{who}", ranking=ranking, source=source))
+
+    judge("c1", "ana", "xyz"), judge("c1", "bo", "xyz"), judge("c1", "sim-1", "xzy", "simulated")
+    judge("c2", "ana", "pqr"), judge("c2", "bo", "qpr"), judge("c2", "sim-1", "pqr", "simulated")
+    judge("c2", "sim-2", "rqp", "simulated")
+    judge("c3", "ana", "uv")
+    older = add_model(db, "rm-old", "reward", path="/nowhere")
+    newer = add_model(db, "rm-new", "reward", path="/nowhere")
+    save_scores(db, older, {ids(f"c1/{x}"): 0.0 for x in "xyz"})  # an older model's scores are not read
+    save_scores(db, newer, {ids("c1/x"): 3.0, ids("c1/y"): 2.0, ids("c1/z"): 1.0,
+                            ids("c2/p"): 1.0, ids("c2/q"): 2.0, ids("c2/r"): 3.0})
+    return ids
+
+
+# By hand, round 0 (pair_agreement over the three response pairs of each ranking pair):
+# people: c1 ana-bo 3/3, c2 ana-bo 2/3 (p,q swapped)                                   -> 5/6
+# model (x>y>z, r>q>p): c1 ana 3/3, bo 3/3; c2 ana 0/3, bo 1/3 (q>p)                   -> 7/12
+# simulated-people: c1 sim-1 (x>z>y) vs ana 2/3, vs bo 2/3; c2 sim-1 (p>q>r) vs ana 3/3,
+#   vs bo 2/3; sim-2 (r>q>p) vs ana 0/3, vs bo 1/3                                     -> 10/18
+# simulated-simulated: c2 sim-1 vs sim-2 0/3                                           -> 0
+ROUND0 = {"human_human": 5 / 6, "human_human_pairs": 6, "model_human": 7 / 12, "model_human_pairs": 12,
+          "simulated_human": 10 / 18, "simulated_human_pairs": 18, "simulated_simulated": 0.0,
+          "simulated_simulated_pairs": 3, "reward_model": "rm-new", "multi_person_comparisons": 2}
+
+
+def test_round_agreements_people_model_and_simulated(workspace):
+    from store.agreement import round_agreements
+
+    _three_kinds(workspace.db)
+    rows = {r["round"]: r for r in round_agreements(workspace.db)}
+    assert set(rows) == {0, 1}
+    assert rows[0] == pytest.approx({"round": 0, **ROUND0})
+    # round 1: one person, no scores, no simulated reviewers
+    assert rows[1]["human_human"] is None and rows[1]["model_human"] is None and rows[1]["reward_model"] is None
+    assert rows[1]["simulated_human"] is None and rows[1]["multi_person_comparisons"] == 0
+    assert [r["round"] for r in round_agreements(workspace.db, 1)] == [1]
+
+
+def test_agreement_page_shows_the_three_agreements(workspace, monkeypatch):
+    from store.users import add_user
+    from tests.test_app_login import PAGES, app, log_in
+
+    _three_kinds(workspace.db)
+    add_user(workspace.db, "adam", "admin", "adam's password", actor="test")
+    at = log_in(app(workspace, monkeypatch), "adam", "adam's password")
+    at.switch_page(str(PAGES / "agreement.py")).run()
+    assert not at.exception, at.exception
+    at.selectbox(key="agreement_round").select(0).run()
+    table = next(d.value for d in at.dataframe if "model_human" in d.value.columns)
+    assert list(table["round"]) == [0]
+    shown = table.iloc[0].to_dict()
+    for key in ("human_human", "model_human", "simulated_human", "simulated_simulated"):
+        assert shown[key] == pytest.approx(ROUND0[key]), key
+    assert shown["reward_model"] == "rm-new"
+    specs = [c.proto.spec for c in at.get("vega_lite_chart")]
+    ceiling = [s for s in specs if "people vs people (ceiling)" in s]  # the chart with the people's ceiling
+    assert len(ceiling) == 1 and "strokeDash" in ceiling[0]
