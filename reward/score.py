@@ -4,7 +4,8 @@ responses (`score_responses`), which also puts the comparisons the model is leas
 Priority from uncertainty: for a comparison of K candidates with scores s, sorted, the smallest gap g between
 neighbours is where the model is least sure of the ranking. The model's probability of getting that pair's order
 wrong is sigmoid(-g), so priority = 2 * sigmoid(-g): 1.0 for a tie, towards 0 for a confident ranking. The queue
-serves higher priority first within a round.
+serves higher priority first across rounds, each round of age worth 0.5 of priority (store.queue's doc);
+`rl.rounds.next_round` (`round next`, each loop round) scores every new round with the newest reward model.
 """
 
 from __future__ import annotations

@@ -4,7 +4,13 @@
   Open, unexpired leases hold a slot, so concurrent reviewers do not overfill it; an expired lease or a skip
   gives the slot back. Nobody is offered a comparison they already judged or skipped, or one that holds a
   response they wrote themselves (a response whose `params` carry `edited_by_reviewer_id`).
-- Order: round (oldest first), then priority (highest first), then age (oldest first), then id.
+- Order: by priority - 0.5 x round, highest first (store.queue_cache.ORDER_SQL, ROUND_STEP), then round (oldest
+  first), age (oldest first), id: priority counts across rounds, and each round of age is worth 0.5 of priority.
+  Priorities from the reward model's uncertainty (reward.score, set after every `round next` and loop round when a
+  reward model exists) lie in [0, 1]: a new round's least certain comparisons go ahead of the previous round's
+  confident or never-scored (priority 0) ones, but a comparison two rounds older comes before any of them, so an
+  old round is never starved. With equal priorities (nothing scored) this is the old order, oldest round first; an
+  admin-set priority above 1 is worth that many half-rounds of age.
 - Gold comparisons (rows in `gold_answers`) are mixed in at the `gold_rate` setting, each reviewer at most once.
 - Leases are handed out under a process-wide lock: DuckDB lets one process hold the file, so this lock plus the
   file lock serialize every lease decision.
@@ -69,7 +75,7 @@ def display_order(reviewer_id: int, comparison_id: int, response_ids: list[int])
 
 
 _OPEN = "l.closed_at IS NULL AND l.expires_at > localtimestamp"
-_ORDER = "ORDER BY round, priority DESC, created_at, id LIMIT 1"
+_ORDER = f"ORDER BY {queue_cache.ORDER_SQL.format(c='')} LIMIT 1"
 # One pass over the queue for one reviewer: what is left for them, the next regular item, the next gold item.
 _QUEUE = f"""
     WITH done AS (

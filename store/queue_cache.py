@@ -56,9 +56,20 @@ _OPEN_SET = f"""
 _NEW = "SELECT id, comparison_id, reviewer_id, retracted_at IS NULL, skipped, created_at FROM judgments WHERE id > ?"
 _REVIEWER = ("SELECT comparison_id, skipped, CAST(created_at AS DATE) FROM judgments "
              "WHERE reviewer_id = ? AND retracted_at IS NULL")
+# Queue order (store.queue's doc says why): priority first across rounds, each round of age worth ROUND_STEP of
+# priority, then the older round, the older comparison, the lower id. `order_key` is the same order in Python; both
+# compute priority - ROUND_STEP * round in binary floating point (ROUND_STEP is a power of two: exact), so they agree.
+ROUND_STEP = 0.5
+ORDER_SQL = (f"{{c}}priority - {{c}}round * CAST({ROUND_STEP!r} AS DOUBLE PRECISION) DESC, "
+             "{c}round, {c}created_at, {c}id")
 _GOLD = ("SELECT c.id, c.round, c.response_ids FROM comparisons c "
          "WHERE c.id IN (SELECT comparison_id FROM gold_answers) "
-         "ORDER BY c.round, c.priority DESC, c.created_at, c.id")
+         "ORDER BY " + ORDER_SQL.format(c="c."))
+
+
+def order_key(comparison_id: int, round: int, priority: float, created_at: Any) -> tuple:
+    """A comparison's place in the queue (sort ascending): as ORDER_SQL orders it."""
+    return -(float(priority) - round * ROUND_STEP), round, created_at, comparison_id
 _OWN = "SELECT id FROM responses WHERE params->>'edited_by_reviewer_id' = CAST(? AS VARCHAR)"
 
 
@@ -89,7 +100,7 @@ class Snapshot:
     label: tuple
     max_id: int
     open: dict[int, Comparison]
-    order: list[int]  # the open ids in queue order (round, priority desc, age, id)
+    order: list[int]  # the open ids in queue order (order_key: priority less ROUND_STEP per round, round, age, id)
     reviewers: dict[int, Reviewer] = field(default_factory=dict)
     extras: dict[Any, Any] = field(default_factory=dict)  # gold, settings, edits, accounts: holding process only
 
@@ -223,7 +234,7 @@ def appended(view: Snapshot, judgment_id: int, comparison_id: int, reviewer_id: 
 def _build(con: duckdb.DuckDBPyConnection, key: tuple[str, bool], label: tuple) -> Snapshot:
     (max_id,) = con.execute("SELECT coalesce(max(id), 0) FROM judgments").fetchone() if key[1] else label[1:2]
     rows = con.execute(_OPEN_SET).fetchall()
-    rows.sort(key=lambda r: (r[1], -r[2], r[3], r[0]))
+    rows.sort(key=lambda r: order_key(r[0], r[1], r[2], r[3]))
     open_ = {cid: Comparison(rnd, int(n), tuple(rids), pid, frozenset(who or []))
              for cid, rnd, _, _, n, rids, pid, who in rows}
     return Snapshot(key, label, int(max_id), open_, [r[0] for r in rows])

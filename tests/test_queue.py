@@ -110,7 +110,7 @@ def test_expired_lease_and_skip_give_the_slot_back(workspace):
     assert _rows(workspace.db, "SELECT count(*) FROM judgments WHERE NOT skipped") == [(1,)]
 
 
-def test_order_is_round_then_priority_then_age(workspace):
+def test_order_is_priority_then_round_then_age(workspace):
     late = seed_comparisons(workspace.db, 2, round=1)
     early = seed_comparisons(workspace.db, 3, round=0)
     set_priority(workspace.db, 5.0, actor="admin", comparison_ids=[early[2]])
@@ -122,6 +122,31 @@ def test_order_is_round_then_priority_then_age(workspace):
         _, item = submit_and_next(workspace.db, item.lease_id, ids["ana"], "ana", rank_as_shown(item))
     assert seen == [early[2], early[0], early[1], late[0], late[1]]
     assert progress(workspace.db, ids["ana"]) == {"done_today": 5, "total": 5, "remaining": 0}
+
+
+def test_priority_counts_across_rounds_and_age_earns_priority(workspace):
+    """Priority less 0.5 per round number: a later round's uncertain comparison is served before an earlier round's
+    confident one, a comparison two rounds older before any scored one; the cached order and the plain query (the
+    first regular item it names) agree at every step."""
+    from store import queue as q
+    from store.db import write
+
+    old = seed_comparisons(workspace.db, 2, round=0)  # never scored: priority 0
+    mid = seed_comparisons(workspace.db, 2, round=1)
+    new = seed_comparisons(workspace.db, 2, round=2)
+    set_priority(workspace.db, 0.9, actor="score", comparison_ids=[mid[1]])   # 0.9 - 0.5 = 0.4
+    set_priority(workspace.db, 0.1, actor="score", comparison_ids=[mid[0]])   # 0.1 - 0.5 = -0.4
+    set_priority(workspace.db, 1.0, actor="score", comparison_ids=[new[0]])   # 1.0 - 1.0 = 0: ties old, older first
+    ids = reviewers(workspace.db, "ana")
+    seen = []
+    item = next_item(workspace.db, ids["ana"])
+    while item:
+        seen.append(item.comparison_id)
+        plain = read(workspace.db, lambda con: q._queue_query(con, ids["ana"], None))
+        cached = write(workspace.db, lambda con: q._queue_state(con, ids["ana"], None), keeps_queue_cache=True)
+        assert plain == cached
+        _, item = submit_and_next(workspace.db, item.lease_id, ids["ana"], "ana", rank_as_shown(item))
+    assert seen == [mid[1], old[0], old[1], new[0], mid[0], new[1]]
 
 
 def test_undo_retracts_and_hands_the_item_back(workspace):
