@@ -37,6 +37,11 @@ class RewardTrainingConfig(TrainerConfig):
     base: str = option(DEFAULT_BACKBONE, (
         "Backbone: a workspace model name, a local folder, a hub id, or a built-in offline backbone "
         f"('all-minilm-l6-v2', '{DEFAULT_BACKBONE}'). Any causal LM or encoder; a 1-output head is added."))
+    loss: str = option("pairwise", choices=("pairwise", "ranking"), help=(
+        "'pairwise': each ranking expanded into independent (better, worse) pairs, Bradley-Terry on each, ties "
+        "dropped; 'ranking': one Davidson-Luce likelihood per reviewer's whole ranking (Plackett-Luce over its "
+        "groups, a tie chosen together; reward/ranking_loss.py), ties and an edited answer included. The same on "
+        "two answers without a tie. Held-out accuracy is on pairs either way."))
     margin: bool = option(False, (
         "Bradley-Terry with a margin from the rank gap: loss -log sigmoid(r_c - r_r - m), "
         "m = margin_scale * (gap - 1), gap = how many rank groups apart (adjacent: 1, so no margin)."),
@@ -97,6 +102,8 @@ class RewardTrainingConfig(TrainerConfig):
              "must be one or more numbers > 0")
         need(not (self.method == "probe" and self.margin), "margin",
              "method 'probe' (the default) has no margin term: set method = 'full' or 'lora' with it")
+        need(not (self.loss == "ranking" and self.margin), "margin",
+             "loss 'ranking' has no margin term (the rank gap is in the ranking itself): set margin = false")
         known = {"tensorboard", "wandb", "mlflow", "trackio", "comet_ml", "clearml", "none"}
         bad = sorted(set(self.report_to) - known)
         need(not bad, "report_to", f"unknown {bad} (known: {', '.join(sorted(known))})")
@@ -112,7 +119,7 @@ class RewardTrainingConfig(TrainerConfig):
 # What method 'probe' reads: the data selection, the probe's own fields and the device. The other fields steer
 # fine-tuning only (steps, epochs, learning rate, margin, LoRA, logging...).
 PROBE_READS = frozenset({
-    "base", "name", "aggregate", "rounds", "models", "reviewers", "splits", "min_agreement", "eval_fraction",
+    "base", "name", "loss", "aggregate", "rounds", "models", "reviewers", "splits", "min_agreement", "eval_fraction",
     "max_pairs", "max_length", "method", "probe_layer", "probe_penalties", "probe_folds", "probe_precision", "seed",
     "device"})
 

@@ -65,3 +65,26 @@ def to_dataset(pairs: pd.DataFrame, tokenizer: Any, max_length: int, append_eos:
     if margin_scale is not None:
         columns["margin"] = [max(float(gap) - 1.0, 0.0) * margin_scale for gap in pairs["margin"].fillna(1.0)]
     return Dataset.from_dict(columns)
+
+
+def to_ranking_dataset(rankings: pd.DataFrame, tokenizer: Any, max_length: int, append_eos: bool,
+                       pair: bool = False) -> Any:
+    """A `datasets.Dataset` of whole rankings (loss "ranking", reward/train.py): `ranking_ids` (each item's token
+    ids, encoded as `encode` does for a pair's side), `groups` (their group indices, 0 = best) and `length` (the
+    longest item, for the length-grouped sampler)."""
+    from datasets import Dataset
+
+    prompts, texts, sizes = [], [], []
+    for text, messages, responses in zip(rankings["prompt_text"], rankings["prompt_messages"],
+                                         rankings["responses"], strict=True):
+        prompt = prompt_string(text, messages, tokenizer)
+        prompts += [prompt] * len(responses)
+        texts += [str(r) for r in responses]
+        sizes.append(len(responses))
+    ids = encode(tokenizer, prompts, texts, max_length, append_eos, pair)
+    grouped, start = [], 0
+    for n in sizes:
+        grouped.append(ids[start:start + n])
+        start += n
+    return Dataset.from_dict({"ranking_ids": grouped, "groups": [[int(g) for g in gs] for gs in rankings["groups"]],
+                              "length": [max(len(x) for x in items) for items in grouped]})

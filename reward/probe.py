@@ -8,6 +8,12 @@ embedded once (no backward pass), the features standardized, and w minimizes the
 (chosen - rejected) plus an L2 penalty picked by k-fold cross-validation on the train pairs; the held-out pairs only
 measure. Training is forward passes only, so there are no steps, checkpoints or learning rate.
 
+With `loss = "ranking"` (reward.config) the same w instead minimizes the mean Davidson-Luce NLL of each train
+ranking (`reward.ranking_loss.ranking_nll` on the (rankings, items, hidden) features @ w) plus the same L2
+penalty: `fit_ranking_probe`. Its cross-validation folds are whole rankings, scored by pairwise accuracy on their
+untied pairs. On rankings of two answers without a tie this is the pairwise fit exactly (same objective, same
+folds).
+
 A probe model folder holds the tokenizer, `rankloop-reward.json` (method "probe", the backbone's location) and
 `probe.json` (layer, mean, sd, w); it scores through `ProbeScorer`, like any reward model through RewardScorer.
 """
@@ -186,6 +192,81 @@ def fit_weights(diff: Any, penalty: float, seed: int) -> Any:
 
     opt.step(closure)
     return w.detach().numpy()
+
+
+def ranking_tensors(z: Any, items: list[list[int]], groups: list[list[int]]) -> tuple[Any, Any]:
+    """((B, K, H) float64 features, (B, K) group indices, -1 = padding) from per-item features `z` (N, H) and,
+    per ranking, its items' rows in `z` and their group indices; K = the longest ranking."""
+    import numpy as np
+    import torch
+
+    k = max(len(i) for i in items)
+    x = np.zeros((len(items), k, z.shape[1]), dtype=np.float64)
+    g = np.full((len(items), k), -1, dtype=np.int64)
+    for b, (rows, gs) in enumerate(zip(items, groups, strict=True)):
+        x[b, :len(rows)] = z[rows]
+        g[b, :len(gs)] = gs
+    return torch.tensor(x), torch.tensor(g)
+
+
+def fit_ranking_weights(x: Any, groups: Any, penalty: float) -> Any:
+    """w minimizing the mean Davidson-Luce NLL of the rankings `ranking_nll(x @ w, groups)` + penalty * |w|^2
+    (L-BFGS, float64), as `fit_weights` for pairs."""
+    import torch
+
+    from reward.ranking_loss import ranking_nll
+
+    w = torch.zeros(x.shape[-1], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w], max_iter=300, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = ranking_nll(x @ w, groups, reduction="mean") + penalty * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach().numpy()
+
+
+def ranking_pair_accuracy(scores: Any, groups: Any) -> tuple[int, int]:
+    """(pairs ordered right, pairs) over every two items of a ranking in different groups (padding ignored): a
+    pair is right when the better group's item scores strictly higher."""
+    import torch
+
+    scores, groups = torch.as_tensor(scores), torch.as_tensor(groups)
+    better = (groups[:, :, None] >= 0) & (groups[:, None, :] >= 0) & (groups[:, :, None] < groups[:, None, :])
+    right = better & (scores[:, :, None] > scores[:, None, :])
+    return int(right.sum()), int(better.sum())
+
+
+def fit_ranking_probe(features: Any, items: list[list[int]], groups: list[list[int]], penalties: list[float],
+                      folds: int, seed: int, layer: int, max_length: int, precision: str = "float32") -> Probe:
+    """The ranking-loss probe: standardize the items' features (`features`: (N, H), one row per item; `items`:
+    each ranking's rows in it; `groups`: their group indices), pick the penalty by `folds`-fold CV over whole
+    rankings (pairwise accuracy; ties go to the larger penalty), refit on all."""
+    import numpy as np
+    import torch
+
+    used = sorted({i for rows in items for i in rows})
+    mean, sd = features[used].mean(0), features[used].std(0) + 1e-6
+    x, g = ranking_tensors((features - mean) / sd, items, groups)
+    fold = np.random.default_rng(seed).permutation(len(items)) % folds
+    cv: dict[str, float] = {}
+    for penalty in sorted(penalties):
+        right = []
+        for k in range(folds):
+            held, kept = torch.tensor(fold == k), torch.tensor(fold != k)
+            if not held.any() or not kept.any():
+                continue
+            w = torch.tensor(fit_ranking_weights(x[kept], g[kept], penalty))
+            ok, n = ranking_pair_accuracy(x[held] @ w, g[held])
+            if n:
+                right.append(ok / n)
+        cv[f"{penalty:g}"] = round(sum(right) / len(right), 4) if right else 0.0
+    best = max(sorted(penalties), key=lambda p: (cv[f"{p:g}"], p))
+    return Probe(layer, max_length, mean.tolist(), sd.tolist(), fit_ranking_weights(x, g, best).tolist(), best, cv,
+                 precision)
 
 
 @dataclass

@@ -34,12 +34,12 @@ Batches: `scores` and `groups` are (B, K) with K the longest ranking; `groups[b,
 item i (0 = best; equal indices = tied) and -1 marks padding. Group indices must be 0..G-1 without gaps. Returns
 the per-ranking loss (B,); `reduction="mean"` or `"sum"` reduces it.
 
-Not used by training yet (issue 17). Where it plugs in: a snapshot kind with one row per judgment (prompt,
-response ids and texts, `group_index(ranking, ids)`; today `store.pairs.ranking_pairs` expands rankings into pairs
-and drops ties); the probe's `reward.probe.fit_weights` minimising `ranking_nll(x @ w, groups)` over (B, K, H)
-features instead of the logistic loss on differences; and a `compute_loss` override in the RewardTrainer subclass
-`reward/train.py` builds, scoring the flattened B*K responses, with a collator that pads `groups`. Held-out
-accuracy can stay on expanded pairs so figures compare with Bradley-Terry.
+Where it is used (`[reward] loss = "ranking"`, issue 17): the "rankings" snapshot (`training/snapshot.py`, rows
+from `store/rankings.py`: one per counted ranking, `groups` as `group_index` gives them, an edited answer as its own
+top group); the probe (`reward.probe.fit_ranking_probe`: `ranking_nll(x @ w, groups)` over (B, K, H) features plus
+the L2 penalty); fine-tuning (`reward.train.ranking_loss`, the RewardTrainer subclass's `compute_loss` on batches
+of whole rankings from `reward.train.RankingCollator`). Held-out accuracy stays on pairs, so the figures compare
+with Bradley-Terry.
 """
 
 from __future__ import annotations

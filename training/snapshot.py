@@ -1,7 +1,8 @@
 """The rows a run trains on, one scheme for every trainer: a snapshot of the workspace's data, split by prompt,
 saved in the run folder.
 
-Kinds: "pairs" (reward models, DPO: `store.pairs`), "sft" and "kto" (`store.labels`; SFT trains on them) and
+Kinds: "pairs" (reward models, DPO: `store.pairs`), "rankings" (a reward model with the ranking loss, see
+`_rankings`), "sft" and "kto" (`store.labels`; SFT trains on them) and
 "prompts" (PPO, RLOO, GRPO: the prompts it samples on). `take_snapshot(db, config, kind)` reads them: a frame (column
 `part`: "train" or "eval") and the record the run row keeps (filters, counts, the newest judgment id, `sha256` of
 the row identities). `training.runs.open_run(..., rows=frame)` writes the frame to `<run folder>/snapshot.parquet`
@@ -23,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-KINDS = ("pairs", "sft", "kto", "prompts")
+KINDS = ("pairs", "rankings", "sft", "kto", "prompts")
 ROWS_FILE = "snapshot.parquet"
 
 
@@ -46,9 +47,20 @@ def split_by_prompt(pairs: pd.DataFrame, fraction: float, seed: int) -> pd.Serie
 
 def _pair_filter_kwargs(config: Any) -> dict[str, Any]:
     """The `store.pairs.PairFilter` arguments for the config's filters (as in `rankloop export pairs`)."""
-    return {"round": list(config.rounds) or None, "model": list(config.models) or None,
-            "reviewer": list(config.reviewers) or None, "split": list(config.splits) or None,
-            "min_agreement": config.min_agreement}
+    kwargs = {"round": list(config.rounds) or None, "model": list(config.models) or None,
+              "reviewer": list(config.reviewers) or None, "split": list(config.splits) or None,
+              "min_agreement": config.min_agreement}
+    if hasattr(config, "edited_first") and _filter_takes("edited_first"):  # issue 17: an edit ranks first
+        kwargs["edited_first"] = bool(config.edited_first)
+    return kwargs
+
+
+def _filter_takes(name: str) -> bool:
+    from dataclasses import fields
+
+    from store.pairs import PairFilter
+
+    return name in {f.name for f in fields(PairFilter)}
 
 
 def _read_pairs(db: str | Path, config: Any) -> pd.DataFrame:
@@ -119,6 +131,8 @@ def take_snapshot(db: str | Path, config: Any, kind: str = "pairs") -> tuple[pd.
         raise ValueError(f"snapshot kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if kind == "prompts":
         return _prompts(db, config)
+    if kind == "rankings":
+        return _rankings(db, config)
     if kind != "pairs":
         return _labels(db, config, kind)
     raw = _read_pairs(db, config)
@@ -205,6 +219,83 @@ def _labels(db: str | Path, config: Any, kind: str) -> tuple[pd.DataFrame, dict[
     return frame, record
 
 
+def _rankings(db: str | Path, config: Any) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Kind "rankings" (`reward.config` loss "ranking"): the train part is one row per counted ranking
+    (`store.rankings`, column `row` = "ranking"), the held-out part is the pairs snapshot's held-out pairs
+    (`row` = "pair"), so held-out accuracy is measured on exactly the pairs a pairwise run holds out.
+
+    Both come from one read of the judgments. The split is the pairs snapshot's (`_finish`: the same prompts on the
+    same side as a pairwise run); a prompt with rankings but no pair (all tied) goes by its own hash. `max_pairs`
+    caps the pairs as for a pairwise run, and then the train rankings are the ones behind the kept train pairs (on
+    tie-free pairs, K = 2, the same judgments as the pairwise run)."""
+    from store import pairs as store_pairs
+    from store.rankings import ranking_records, rankings_frame
+
+    try:
+        f = _filter(config)
+    except ValueError as e:
+        raise ValueError(f"filters: {e}") from e
+    fb = store_pairs.read_scoped(db, f)
+    if config.aggregate:
+        records, _ = store_pairs.aggregated_records(fb, f)
+        columns = store_pairs.AGGREGATE_COLUMNS
+    else:
+        records, _ = store_pairs.per_reviewer_records(fb, f)
+        columns = store_pairs.PER_REVIEWER_COLUMNS
+    raw = pd.DataFrame(records, columns=columns)
+    raw["prompt_text"] = pd.Series([r["prompt_text"] for r in records], dtype=object, index=raw.index)
+    ranked, left = ranking_records(fb, f)
+    rankings = rankings_frame(ranked)
+    if raw.empty or rankings.empty:
+        shown = {k: v for k, v in _pair_filter_kwargs(config).items() if v is not None}
+        raise ValueError(f"no {'preference pairs' if raw.empty else 'rankings'} in this workspace match the "
+                         f"filters {shown or '(none)'}: import or collect judgments first")
+    pairs = _finish(raw, config)
+    side = dict(zip(pairs["prompt_key"].astype(str), pairs["part"], strict=False))
+    rankings["prompt_key"] = rankings["prompt_id"]
+    rankings["part"] = [side.get(str(k)) or _split_of(str(k), config.eval_fraction, config.seed)
+                        for k in rankings["prompt_key"]]
+    train = rankings[rankings["part"] == "train"]
+    if config.max_pairs and len(raw) > config.max_pairs:
+        kept = pairs[pairs["part"] == "train"]
+        behind = set(kept["judgment_id"].astype(int)) if "judgment_id" in kept else \
+            {int(i) for ids in kept["judgment_ids"] for i in ids}
+        train = train[train["judgment_id"].isin(behind)]
+    frame = pd.concat([train.assign(row="ranking"), pairs[pairs["part"] == "eval"].assign(row="pair")],
+                      ignore_index=True)
+    for col in ("prompt_text",):  # concat may turn a missing text into NaN
+        frame[col] = pd.Series([t if isinstance(t, str) else None for t in frame[col]], dtype=object,
+                               index=frame.index)
+    record = describe_snapshot(pairs, config, source="workspace", max_judgment_id=_newest_judgment(raw),
+                               all_pairs_hash=_hash(raw))
+    record.update({
+        "kind": "rankings", "rankings": len(train),
+        "tied_rankings": int(sum(len(set(g)) < len(g) for g in train["groups"])),
+        "edited_rankings": int(train["edited"].sum()),
+        "max_items": int(max((len(g) for g in train["groups"]), default=0)),
+        "left_out": dict(left), "sha256": digest(frame, "rankings"),
+        "max_judgment_id": max(record["max_judgment_id"], int(rankings["judgment_id"].max())),
+    })
+    return frame, record
+
+
+def _ranking_identity(frame: pd.DataFrame) -> list[list]:
+    """Row identities of a "rankings" frame: a ranking row by its judgment, items and groups; a pair row as in
+    `_identity`. Read back from parquet, ids are floats (NaN where a row has none) and lists are arrays."""
+    def num(v: Any) -> int:
+        return int(v) if v is not None and pd.notna(v) else -1
+
+    out = []
+    for row in frame.to_dict("records"):
+        if row.get("row") == "ranking":
+            out.append(["r", num(row["judgment_id"]), num(row["comparison_id"]),
+                        [int(x) for x in row["response_ids"]], [int(x) for x in row["groups"]]])
+        else:
+            out.append(["p", num(row.get("judgment_id")), num(row["comparison_id"]), num(row["chosen_id"]),
+                        num(row["rejected_id"])])
+    return sorted(out, key=json.dumps)
+
+
 def _prompts(db: str | Path, config: Any) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The prompts a sampling trainer (PPO, RLOO, GRPO) draws from, all 'train'."""
     from store.prompts import list_prompts
@@ -223,6 +314,8 @@ def digest(frame: pd.DataFrame, kind: str = "pairs") -> str:
     """sha256 of the rows' identities (judgments, comparisons and responses; prompts for "prompts")."""
     if kind == "pairs":
         return _hash(frame)
+    if kind == "rankings":
+        return hashlib.sha256(json.dumps(_ranking_identity(frame)).encode()).hexdigest()
     if kind == "prompts":
         return hashlib.sha256(json.dumps([int(i) for i in frame["prompt_id"]]).encode()).hexdigest()
     return hashlib.sha256(json.dumps(sorted(frame["_id"])).encode()).hexdigest()
