@@ -136,14 +136,17 @@ class _Loop:
         if adopted is not None:
             return adopted
         c = self.config
+        # scored with the newest reward model: this loop's RM_{i-1}, or in round 1 the workspace's newest, if any
         result = next_round(self.ws, policy=policy, k=c.k, n_prompts=c.prompts, max_new_tokens=c.max_new_tokens,
                             temperature=c.temperature, seed=c.seed + i, split="train",
-                            required_reviewers=c.required_reviewers, device=c.device)
+                            required_reviewers=c.required_reviewers, device=c.device,
+                            reward=self.reward_name(i - 1) if i > 0 else None)
         if result.comparisons == 0:
             raise ValueError("no train prompts without comparisons are left to sample: import more prompts "
                              f"(split 'train'); the newest round is {before}")
+        self.log(f"  round {result.round}: {result.scoring_line}")
         return {"round_number": result.round, "policy": policy, "comparisons": result.comparisons,
-                "responses": result.responses, "round_run_id": result.run_id}
+                "responses": result.responses, "round_run_id": result.run_id, "scoring": result.scoring}
 
     def _adopt_round(self, policy: str) -> dict[str, Any] | None:
         """A round this loop already queued from `policy` (the process died before the step closed)."""
@@ -415,6 +418,12 @@ def run_loop(ws: Workspace, config: LoopConfig, *, new: bool = False, asked: dic
             from rankloop.oracles import resolve_oracle
 
             resolve_oracle(config.simulate, ws.db)  # a bad oracle fails before anything is written
+            from rankloop.simulate import with_calibration  # `simulate --calibrate`'s fit, unless flags differ
+
+            config, fitted = with_calibration(ws.db, config, asked or {})
+            if fitted is not None:
+                log(f"simulated reviewers: noise {config.noise:.4g} ({config.noise_model}), spread {config.spread:g} "
+                    f"from calibration run {fitted['run_id']}")
         check_trainer_settings(ws, config)
         run_id = start_run(ws.db, RUN_KIND, asdict(config))
         update_run(ws.db, run_id, output_path=str(ws.runs_dir / f"loop-{run_id}"))

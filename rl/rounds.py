@@ -1,11 +1,17 @@
 """`next_round(ws)`: sample candidates from the newest policy for prompts that have none yet and queue them as the
 next round, with a run row that records the lineage: round -> policy -> its training run -> reward model and data
 snapshot -> judgments. With `mix_previous`, one candidate in each comparison comes from the policy's parent, so
-reviewers compare versions."""
+reviewers compare versions.
+
+Once the comparisons are committed, the round's candidates are scored with the newest reward model (or the one
+named by `reward`) through `reward.score.score_responses`, as `rankloop score --round N` does: scores stored per
+response and model, each comparison's queue priority set from the model's uncertainty (store.queue: priority counts
+across rounds). With no reward model yet, the round is queued unscored and `RoundResult.scoring` says so; a model
+that fails to score leaves the priorities alone and says why (the round itself stays queued)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rl.config import RoundConfig
@@ -24,6 +30,16 @@ class RoundResult:
     responses: int
     comparison_ids: list[int]
     lineage: dict[str, Any]
+    scoring: dict[str, Any] = field(default_factory=dict)  # model, responses, comparisons, seconds; or note
+
+    @property
+    def scoring_line(self) -> str:
+        """One line for the CLI and the loop's log: what scored the round, or why nothing did."""
+        s = self.scoring
+        if s.get("model"):
+            return (f"scored with reward model {s['model']!r}: {s['responses']} responses, queue priority of "
+                    f"{s['comparisons']} comparisons set from its uncertainty ({s['seconds']:.1f}s)")
+        return s.get("note", "not scored")
 
 
 def lineage_of(db: Any, policy: Any) -> dict[str, Any]:
@@ -47,7 +63,10 @@ _D = RoundConfig()  # the defaults, declared once (rl/config.py)
 def next_round(ws: WorkspaceLike, *, policy: str | None = _D.policy, k: int = _D.k, n_prompts: int = _D.prompts,
                mix_previous: bool = _D.mix_previous, max_new_tokens: int = _D.max_new_tokens,
                temperature: float = _D.temperature, seed: int = _D.seed, split: str | None = _D.split,
-               required_reviewers: int = _D.required_reviewers, device: str | None = _D.device) -> RoundResult:
+               required_reviewers: int = _D.required_reviewers, device: str | None = _D.device,
+               reward: str | None = None, score: bool = True) -> RoundResult:
+    """Queue round N+1 from `policy` (default: the newest), then score it with `reward` (default: the newest reward
+    model; `score=False`: leave it unscored)."""
     from rl.sampling import SamplingParams, generate_candidates
     from store.models import ModelRow, newest_model
     from store.prompts import newest_round
@@ -79,7 +98,33 @@ def next_round(ws: WorkspaceLike, *, policy: str | None = _D.policy, k: int = _D
         comparison_ids = list(result.comparison_ids)
         update_run(ws.db, run_id, data_snapshot={**lineage, "comparison_ids": comparison_ids,
                                                  "previous_policy_id": previous.id if previous else None})
+        scoring = score_round(ws, number, reward, device) if score and comparison_ids else \
+            {"note": "not scored (scoring turned off)" if not score else "not scored: no comparisons"}
     finish_run(ws.db, run_id, "succeeded", metrics={"comparisons": result.comparisons,
-                                                    "responses": result.responses, **result.as_dict()})
+                                                    "responses": result.responses, **result.as_dict(),
+                                                    "scoring": scoring})
     return RoundResult(number, row.name, previous.name if previous else None, run_id, result.comparisons,
-                       result.responses, comparison_ids, lineage)
+                       result.responses, comparison_ids, lineage, scoring)
+
+
+def score_round(ws: WorkspaceLike, number: int, reward: str | None = None,
+                device: str | None = None) -> dict[str, Any]:
+    """Score round `number`'s candidates with `reward` (default: the newest reward model) and set its comparisons'
+    priorities from the model's uncertainty; a dict for the run row: model, responses, comparisons, seconds, or a
+    note saying why nothing was scored."""
+    from reward.score import score_responses
+    from store.models import list_models
+
+    if not reward:
+        rows = [m for m in list_models(ws.db, kind="reward") if m.path or m.adapter_path]
+        if not rows:
+            return {"note": "not scored: no reward model in this workspace yet (train one with `rankloop train "
+                            "reward`); queue priorities left as they were"}
+        reward = rows[-1].name
+    try:
+        result = score_responses(ws, reward, round=number, device=device, actor="round next")
+    except Exception as e:  # noqa: BLE001 - the round is committed; a model that cannot score must not undo it
+        return {"note": f"not scored: reward model {reward!r} failed ({type(e).__name__}: {e}); queue priorities "
+                        "left as they were", "error": str(e)}
+    return {"model": result.model, "responses": result.responses, "comparisons": result.comparisons,
+            "seconds": round(result.seconds, 2)}

@@ -190,3 +190,4 @@ def round_next_command(ws: Workspace, as_json: bool, **options: Any) -> None:
     click.echo(f"round {result.round}: {result.comparisons} comparisons ({result.responses} responses) from "
                f"{result.policy!r}" + (f" mixed with {result.previous!r}" if result.previous else "")
                + f" (run {result.run_id})")
+    click.echo(f"  {result.scoring_line}")
