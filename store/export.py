@@ -9,11 +9,15 @@ Row shapes (TRL's dataset formats), built by `store.rows.trl_row` (the trainers 
   "implicit": no `prompt`: chosen/rejected are prompt + response as one string; "implicit-conversational": as the
   full message lists.
 - `with_meta` adds where a row came from: reviewer, comparison_id, judgment_id and round (per reviewer; the TRL
-  importer reads `reviewer` back), or comparison_id, round, agreement, n_reviewers and reviewers (aggregated).
+  importer reads `reviewer` back), or comparison_id, round, agreement, n_reviewers and reviewers (aggregated);
+  pairs and kto rows also `origin` ("ranking" or "edit" for pairs, "response" or "edit" for kto: an edited answer
+  ranked first, `PairFilter.edited_first`; not `source`, which the TRL importer reads as the data's source), sft
+  rows `source`.
 
 The file is written to a temporary name beside `out` and renamed, so a failure leaves no half file; the manifest
 (`<out>.manifest.json`) records the kind, style, filters, counts (rows, and what was left out and why), the schema
-version, the rankloop version, the data file's sha256 and the time.
+version, the rankloop version, the data file's sha256 and the time. With `exclude_flagged`, `filters` names the
+reviewers left out (`excluded_reviewers`: name -> gold accuracy) and `counts.left_out` their judgments.
 """
 
 from __future__ import annotations
@@ -61,6 +65,8 @@ def _rows(kind: str, records: list[dict[str, Any]], style: str, aggregate: bool,
             row.update(_meta(r, aggregate))
             if kind == "sft":
                 row["source"] = r["source"]
+            else:
+                row["origin"] = r["source"]
         rows.append(row)
     return rows
 
@@ -125,6 +131,7 @@ def _counts(kind: str, records: list[dict[str, Any]], left: Counter) -> dict[str
     left_out = {k: 0 for k in _ALWAYS_COUNTED[kind]} | {k: v for k, v in left.items() if v}
     return {"rows": len(records), "comparisons": len({r["comparison_id"] for r in records}),
             "judgments": len(_used_judgments(records)), "reviewers": len(reviewers),
+            "by_source": dict(sorted(Counter(r["source"] for r in records).items())),
             "left_out": dict(sorted(left_out.items()))}
 
 

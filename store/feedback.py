@@ -3,13 +3,15 @@
 `read_feedback` runs a few SELECTs in one short read transaction and returns plain Python objects, so the
 database file is held only for the read. Which judgments take part is decided in one place: `Judged.use`, built
 on `store.judgments.counted` (not undone, not a skip). Live skips are read too, only to be counted as left out.
+`Judged.edit` is the reviewer's edited answer when it has any text. `without_reviewers` leaves some reviewers'
+judgments out (store.reviewer_flags: flagged reviewers) and records who and how many.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -43,6 +45,11 @@ class Judged:
             return "all_bad"  # an "all bad" never yields a preference, even when a ranking came with it
         return "ranking" if self.ranking else "none"
 
+    @property
+    def edit(self) -> str | None:
+        """The reviewer's edited answer, when it has any text (a blank edit is no edit)."""
+        return self.edited_text if self.edited_text is not None and self.edited_text.strip() else None
+
 
 @dataclass(frozen=True)
 class ComparisonInfo:
@@ -74,6 +81,16 @@ class Feedback:
     prompts: dict[int, PromptInfo]
     responses: dict[int, ResponseInfo]
     schema_version: int
+    excluded_reviewers: dict[str, float] = field(default_factory=dict)  # name -> why (gold accuracy), left out
+    excluded_judgments: int = 0  # their live judgments (skips included) that were left out
+
+
+def without_reviewers(fb: Feedback, reviewers: dict[str, float]) -> Feedback:
+    """`fb` without the judgments of `reviewers` (name -> the figure they were left out for, e.g. gold accuracy);
+    the names and the number of judgments dropped are recorded on the result."""
+    kept = [j for j in fb.judgments if j.reviewer not in reviewers]
+    return replace(fb, judgments=kept, excluded_reviewers={**fb.excluded_reviewers, **reviewers},
+                   excluded_judgments=fb.excluded_judgments + len(fb.judgments) - len(kept))
 
 
 def _scope_sql(rounds: Sequence[int], splits: Sequence[str], reviewers: Sequence[str],

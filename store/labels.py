@@ -2,9 +2,12 @@
 
 KTO, per judgment: with a ranking of two or more groups, the top group's responses are desirable (True) and the
 bottom group's undesirable (False); middle groups and an all-tied ranking give nothing. An "all bad" judgment
-marks every response of the comparison undesirable. A skip gives nothing.
+marks every response of the comparison undesirable. A skip gives nothing. With `PairFilter.edited_first` (on by
+default) a non-blank edited answer is desirable too ("all bad" ones included; `response_id` None), unless its text
+is a candidate's. Column `source`: "response" (a candidate's label) or "edit".
 KTO, aggregated: per comparison and response, each counted judgment is one vote (True, False or no label); the
-label is the strict majority of True against False, `agreement` its share of all votes.
+label is the strict majority of True against False, `agreement` its share of all votes. Each distinct edit once per
+comparison, desirable, agreement 1.0 (only its authors saw it).
 
 SFT, per judgment: the reviewer's edited answer (always, "all bad" included: that is where edits matter most), and
 the top-ranked response when the top group is a single response and the judgment is not "all bad".
@@ -43,8 +46,38 @@ def _kto_labels(fb: Feedback, j: Judged, left: Counter) -> dict[int, bool]:
     return {**dict.fromkeys(j.ranking[0], True), **dict.fromkeys(j.ranking[-1], False)}
 
 
+def _left(fb: Feedback) -> Counter:
+    """What every kind of label counts as left out from the start: skips and flagged reviewers' judgments."""
+    return Counter({k: v for k, v in left_out_judgments(fb).items() if k != "all_bad_judgments"})
+
+
+def _kto_edits(fb: Feedback, f: PairFilter, judged: list[Judged], aggregate: bool,
+               left: Counter) -> list[dict[str, Any]]:
+    """Desirable rows for the edited answers of one comparison's judgments (see the module doc)."""
+    if not f.edited_first:
+        return []
+    c = fb.comparisons[judged[0].comparison_id]
+    texts: dict[str, list[Judged]] = defaultdict(list)
+    for j in judged:
+        if j.edit is None:
+            continue
+        if any(fb.responses[r].text.strip() == j.edit.strip() for r in c.response_ids):
+            left["edit_same_as_candidate"] += 1
+        elif not f.model_ok(fb, *c.response_ids):
+            left["other_model"] += 1
+        else:
+            texts[j.edit if aggregate else str(j.id)].append(j)
+    base = {**prompt_fields(fb, c), "response_id": None, "label": True, "source": "edit"}
+    if not aggregate:
+        return [{**base, "judgment_id": js[0].id, "reviewer": js[0].reviewer, "completion": js[0].edit}
+                for js in texts.values()]
+    return [{**base, "completion": js[0].edit, "agreement": 1.0, "n_reviewers": len(js),
+             "reviewers": sorted({j.reviewer for j in js}), "judgment_ids": [j.id for j in js]}
+            for js in texts.values()]
+
+
 def kto_records(fb: Feedback, f: PairFilter, aggregate: bool) -> tuple[list[dict[str, Any]], Counter]:
-    left = Counter({"skipped_judgments": left_out_judgments(fb)["skipped_judgments"]})
+    left = _left(fb)
     records: list[dict[str, Any]] = []
     for cid, judged in sorted(_by_comparison(fb).items()):
         c = fb.comparisons[cid]
@@ -56,7 +89,9 @@ def kto_records(fb: Feedback, f: PairFilter, aggregate: bool) -> tuple[list[dict
                         left["other_model"] += 1
                         continue
                     records.append({**prompt_fields(fb, c), "judgment_id": j.id, "reviewer": j.reviewer,
-                                    "response_id": rid, "completion": fb.responses[rid].text, "label": label})
+                                    "response_id": rid, "completion": fb.responses[rid].text, "label": label,
+                                    "source": "response"})
+            records += _kto_edits(fb, f, judged, aggregate, left)
             continue
         for rid in c.response_ids:
             votes = Counter(given.get(rid) for _, given in labels)
@@ -74,7 +109,9 @@ def kto_records(fb: Feedback, f: PairFilter, aggregate: bool) -> tuple[list[dict
                     **prompt_fields(fb, c), "response_id": rid, "completion": fb.responses[rid].text,
                     "label": label, "agreement": agreement, "n_reviewers": len(labels),
                     "reviewers": sorted({j.reviewer for j, _ in labels}), "judgment_ids": [j.id for j, _ in labels],
+                    "source": "response",
                 })
+        records += _kto_edits(fb, f, judged, aggregate, left)
     return records, left
 
 
@@ -84,21 +121,17 @@ def _single_top(j: Judged) -> int | None:
     return j.ranking[0][0]
 
 
-def _edit(j: Judged) -> str | None:
-    return j.edited_text if j.edited_text is not None and j.edited_text.strip() else None
-
-
 def sft_records(fb: Feedback, f: PairFilter, aggregate: bool,
                 source: SftSource = "both") -> tuple[list[dict[str, Any]], Counter]:
     if source not in SFT_SOURCES:
         raise ValueError(f"sft_source must be one of {', '.join(SFT_SOURCES)}, got {source!r}")
-    left = Counter({"skipped_judgments": left_out_judgments(fb)["skipped_judgments"]})
+    left = _left(fb)
     records: list[dict[str, Any]] = []
     for cid, judged in sorted(_by_comparison(fb).items()):
         c = fb.comparisons[cid]
         base = prompt_fields(fb, c)
         if source in ("edits", "both"):
-            edits = [j for j in judged if _edit(j)]
+            edits = [j for j in judged if j.edit]
             if edits and not f.model_ok(fb, *c.response_ids):
                 left["other_model"] += len(edits)
                 edits = []

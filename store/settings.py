@@ -1,4 +1,5 @@
-"""Workspace settings an admin changes from the app: guidelines, reviewers per comparison, gold rate, time windows.
+"""Workspace settings an admin changes from the app: guidelines, reviewers per comparison, gold rate, time windows,
+the gold accuracy under which a reviewer is flagged (store.reviewer_flags).
 
 Each setting has a default, a type and a check; `get_settings` returns the defaults overlaid with what is stored,
 `set_setting` validates, stores and writes an audit event in one transaction.
@@ -23,6 +24,7 @@ class Setting:
     help: str
     low: float | None = None
     high: float | None = None
+    off: Any = None  # the value that None stands for, when None is accepted (it means "off")
 
 
 SETTINGS: dict[str, Setting] = {
@@ -35,6 +37,9 @@ SETTINGS: dict[str, Setting] = {
     "session_max_hours": Setting(12, "A login session ends this long after the login, active or not.", 1, 24 * 30),
     "max_failed_logins": Setting(5, "Failed logins in a row before the account is locked for a while.", 1, 100),
     "lockout_s": Setting(60, "First lockout length in seconds; it doubles with each further failure.", 1, 86400),
+    "reviewer_flag_below": Setting(0.6, (
+        "Gold accuracy under which a reviewer is flagged (after 5 gold items; training and exports can leave "
+        "flagged reviewers out), 0 to 1; 0: off."), 0.0, 1.0, off=0.0),
 }
 
 
@@ -42,6 +47,8 @@ def _check(key: str, value: Any) -> Any:
     if key not in SETTINGS:
         raise ValueError(f"unknown setting {key!r} (known: {', '.join(SETTINGS)})")
     spec = SETTINGS[key]
+    if value is None and spec.off is not None:
+        value = spec.off
     want = type(spec.default)
     if want is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)

@@ -50,8 +50,11 @@ def test_pairs_standard_jsonl_and_its_manifest(judged, tmp_path):
     out = tmp_path / "pairs.jsonl"
     manifest = export(judged.db, "pairs", out)
     rows = _jsonl(out)
-    assert len(rows) == 13 and all(list(r) == ["prompt", "chosen", "rejected", "margin"] for r in rows)
+    assert len(rows) == 19 and all(list(r) == ["prompt", "chosen", "rejected", "margin"] for r in rows)
     assert {"prompt": "Name a colour.", "chosen": "red", "rejected": "the", "margin": 2.0} in rows
+    # Edited answers beat every candidate: cy's (an "all bad") by 1 group, ana's by 1 + the candidate's group.
+    assert {"prompt": "Name a colour.", "chosen": "Red is a colour.", "rejected": "the", "margin": 1.0} in rows
+    assert {"prompt": "Held out.", "chosen": "Better answer.", "rejected": "no", "margin": 2.0} in rows
     assert {"prompt": CHAT_TEXT, "chosen": "Goodbye!", "rejected": "What?", "margin": 1.0} in rows
     assert {"prompt": "Name a colour.", "chosen": "blue", "rejected": "the", "margin": 3.0} in rows
     # bo tied x and y: only ana's pair; ana tied blue and green: only bo's pair between them.
@@ -59,12 +62,14 @@ def test_pairs_standard_jsonl_and_its_manifest(judged, tmp_path):
     assert sum({r["chosen"], r["rejected"]} == {"Goodbye!", "What?"} for r in rows) == 1
     assert manifest == _manifest(out)
     assert manifest["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
-    assert manifest["counts"] == {"rows": 13, "comparisons": 3, "judgments": 4, "reviewers": 2,
-                                  "left_out": {"all_bad_judgments": 1, "skipped_judgments": 1, "tied_pairs": 2}}
+    assert manifest["counts"] == {"rows": 19, "comparisons": 3, "judgments": 5, "reviewers": 3,
+                                  "by_source": {"edit": 6, "ranking": 13},
+                                  "left_out": {"all_bad_judgments": 0, "skipped_judgments": 1, "tied_pairs": 2}}
     assert (manifest["kind"], manifest["style"], manifest["aggregate"], manifest["format"]) == (
         "pairs", "standard", False, "jsonl")
     assert manifest["schema_version"] >= 3 and manifest["rankloop_version"] == "0.1.0"
-    assert manifest["filters"] == {"round": [], "model": [], "reviewer": [], "min_agreement": None, "split": []}
+    assert manifest["filters"] == {"round": [], "model": [], "reviewer": [], "min_agreement": None, "split": [],
+                                   "edited_first": True, "exclude_flagged": False}
     assert manifest["columns"] == ["prompt", "chosen", "rejected", "margin"] and manifest["created_at"]
     assert manifest["snapshot"]["max_judgment_id"] == 7 and len(manifest["snapshot"]["judgment_ids_sha256"]) == 64
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.jsonl", "pairs.jsonl.manifest.json", "ws"]
@@ -75,12 +80,15 @@ def test_pairs_conversational_parquet_with_meta(judged, tmp_path):
     out = tmp_path / "pairs.parquet"
     export(judged.db, "pairs", out, style="conversational", with_meta=True, with_margin=False)
     rows = pq.read_table(out).to_pylist()
-    assert len(rows) == 13
-    assert set(rows[0]) == {"prompt", "chosen", "rejected", "reviewer", "comparison_id", "judgment_id", "round"}
+    assert len(rows) == 19
+    assert set(rows[0]) == {"prompt", "chosen", "rejected", "reviewer", "comparison_id", "judgment_id", "round",
+                            "origin"}
+    edit = next(r for r in rows if r["chosen"] == [{"role": "assistant", "content": "Red is a colour."}])
+    assert (edit["reviewer"], edit["origin"]) == ("cy", "edit") and {r["origin"] for r in rows} == {"edit", "ranking"}
     chat = next(r for r in rows if r["chosen"] == [{"role": "assistant", "content": "Goodbye!"}])
     assert chat["prompt"] == CHAT and chat["rejected"] == [{"role": "assistant", "content": "What?"}]
     assert (chat["reviewer"], chat["round"]) == ("ana", 0)
-    assert {r["reviewer"] for r in rows} == {"ana", "bo"}
+    assert {r["reviewer"] for r in rows} == {"ana", "bo", "cy"}
     assert _manifest(out)["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
 
 
@@ -92,7 +100,7 @@ def test_implicit_styles_put_the_prompt_inside_the_answers(judged, tmp_path):
     assert {"chosen": CHAT_TEXT + "Goodbye!", "rejected": CHAT_TEXT + "What?"} in text
     assert {"chosen": CHAT + [{"role": "assistant", "content": "Goodbye!"}],
             "rejected": CHAT + [{"role": "assistant", "content": "What?"}]} in conv
-    assert len(text) == len(conv) == 13
+    assert len(text) == len(conv) == 19
 
 
 @pytest.mark.both_backends
@@ -106,11 +114,13 @@ def test_aggregated_pairs_with_agreement_filter(judged, tmp_path):
         (q, "red", "green"): (1.0, 1.0, 2), (q, "red", "the"): (2.0, 1.0, 2), (q, "blue", "green"): (2.0, 0.5, 2),
         (q, "blue", "the"): (2.0, 1.0, 2), (q, "green", "the"): (1.0, 1.0, 2),
         (CHAT_TEXT, "Goodbye!", "What?"): (1.0, 0.5, 2), ("Held out.", "yes", "no"): (1.0, 1.0, 1),
-    }  # red vs blue: ana one way, bo the other -> no pair
+        **{(q, "Red is a colour.", x): (1.0, 1.0, 1) for x in ("red", "blue", "green", "the")},
+        ("Held out.", "Better answer.", "yes"): (1.0, 1.0, 1), ("Held out.", "Better answer.", "no"): (2.0, 1.0, 1),
+    }  # red vs blue: ana one way, bo the other -> no pair; each edit over every candidate
     assert manifest["counts"]["left_out"]["split_votes"] == 1
     strict = export(judged.db, "pairs", tmp_path / "strict.jsonl", aggregate=True,
                     filters=PairFilter(min_agreement=0.6))
-    assert strict["counts"]["rows"] == 5 and strict["counts"]["left_out"]["below_min_agreement"] == 2
+    assert strict["counts"]["rows"] == 11 and strict["counts"]["left_out"]["below_min_agreement"] == 2
     assert strict["filters"]["min_agreement"] == 0.6
 
 
@@ -123,18 +133,21 @@ def test_kto_per_reviewer_and_aggregated(judged, tmp_path):
         ("ana", "red", True), ("ana", "the", False), ("bo", "blue", True), ("bo", "the", False),
         ("cy", "red", False), ("cy", "blue", False), ("cy", "green", False), ("cy", "the", False),
         ("ana", "Goodbye!", True), ("ana", "What?", False), ("ana", "yes", True), ("ana", "no", False),
-    ])  # bo's all-tied q2 ranking gives nothing; dee skipped
+        ("cy", "Red is a colour.", True), ("ana", "Better answer.", True),
+    ])  # bo's all-tied q2 ranking gives nothing; dee skipped; edits are desirable
     assert manifest["counts"]["left_out"] == {"all_tied_rankings": 1, "middle_responses": 4, "skipped_judgments": 1}
     agg = export(judged.db, "kto", tmp_path / "kto-agg.parquet", aggregate=True, style="conversational")
     rows = pq.read_table(tmp_path / "kto-agg.parquet").to_pylist()
     got = sorted((r["completion"][0]["content"], r["label"]) for r in rows)
     assert got == sorted([("green", False), ("the", False), ("Goodbye!", True), ("What?", False), ("yes", True),
-                          ("no", False)])  # red and blue: one true and one false vote each
+                          ("no", False), ("Red is a colour.", True), ("Better answer.", True)])
+    # red and blue: one true and one false vote each
     assert agg["counts"]["left_out"]["split_votes"] == 2
     strict = export(judged.db, "kto", tmp_path / "kto-strict.jsonl", aggregate=True,
                     filters=PairFilter(min_agreement=0.6))
-    assert sorted(r["completion"] for r in _jsonl(tmp_path / "kto-strict.jsonl")) == ["no", "the", "yes"]
-    assert strict["counts"]["rows"] == 3
+    assert sorted(r["completion"] for r in _jsonl(tmp_path / "kto-strict.jsonl")) == [
+        "Better answer.", "Red is a colour.", "no", "the", "yes"]
+    assert strict["counts"]["rows"] == 5
     with pytest.raises(ValueError, match="explicit prompt"):
         export(judged.db, "kto", tmp_path / "x.jsonl", style="implicit")
     with pytest.raises(ValueError, match="aggregated"):
@@ -167,12 +180,12 @@ def test_sft_from_edits_and_single_top_responses(judged, tmp_path):
 @pytest.mark.both_backends
 def test_filters_reach_the_export_and_the_manifest(judged, tmp_path):
     m = export(judged.db, "pairs", tmp_path / "r1.jsonl", filters=PairFilter(round=1))
-    assert [r["prompt"] for r in _jsonl(tmp_path / "r1.jsonl")] == ["Held out."] and m["filters"]["round"] == [1]
+    assert [r["prompt"] for r in _jsonl(tmp_path / "r1.jsonl")] == ["Held out."] * 3 and m["filters"]["round"] == [1]
     m = export(judged.db, "pairs", tmp_path / "train.jsonl", filters=PairFilter(split="train", reviewer="bo"))
     assert m["counts"]["rows"] == 6 and m["counts"]["reviewers"] == 1
     m = export(judged.db, "pairs", tmp_path / "v0.jsonl", filters=PairFilter(model="policy-v0"))
     rows = _jsonl(tmp_path / "v0.jsonl")
-    assert m["counts"]["rows"] == 9 and all({"green", "the"} & {r["chosen"], r["rejected"]} for r in rows)
+    assert m["counts"]["rows"] == 11 and all({"green", "the"} & {r["chosen"], r["rejected"]} for r in rows)
 
 
 @pytest.mark.both_backends
@@ -216,7 +229,7 @@ def test_existing_output_is_kept_unless_overwrite(judged, tmp_path):
         export(judged.db, "pairs", out)
     assert out.read_text() == "keep me\n" and not (tmp_path / "pairs.jsonl.manifest.json").exists()
     export(judged.db, "pairs", out, overwrite=True)
-    assert len(_jsonl(out)) == 13
+    assert len(_jsonl(out)) == 19
     out.with_name("pairs.jsonl.manifest.json").unlink()
     (tmp_path / "dir.jsonl").mkdir()
     with pytest.raises(ValueError, match="is a folder"):
@@ -239,7 +252,7 @@ def test_cli_export_commands(judged, tmp_path):
     res = runner.invoke(export_group, ["kto", "-w", str(judged.root), "--out", str(tmp_path / "k.parquet"),
                                        "--aggregate", "--min-agreement", "0.6", "--style", "conversational"])
     assert res.exit_code == 0, res.output
-    assert pq.read_table(tmp_path / "k.parquet").num_rows == 3
+    assert pq.read_table(tmp_path / "k.parquet").num_rows == 5  # 3 labels agreed on, 2 edits
     res = runner.invoke(export_group, ["sft", "-w", str(judged.root), "--out", str(tmp_path / "s.jsonl"),
                                        "--source", "edits"])
     assert res.exit_code == 0 and len(_jsonl(tmp_path / "s.jsonl")) == 2

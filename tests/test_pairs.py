@@ -2,6 +2,7 @@
 
 import math
 
+import pandas as pd
 import pytest
 
 from store.db import read, write
@@ -21,9 +22,10 @@ pytestmark = pytest.mark.both_backends
 
 
 def _letters(frame, ids, key="q"):
+    """(chosen, rejected, margin) as response letters; an edited answer (chosen_id None) is "E"."""
     names = {v: k.split("/")[1] for k, v in ids.responses.items() if k.startswith(f"{key}/")}
-    return sorted((names[c], names[r], m) for c, r, m in zip(frame.chosen_id, frame.rejected_id, frame.margin,
-                                                            strict=True))
+    return sorted(("E" if pd.isna(c) else names[c], names[r], m)
+                  for c, r, m in zip(frame.chosen_id, frame.rejected_id, frame.margin, strict=True))
 
 
 def test_ranking_pairs_expand_groups_with_the_gap_as_margin_and_ties_give_none():
@@ -45,9 +47,12 @@ def test_per_reviewer_pairs_are_exact_and_skips_all_bad_and_undone_give_none(wor
     write(workspace.db, lambda con: con.execute("UPDATE judgments SET retracted_at = now() WHERE source = 'import' "
                                                 "AND reviewer_id = (SELECT id FROM reviewers WHERE name = 'eve')"))
 
-    pairs = preference_pairs(workspace.db)
+    pairs = preference_pairs(workspace.db, PairFilter(edited_first=False))
     assert _letters(pairs, ids) == [("a", "b", 1), ("a", "c", 1), ("a", "d", 2), ("b", "d", 1), ("c", "d", 1)]
     assert set(pairs.reviewer) == {"ana"} and set(pairs.comparison_id) == {ids("q")}
+    # By default cy's edit of an "all bad" beats every candidate (tests/test_edits_flags.py has more).
+    edits = preference_pairs(workspace.db).query("source == 'edit'")
+    assert _letters(edits, ids) == [("E", x, 1) for x in "abcd"] and set(edits.reviewer) == {"cy"}
     row = pairs[(pairs.chosen_id == ids("q/a")) & (pairs.rejected_id == ids("q/d"))].iloc[0]
     assert (row.chosen, row.rejected, row.prompt_text, row.split) == ("red", "the", "Name a colour.", "train")
     assert row.prompt_messages == [{"role": "user", "content": "Name a colour."}]
@@ -156,6 +161,8 @@ def test_filters_round_split_reviewer_and_model(workspace):
     ({"min_agreement": 1.5}, "between 0 and 1"), ({"min_agreement": "high"}, "expected a number"),
     ({"round": -1}, ">= 0"), ({"round": "1"}, "expected an int"), ({"reviewer": ""}, "non-empty str"),
     ({"model": ["ok", 3]}, "non-empty str"), ({"split": [True]}, "non-empty str"),
+    ({"edited_first": "yes"}, "edited_first: expected True or False"),
+    ({"exclude_flagged": 1}, "exclude_flagged: expected True or False"),
 ])
 def test_pair_filter_validates(kw, message):
     with pytest.raises(ValueError, match=message):

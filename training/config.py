@@ -128,6 +128,12 @@ SHARED_FIELDS: dict[str, dict[str, Any]] = {
     "splits": dict(default=[], flag="--split", help="Only prompts of these splits (empty: all)."),
     "min_agreement": dict(default=None, ge=0, le=1, help=(
         "Drop data that fewer than this share of the reviewers agree with (0..1).")),
+    "edited_first": dict(default=True, help=(
+        "A reviewer's edited answer ranks above every candidate of its comparison in pairs and KTO rows (\"all "
+        "bad\" included).")),
+    "exclude_flagged": dict(default=False, flag="--exclude-flagged/--include-flagged", help=(
+        "Leave out the judgments of reviewers flagged for low gold accuracy (workspace setting "
+        "reviewer_flag_below); the names are recorded.")),
     "lora_r": dict(default=16, ge=1, help="LoRA rank."),
     "lora_alpha": dict(default=32, ge=1, help="LoRA scaling numerator (scale = alpha / r)."),
     "num_train_epochs": dict(default=1.0, gt=0, flag="--epochs", help="Passes over the training data."),
@@ -161,6 +167,8 @@ class DataSelection:
     reviewers: list[str] = shared("reviewers")
     splits: list[str] = shared("splits")
     min_agreement: float | None = shared("min_agreement")
+    edited_first: bool = shared("edited_first")
+    exclude_flagged: bool = shared("exclude_flagged")
 
 
 @dataclass

@@ -9,9 +9,14 @@ from typing import Any
 import click
 
 from rankloop.commands.common import audit, guarded, workspace_option
+from rankloop.commands.options import click_option
 from rankloop.workspace import Workspace
 from store.export import STYLES, export
 from store.pairs import PairFilter
+from training.config import DataSelection, default_of
+
+# Data-selection settings declared once in training.config.DataSelection (the train commands read them too).
+_SELECTION = ("edited_first", "exclude_flagged")
 
 
 def _common_options(fn: Callable) -> Callable:
@@ -31,6 +36,7 @@ def _common_options(fn: Callable) -> Callable:
                           "answers."),
         click.option("--aggregate/--per-reviewer", default=False, show_default=True,
                      help="One row per majority decision over reviewers, or one row per reviewer's judgment."),
+        *(click_option(DataSelection, name) for name in _SELECTION),
         click.option("--with-meta", is_flag=True,
                      help="Add where each row came from: reviewer, comparison, judgment, round (or agreement)."),
         click.option("--overwrite", is_flag=True, help="Replace FILE and its manifest if they exist."),
@@ -42,8 +48,10 @@ def _common_options(fn: Callable) -> Callable:
 
 def _run(ws: Workspace, kind: str, out: Path, rounds: tuple[int, ...], models: tuple[str, ...],
          reviewers: tuple[str, ...], splits: tuple[str, ...], min_agreement: float | None, **kwargs: Any) -> None:
+    given = {name: kwargs.pop(name) for name in _SELECTION}  # None: not given, the declared default applies
+    selection = {name: default_of(DataSelection, name) if v is None else v for name, v in given.items()}
     filters = guarded(PairFilter, round=rounds or None, model=models or None, reviewer=reviewers or None,
-                      split=splits or None, min_agreement=min_agreement)
+                      split=splits or None, min_agreement=min_agreement, **selection)
     manifest = guarded(export, ws.db, kind, out, filters=filters, **kwargs)
     audit(ws, f"export.{kind}", {"file": str(Path(out).resolve()), "filters": filters.as_dict(),
                                  "counts": manifest["counts"], "sha256": manifest.get("sha256")})
@@ -55,6 +63,8 @@ def _run(ws: Workspace, kind: str, out: Path, rounds: tuple[int, ...], models: t
     left = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts["left_out"].items() if v)
     if left:
         click.echo(f"left out: {left}")
+    if filters.excluded_reviewers:
+        click.echo(f"flagged reviewers left out: {', '.join(filters.excluded_reviewers)}")
     if counts["rows"] == 0:
         click.echo("note: no rows matched; check the filters", err=True)
 
