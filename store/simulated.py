@@ -77,3 +77,36 @@ def round_responses(db: str | Path, round: int) -> list[dict[str, Any]]:
         "WHERE c.round = ? ORDER BY r.id", [round]).fetchall())
     return [{"response_id": int(r), "comparison_id": int(c), "messages": json.loads(m), "text": t, "model": n}
             for r, c, m, t, n in rows]
+
+
+def people_judged(db: str | Path, round: int | None = None, min_people: int = 2) -> list[dict[str, Any]]:
+    """Comparisons that `min_people` or more people ranked (counted rankings, not 'all bad', reviewers not of kind
+    'simulated'), in id order, each with its prompt (messages), its responses (id, text) and the people's rankings
+    by name: what `rankloop simulate --calibrate` fits the simulated reviewers to."""
+
+    def work(con: duckdb.DuckDBPyConnection) -> tuple[list, list]:
+        judged = con.execute(
+            "SELECT j.comparison_id, r.name, j.ranking FROM judgments j JOIN reviewers r ON r.id = j.reviewer_id "
+            f"JOIN comparisons c ON c.id = j.comparison_id WHERE {counted('j')} AND j.ranking IS NOT NULL "
+            "AND NOT j.all_bad AND r.kind <> 'simulated' AND (CAST(? AS INTEGER) IS NULL OR c.round = ?) "
+            "ORDER BY j.id", [round, round]).fetchall()
+        people: dict[int, set[str]] = {}
+        for cid, name, _ in judged:
+            people.setdefault(int(cid), set()).add(name)
+        keep = sorted(cid for cid, names in people.items() if len(names) >= min_people)
+        texts = con.execute(
+            "SELECT c.id, p.messages, r.id, r.text FROM comparisons c JOIN prompts p ON p.id = c.prompt_id "
+            "JOIN responses r ON r.id = ANY(c.response_ids) WHERE c.id = ANY(CAST(? AS BIGINT[])) "
+            "ORDER BY c.id, r.id", [keep]).fetchall() if keep else []
+        kept = set(keep)
+        return [row for row in judged if int(row[0]) in kept], texts
+
+    judged, texts = read(db, work)
+    out: dict[int, dict[str, Any]] = {}
+    for cid, messages, rid, text in texts:
+        item = out.setdefault(int(cid), {"comparison_id": int(cid), "messages": json.loads(messages),
+                                         "responses": [], "rankings": {}})
+        item["responses"].append((int(rid), text))
+    for cid, name, ranking in judged:
+        out[int(cid)]["rankings"][name] = json.loads(ranking)
+    return [out[c] for c in sorted(out)]

@@ -26,18 +26,26 @@ from rankloop.workspace import Workspace
 @click.option("--prefix", default="sim-", show_default=True, help="Reviewer names: PREFIX1..PREFIXN.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the reviewers' noise.")
 @click.option("--max-judgments", type=int, default=0, show_default=True, help="Stop after N judgments (0: all).")
+@click.option("--calibrate", is_flag=True, help="Rank nothing: fit --noise and --spread so the simulated reviewers "
+              "agree with each other and with people as people agree among themselves, on the comparisons two or "
+              "more people ranked (--round's, or all); recorded as a run that `loop` reuses.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @workspace_option
 def simulate_command(ws: Workspace, oracle: str, reviewers: int, noise: float, noise_model: str, spread: float,
-                     round_: int | None, prefix: str, seed: int, max_judgments: int, as_json: bool) -> None:
+                     round_: int | None, prefix: str, seed: int, max_judgments: int, calibrate: bool,
+                     as_json: bool) -> None:
     """Rank the pending comparisons as N simulated reviewers would, through the app's queue (required reviewers
-    respected, nobody twice on a comparison); judgments are ordinary rows with source 'simulated'."""
+    respected, nobody twice on a comparison); judgments are ordinary rows with source 'simulated'. With
+    --calibrate, fit their noise and spread to the people's agreement instead."""
     from rankloop.oracles import resolve_oracle
     from rankloop.simulate import SimulationConfig, simulate_reviewers
 
     config = guarded(SimulationConfig, oracle, reviewers, noise, noise_model, spread, round_, prefix, seed,
                      max_judgments)
     resolved = guarded(resolve_oracle, oracle, ws.db)
+    if calibrate:
+        _calibrate(ws, config, resolved, noise, spread, max_judgments, as_json)
+        return
 
     def progress(done: int, total: int) -> None:
         if not as_json and (done % 25 == 0 or done == total):
@@ -51,6 +59,25 @@ def simulate_command(ws: Workspace, oracle: str, reviewers: int, noise: float, n
                f"{result.run_id}) in {result.seconds:.1f}s; {result.comparisons_left} comparisons still incomplete")
     if result.unknown_responses:
         click.echo(f"  {result.unknown_responses} responses were not in the pairs file (scored 0)")
+
+
+def _calibrate(ws: Workspace, config: Any, resolved: Any, noise: float, spread: float, max_judgments: int,
+               as_json: bool) -> None:
+    from rankloop.simulate import calibrate
+
+    given = [f for f, v in (("--noise", noise), ("--spread", spread), ("--max-judgments", max_judgments)) if v]
+    if given:
+        raise click.UsageError(f"--calibrate fits the noise and spread and ranks nothing: drop {', '.join(given)}")
+    log = None if as_json else (lambda line: click.echo(line, err=True))
+    result = guarded(calibrate, ws, config, oracle=resolved, log=log)
+    if as_json:
+        echo_json(result.__dict__)
+        return
+    click.echo(f"calibrated {result.reviewers} simulated reviewers ({result.noise_model}, oracle {result.oracle!r}, "
+               f"run {result.run_id}): noise {result.noise:.4g}, spread {result.spread:g}")
+    click.echo(f"  on {result.comparisons} comparisons ranked by {result.people} people: people vs people "
+               f"{result.human_agreement:.3f}, simulated vs simulated {result.simulated_agreement:.3f}, simulated "
+               f"vs people {result.simulated_human_agreement:.3f}; `rankloop loop` uses these unless its flags differ")
 
 
 def _loop_overrides(options: dict[str, Any], assignments: tuple[str, ...]) -> dict[str, Any]:
