@@ -50,8 +50,9 @@ def _pair_filter_kwargs(config: Any) -> dict[str, Any]:
     kwargs = {"round": list(config.rounds) or None, "model": list(config.models) or None,
               "reviewer": list(config.reviewers) or None, "split": list(config.splits) or None,
               "min_agreement": config.min_agreement}
-    if hasattr(config, "edited_first") and _filter_takes("edited_first"):  # issue 17: an edit ranks first
-        kwargs["edited_first"] = bool(config.edited_first)
+    for name in ("edited_first", "exclude_flagged"):  # issue 17: an edit ranks first; flagged reviewers left out
+        if hasattr(config, name) and _filter_takes(name):
+            kwargs[name] = getattr(config, name)  # PairFilter refuses a value that is not a bool
     return kwargs
 
 
@@ -63,11 +64,12 @@ def _filter_takes(name: str) -> bool:
     return name in {f.name for f in fields(PairFilter)}
 
 
-def _read_pairs(db: str | Path, config: Any) -> pd.DataFrame:
+def _read_pairs(db: str | Path, config: Any, pair_filter: Any = None) -> pd.DataFrame:
+    """The config's pairs; `pair_filter` (default: the config's) records who exclude_flagged left out."""
     from store import pairs as store_pairs
 
     try:
-        pair_filter = store_pairs.PairFilter(**_pair_filter_kwargs(config))
+        pair_filter = pair_filter or store_pairs.PairFilter(**_pair_filter_kwargs(config))
     except ValueError as e:
         raise ValueError(f"filters: {e}") from e
     if config.aggregate:
@@ -135,18 +137,23 @@ def take_snapshot(db: str | Path, config: Any, kind: str = "pairs") -> tuple[pd.
         return _rankings(db, config)
     if kind != "pairs":
         return _labels(db, config, kind)
-    raw = _read_pairs(db, config)
+    try:
+        f = _filter(config)
+    except ValueError as e:
+        raise ValueError(f"filters: {e}") from e
+    raw = _read_pairs(db, config, f)
     if raw.empty:
         shown = {k: v for k, v in _pair_filter_kwargs(config).items() if v is not None}
         raise ValueError(f"no preference pairs in this workspace match the filters {shown or '(none)'}: "
                          "import or collect judgments first")
     pairs = _finish(raw, config)
     return pairs, describe_snapshot(pairs, config, source="workspace", max_judgment_id=_newest_judgment(raw),
-                                    all_pairs_hash=_hash(raw))
+                                    all_pairs_hash=_hash(raw), excluded=f.excluded_reviewers)
 
 
 def describe_snapshot(pairs: pd.DataFrame, config: Any, source: str, max_judgment_id: int = 0,
-                      all_pairs_hash: str | None = None) -> dict[str, Any]:
+                      all_pairs_hash: str | None = None, excluded: dict[str, float] | None = None) -> dict[str, Any]:
+    """The record of a pairs snapshot; `excluded`: the flagged reviewers (name -> gold accuracy) left out."""
     train, held = pairs[pairs["part"] == "train"], pairs[pairs["part"] == "eval"]
     rounds = sorted({int(r) for r in pairs["round"].dropna()}) if "round" in pairs else []
     return {
@@ -156,6 +163,7 @@ def describe_snapshot(pairs: pd.DataFrame, config: Any, source: str, max_judgmen
         "pairs": len(pairs), "train_pairs": len(train), "eval_pairs": len(held),
         "train_prompts": int(train["prompt_key"].nunique()), "eval_prompts": int(held["prompt_key"].nunique()),
         "all_pairs_sha256": all_pairs_hash, "sha256": _hash(pairs),
+        **({"excluded_reviewers": dict(excluded)} if excluded is not None else {}),
     }
 
 
@@ -267,7 +275,7 @@ def _rankings(db: str | Path, config: Any) -> tuple[pd.DataFrame, dict[str, Any]
         frame[col] = pd.Series([t if isinstance(t, str) else None for t in frame[col]], dtype=object,
                                index=frame.index)
     record = describe_snapshot(pairs, config, source="workspace", max_judgment_id=_newest_judgment(raw),
-                               all_pairs_hash=_hash(raw))
+                               all_pairs_hash=_hash(raw), excluded=f.excluded_reviewers)
     record.update({
         "kind": "rankings", "rankings": len(train),
         "tied_rankings": int(sum(len(set(g)) < len(g) for g in train["groups"])),
