@@ -119,9 +119,9 @@ class RewardTrainingConfig(TrainerConfig):
 # What method 'probe' reads: the data selection, the probe's own fields and the device. The other fields steer
 # fine-tuning only (steps, epochs, learning rate, margin, LoRA, logging...).
 PROBE_READS = frozenset({
-    "base", "name", "loss", "aggregate", "rounds", "models", "reviewers", "splits", "min_agreement", "eval_fraction",
-    "max_pairs", "max_length", "method", "probe_layer", "probe_penalties", "probe_folds", "probe_precision", "seed",
-    "device"})
+    "base", "name", "loss", "aggregate", "rounds", "models", "reviewers", "splits", "min_agreement", "edited_first",
+    "exclude_flagged", "eval_fraction", "max_pairs", "max_length", "method", "probe_layer", "probe_penalties",
+    "probe_folds", "probe_precision", "seed", "device"})
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:

@@ -68,7 +68,8 @@ def _run(ws: Workspace, section: str, cls: type, kind: str, train: Callable, con
 
 
 @train_group.command("dpo")
-@_common(DPOTrainingConfig, "dpo", "max_pairs", "beta", "loss_type", "label_smoothing", "rounds", "num_train_epochs")
+@_common(DPOTrainingConfig, "dpo", "max_pairs", "beta", "loss_type", "label_smoothing", "rounds", "edited_first",
+         "exclude_flagged", "num_train_epochs")
 @workspace_option
 def train_dpo_command(ws: Workspace, config_file: Path | None, resume: str | None, assignments: tuple[str, ...],
                       no_progress: bool, as_json: bool, **options: Any) -> None:
@@ -87,7 +88,7 @@ def train_dpo_command(ws: Workspace, config_file: Path | None, resume: str | Non
 
 
 @train_group.command("sft")
-@_common(SFTTrainingConfig, "sft", "max_pairs", "source", "rounds", "num_train_epochs")
+@_common(SFTTrainingConfig, "sft", "max_pairs", "source", "rounds", "exclude_flagged", "num_train_epochs")
 @workspace_option
 def train_sft_command(ws: Workspace, config_file: Path | None, resume: str | None, assignments: tuple[str, ...],
                       no_progress: bool, as_json: bool, **options: Any) -> None:

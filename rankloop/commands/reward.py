@@ -47,7 +47,8 @@ def _overrides(options: dict[str, Any], assignments: tuple[str, ...]) -> dict[st
 
 # The [reward] fields with a flag of their own (rankloop/commands/options.py makes the flags from the fields).
 _REWARD_FIELDS = ("base", "max_steps", "max_pairs", "name", "loss", "margin", "aggregate", "rounds", "models",
-                  "reviewers", "splits", "min_agreement", "num_train_epochs", "learning_rate", "device")
+                  "reviewers", "splits", "min_agreement", "edited_first", "exclude_flagged", "num_train_epochs",
+                  "learning_rate", "device")
 
 
 @train_group.command("reward")
