@@ -38,3 +38,4 @@ def main() -> None:
 
 for module, attr in COMMANDS:
     main.add_command(getattr(importlib.import_module(module), attr))
+importlib.import_module("rankloop.commands.influence")  # adds `eval influence` to the eval group

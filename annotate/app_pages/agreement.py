@@ -10,6 +10,7 @@ import streamlit as st
 
 from annotate.session import db_path, require_admin
 from store.agreement import agreement_report, gold_accuracy, latest_influence, round_agreements
+from store.reviewer_flags import MIN_GOLD_ITEMS, flag_threshold, flagged_among
 from store.status import workspace_status
 
 db = db_path()
@@ -65,10 +66,19 @@ else:
 # --- gold and flagged reviewers ------------------------------------------------------------------------------------
 st.subheader("Gold accuracy")
 gold = gold_accuracy(db)
+below = flag_threshold(db)
+flagged = flagged_among(gold, below)
 if gold:
-    st.dataframe(pd.DataFrame([{"reviewer": n, **v} for n, v in sorted(gold.items())]), hide_index=True)
+    st.dataframe(pd.DataFrame([{"reviewer": n, **v, "flagged": n in flagged} for n, v in sorted(gold.items())]),
+                 hide_index=True)
 else:
     st.info("No gold answers yet (set some on the Queue page, and a gold rate in Settings).")
+if flagged:
+    st.warning("Flagged (gold accuracy below " + f"{below:g}" + f", {MIN_GOLD_ITEMS}+ gold items): "
+               + ", ".join(f"{n} ({a:.2f})" for n, a in flagged.items())
+               + ". Training and exports can leave them out (exclude_flagged).")
+elif below is None:
+    st.caption("Flagging is off (Settings: reviewer_flag_below = 0).")
 
 # --- influence --------------------------------------------------------------------------------------------------
 st.subheader("Reviewer influence on the reward model")
@@ -80,4 +90,5 @@ else:
     st.caption(f"Run {influence['run_id']} on {influence['model']!r}: held-out accuracy with every reviewer "
                f"{_fmt(influence['accuracy'])} on {influence['eval_pairs']} pairs. A positive gain means the "
                "reward model is better without that reviewer's pairs.")
-    st.dataframe(pd.DataFrame(influence["reviewers"]), hide_index=True, width="stretch")
+    st.dataframe(pd.DataFrame([{**r, "flagged": r["reviewer"] in flagged} for r in influence["reviewers"]]),
+                 hide_index=True, width="stretch")
