@@ -19,9 +19,10 @@ def score(prompt: str, response: str) -> float:
     return float(response.split()[-1])
 
 
-def seed_people(db, noise: float, round: int, n: int = 120, people: tuple[str, ...] = ("ana", "bo", "cy")) -> None:
-    """n comparisons of 4 responses (scores uniform in [0, 2]), each ranked by every person as a Gumbel reviewer of
-    `noise` would (seeds of their own, not the calibration's)."""
+def seed_people(db, noise: float, round: int, n: int = 120, people: tuple[str, ...] = ("ana", "bo", "cy"),
+                model: str = "gumbel") -> None:
+    """n comparisons of 4 responses (scores uniform in [0, 2]), each ranked by every person as a reviewer of `noise`
+    (noise model `model`) would (seeds of their own, not the calibration's)."""
     from rankloop.simulate import rank_by_scores
 
     rng = random.Random(round)
@@ -29,10 +30,10 @@ def seed_people(db, noise: float, round: int, n: int = 120, people: tuple[str, .
     for i in range(n):
         key = f"r{round}c{i}"
         values = [rng.uniform(0, 2) for _ in LETTERS]
-        seed.comparison(key, f"Question {round}.{i}?", {x: f"answer {x} {v:.4f}" for x, v in zip(LETTERS, values)},
-                        round=round)
+        texts = {x: f"answer {x} {v:.4f}" for x, v in zip(LETTERS, values, strict=True)}
+        seed.comparison(key, f"Question {round}.{i}?", texts, round=round)
         for who in people:
-            groups = rank_by_scores(list(range(4)), values, noise, "gumbel", random.Random(f"people:{who}:{key}"))
+            groups = rank_by_scores(list(range(4)), values, noise, model, random.Random(f"people:{who}:{key}"))
             seed.judge(key, who, ">".join("=".join(LETTERS[i] for i in g) for g in groups))
     seed.write(db)
 
@@ -58,6 +59,9 @@ def test_calibration_recovers_the_peoples_noise(workspace):
     assert newest["run_id"] == fits[1].run_id and newest["noise"] == fits[1].noise
     row = get_run(workspace.db, fits[1].run_id)
     assert row.kind == "simulate_calibrate" and row.status == "succeeded" and row.config["round"] == 1
+    seed_people(workspace.db, 0.4, round=2, model="flip")  # flip: a random ranking with probability 0.4
+    flip = calibrate(workspace, SimulationConfig(ORACLE, reviewers=3, noise_model="flip", round=2, seed=5))
+    assert flip.noise == pytest.approx(0.4, abs=0.08) and flip.noise_model == "flip"
 
 
 def test_calibration_without_people_fails_and_records_nothing(workspace):
