@@ -168,6 +168,11 @@ class DPOTrainingConfig(PolicyTrainingConfig):
         "i.e. num_train_epochs > 1; otherwise it is the same number of forward passes, paid up front).")})
     sft_replay: float = option(0.0, (
         "Weight of an NLL term on the chosen responses (RPO-style replay against forgetting); 0: off."), ge=0)
+    replay: float = option(0.0, (
+        "Replay against forgetting: the share of the training rows drawn from earlier rounds' pairs (rounds below "
+        "the lowest of `rounds`, under the same other filters; all of them for training, none held out), added to "
+        "the selected rounds' rows and recorded in the data snapshot. 0: off; with every round selected there is "
+        "nothing earlier to add."), ge=0, lt=1)
 
     def __post_init__(self) -> None:
         super().__post_init__()
