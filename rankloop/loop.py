@@ -7,7 +7,8 @@ Each round i (0-based) runs five steps, each a `loop_step` run row under one `lo
   reward    reward.train.train_reward_model on the loop's rounds so far -> reward model RM_i
   policy    rl.dpo.train_dpo on those pairs, or rl.ppo_run.train_ppo against RM_i -> policy P_{i+1}
   evaluate  rl.evaluate.evaluate_policy: P_{i+1} vs P_i and vs P_0 (reward-model win rate, KL); with an oracle,
-            its win rates on held-out prompts; drift of P_{i+1}'s samples away from RM_i's training responses
+            its win rates on held-out prompts; drift of P_{i+1}'s samples away from RM_i's training responses;
+            forgetting (rl.forgetting): held-out reference answers' log-likelihood under P_{i+1} vs P_0
 
 A step whose row succeeded is skipped on a rerun. A step cut short (the process killed) is redone: its row and the
 child runs it left 'running' are closed as cancelled; models and rounds it may already have written are found
@@ -311,7 +312,11 @@ class _Loop:
             metrics.update({f"rm_win_rate_vs_{label}": w["win_rate"], f"rm_win_rate_vs_{label}_low": w["low"],
                             f"rm_win_rate_vs_{label}_high": w["high"],
                             f"kl_vs_{label}": loop_eval.kl(sampler, new, other, prompts, samples[new])})
+        check = loop_eval.forgetting(self.ws, c, sampler, new, base)
         del sampler  # the models are not needed past here
+        metrics["forgetting"] = {k: v for k, v in check.items() if not k.startswith("per_item")}
+        if check["warn"]:
+            self.log(f"[loop {self.run_id}] round {i + 1}: {check['message']}")
         metrics["eval_samples"] = sum(len(s) for s in samples[new])
         metrics["eval_words"] = loop_eval.mean_words(samples[new])
         metrics["eval_words_base"] = loop_eval.mean_words(samples[base])
@@ -329,6 +334,7 @@ class _Loop:
         folder = self.folder / f"round-{i + 1}"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "drift.json").write_text(json.dumps(dists), encoding="utf-8")
+        (folder / "forgetting.json").write_text(json.dumps(check), encoding="utf-8")
         state[(i, "evaluate")] = metrics
         write_loop_report(self.ws, self.run_id, extra={(i, "evaluate"): metrics})
         return metrics

@@ -47,6 +47,12 @@ class LoopConfig:
     eval_policy_runs: bool = field(default=True, metadata={"help": (
         "Also run `rankloop eval policy` (new vs previous; its own run row and report) on the loop's own samples: "
         "each policy is sampled once and cached.")})
+    forgetting_set: str = option("", (
+        "Held-out questions with reference answers for the forgetting check, a JSONL file of {prompt, answer} "
+        "(relative to the workspace; empty: rankloop's 40 general questions, rankloop/data/heldout_general.jsonl)."))
+    forgetting_threshold: float = option(0.1, (
+        "The round report warns when the held-out reference answers' mean log-likelihood under the new policy is "
+        "more than this many nats per token below the base policy's (0.1: about 10% higher perplexity)."), ge=0)
     device: str | None = shared("device")
     reward: dict[str, Any] = field(default_factory=dict, metadata={"help": "[reward] fields for the loop's runs."})
     dpo: dict[str, Any] = field(default_factory=dict, metadata={"help": "[dpo] fields for the loop's runs."})
@@ -108,10 +114,12 @@ def loop_config(raw: dict[str, Any], base: LoopConfig | None = None, where: str 
 def check_trainer_settings(ws: Workspace, config: LoopConfig) -> None:
     """Build the reward and policy trainers' configs once, so a bad `reward.X` / `dpo.X` / `ppo.X` setting fails
     before the loop writes anything (not rounds later)."""
+    from rankloop.loop_eval import forgetting_items
     from reward.config import load_reward_config
     from rl.config import DPOTrainingConfig, config_from_dict, load_section
     from rl.ppo_config import PPOTrainingConfig
 
+    forgetting_items(ws, config)  # a bad held-out set fails here too
     path = ws.root / "rankloop.toml"
     load_reward_config(ws.config.extra, path, None, {**config.reward, "name": "check"})
     section, cls = ("dpo", DPOTrainingConfig) if config.algo == "dpo" else ("ppo", PPOTrainingConfig)

@@ -8,11 +8,16 @@ Win rate: sample j of prompt i from NEW against sample j of prompt i from OLD, s
 one half; Wilson 95% interval. Drift, per quantity (reward score, length in words): the standardised mean shift
 (mean_new - mean_train) / sd_train, the two-sample Kolmogorov-Smirnov statistic (largest gap between the two
 empirical distribution functions, 0 = same, 1 = disjoint), and the share of new values outside the training range.
+
+Forgetting (rl/forgetting.py): the mean per-token log-likelihood of a held-out set's reference answers under the new
+policy against the base policy (`[loop] forgetting_set`, default the shipped general questions), with a warning past
+`[loop] forgetting_threshold`.
 """
 
 from __future__ import annotations
 
 import statistics
+from pathlib import Path
 from typing import Any
 
 from store.workspace import WorkspaceLike
@@ -103,3 +108,31 @@ def drift(ws: WorkspaceLike, scorer: Any, rounds: list[int], new_scores: list[li
 def mean_words(samples: list[list[str]]) -> float:
     flat = [len(s.split()) for ss in samples for s in ss]
     return statistics.fmean(flat) if flat else 0.0
+
+
+HELDOUT = Path(__file__).resolve().parent / "data" / "heldout_general.jsonl"
+
+
+def forgetting_items(ws: WorkspaceLike, config: Any) -> list[Any]:
+    """The loop's held-out set for the forgetting check: `config.forgetting_set` (relative to the workspace) or the
+    shipped general questions."""
+    from rl.forgetting import load_heldout
+
+    path = Path(config.forgetting_set) if config.forgetting_set else HELDOUT
+    if not path.is_absolute():
+        path = Path(ws.root) / path
+    try:
+        return load_heldout(path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"[loop] forgetting_set: {e}") from e
+
+
+def forgetting(ws: WorkspaceLike, config: Any, sampler: Any, new: str, base: str) -> dict[str, Any]:
+    """rl.forgetting.forgetting_check of policy `new` against `base` (both through the loop's sampler)."""
+    from rl.forgetting import forgetting_check
+
+    items = forgetting_items(ws, config)
+    result = forgetting_check(sampler.model(new), sampler.model(base), items, config.forgetting_threshold,
+                              sampler.choice.device)
+    result["set"] = config.forgetting_set or "rankloop/data/heldout_general.jsonl"
+    return result

@@ -1,7 +1,8 @@
 """The loop's report: runs/loop-<L>/report.md with PNG charts, rewritten after every round's evaluation.
 
 Across rounds: oracle win rate (when simulated) and reward-model win rate of each new policy against the previous
-one and against round 0, the reward model's held-out accuracy, reviewer agreement, KL, response length, and drift
+one and against round 0, the reward model's held-out accuracy, reviewer agreement, KL, forgetting (held-out reference
+answers' log-likelihood vs round 0, rl.forgetting, with a warning past the threshold), response length, and drift
 (how the new samples' reward-model scores and lengths moved away from the responses the reward model was trained
 on). Per round: the models and runs it made and the drift distributions. The admin page "Models and runs" shows
 any run folder holding report.md + PNGs, so the loop run row's output_path is this folder.
@@ -84,6 +85,27 @@ def _drift_chart(path: Path, dists: dict[int, dict[str, list[float]]]) -> None:
     plt.close(fig)
 
 
+def _forgetting_cell(e: dict[str, Any]) -> str:
+    f = e.get("forgetting")
+    return "-" if not f else f"{f['change']:+.3f}" + (" **!**" if f.get("warn") else "")
+
+
+def _forgetting_lines(e: dict[str, Any]) -> list[str]:
+    """The round's forgetting check (rl.forgetting): a line, and a warning line past the threshold."""
+    f = e.get("forgetting")
+    if not f:
+        return []
+    lines = [f"- forgetting: held-out reference answers (`{f.get('set')}`, {f['items']} items) have mean "
+             f"log-likelihood {f['loglik_new']:.3f} nats/token under `{e.get('policy')}` vs {f['loglik_base']:.3f} "
+             f"under `{e.get('base')}`: change {f['change']:+.3f} ({f['worse_share']:.0%} of items less likely; "
+             f"warning below -{f['threshold']})"]
+    if f.get("warn"):
+        lines.append(f"- **WARNING: the policy may be forgetting what the base knew** (change {f['change']:+.3f} "
+                     f"nats/token, past -{f['threshold']}): consider a higher DPO beta, `dpo.replay` or "
+                     "`dpo.sft_replay`, fewer steps, or check the training data")
+    return lines
+
+
 def _round_report(folder: Path, loop_run_id: int, r: int, section: list[str], dists: dict | None) -> None:
     """runs/loop-<L>/round-<r>/report.md (+ its drift chart): the evaluate step's own report."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -120,8 +142,9 @@ def write_loop_report(ws: WorkspaceLike, loop_run_id: int, extra: dict | None = 
     oracle = any("oracle_win_rate_vs_base" in e for e in ev)
     lines += ["| round | policy | " + ("oracle win vs round 0 | oracle win vs previous | oracle mean | " if oracle
                                        else "") + "RM win vs round 0 | RM win vs previous | RM held-out accuracy | "
-              "KL vs previous | reviewer agreement | words (held-out) | score drift KS | length drift KS |",
-              "|---" * (11 + (3 if oracle else 0)) + "|"]
+              "KL vs previous | forgetting: answer log-lik. change | reviewer agreement | words (held-out) | "
+              "score drift KS | length drift KS |",
+              "|---" * (12 + (3 if oracle else 0)) + "|"]
     for r, e in zip(rounds, ev, strict=True):
         d = e.get("drift", {})
         cells = [str(r), f"`{e['policy']}`"]
@@ -130,13 +153,16 @@ def write_loop_report(ws: WorkspaceLike, loop_run_id: int, extra: dict | None = 
                       f"{_f(e.get('oracle_win_rate_vs_base_high'), 2)})", _f(e.get("oracle_win_rate_vs_previous")),
                       _f(e.get("oracle_mean"))]
         cells += [_f(e.get("rm_win_rate_vs_base")), _f(e.get("rm_win_rate_vs_previous")),
-                  _f(e.get("reward_model_accuracy")), _f(e.get("kl_vs_previous")), _f(e.get("agreement")),
+                  _f(e.get("reward_model_accuracy")), _f(e.get("kl_vs_previous")), _forgetting_cell(e),
+                  _f(e.get("agreement")),
                   _f(e.get("eval_words"), 1), _f(d.get("score", {}).get("ks")), _f(d.get("length", {}).get("ks"))]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Win rates: sample by sample on the same held-out prompts, ties count one half (95% Wilson "
               "interval in brackets). RM = the round's reward model. Drift: Kolmogorov-Smirnov statistic between the "
               "new policy's held-out samples and the responses the round's reward model was trained on (0: same "
-              "distribution, 1: disjoint).", ""]
+              "distribution, 1: disjoint). Forgetting: change in the mean log-likelihood per token of held-out "
+              "reference answers (general questions the loop never trains on) under the new policy vs round 0's, "
+              "in nats; **!** marks a drop past the warning threshold.", ""]
     series = {"RM vs round 0": [e.get("rm_win_rate_vs_base") for e in ev],
               "RM vs previous": [e.get("rm_win_rate_vs_previous") for e in ev]}
     if oracle:
@@ -195,7 +221,7 @@ def write_loop_report(ws: WorkspaceLike, loop_run_id: int, extra: dict | None = 
                   f"- drift from RM training responses: score shift {_f(d.get('score', {}).get('shift_sd'), 2)} sd "
                   f"(KS {_f(d.get('score', {}).get('ks'))}, {_f(d.get('score', {}).get('outside'), 2)} outside "
                   f"the training range); length shift {_f(d.get('length', {}).get('shift_sd'), 2)} sd "
-                  f"(KS {_f(d.get('length', {}).get('ks'))})", ""]
+                  f"(KS {_f(d.get('length', {}).get('ks'))})", *_forgetting_lines(e), ""]
         lines += section
         _round_report(folder / f"round-{r}", loop_run_id, r, section, dists.get(r))
     lines += [f"![{name[:-4].replace('_', ' ')}]({name})" for name in charts]

@@ -11,6 +11,12 @@
 
 A reviewer-preferred response is "chosen"; pairs are conversational (the prompt's chat messages), so the policy's
 chat template formats them exactly as sampling does.
+
+Replay (`replay` > 0, with `rounds` selected): pairs of earlier rounds (below the lowest selected round, the other
+filters alike) are added to the training part so that they make up `replay` of it, a seeded subset when there are
+more; the snapshot records them (`replay`: share asked, rows added, rounds they came from) and the saved rows hold
+them, so `--resume` trains on the same rows. Against forgetting the loop measures (rl/forgetting.py); `sft_replay`
+is the other lever (an NLL term on the chosen responses).
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from rl.training import (
     finish_policy,
     load_for_training,
     lora_config,
-    train_policy,
+    policy_run,
+    resolve_policy,
     trainer_kwargs,
 )
 from store.workspace import WorkspaceLike
@@ -64,8 +71,58 @@ def dpo_args(config: DPOTrainingConfig, run_dir: Path, dev: Any, has_eval: bool,
 
 def train_dpo(ws: WorkspaceLike, config: DPOTrainingConfig, *, resume_from: int | None = None, progress: bool = True,
               callbacks: list[Any] | None = None) -> PolicyTrainingResult:
-    """Train, save and register a DPO policy; the run row records config, snapshot, metrics and status."""
-    return train_policy(ws, RUN_KIND, "pairs", config, _train, resume_from, progress, callbacks)
+    """Train, save and register a DPO policy; the run row records config, snapshot, metrics and status.
+
+    As rl.training.train_policy, with earlier rounds' pairs replayed into a new snapshot (`config.replay`)."""
+    from training.snapshot import snapshot_rows
+
+    start = resolve_policy(ws.db, config.policy)
+    rows, snapshot = snapshot_rows(ws.db, config, "pairs", resume_from)
+    if resume_from is None and config.replay > 0:
+        rows, snapshot = with_replay(ws.db, config, rows, snapshot)
+    with policy_run(ws, RUN_KIND, config, snapshot, start, resume_from, rows) as (run_id, run_dir, quantization):
+        return _train(ws, config, rows, start, run_id, run_dir, resume_from, progress, callbacks, quantization)
+
+
+def with_replay(db: Any, config: DPOTrainingConfig, rows: Any, snapshot: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """`rows` with earlier rounds' pairs added to the training part (column `replay` marks them) so that they are
+    `config.replay` of it, and the snapshot record updated to describe the combined rows."""
+    import hashlib
+    import math
+    from dataclasses import replace
+
+    import pandas as pd
+
+    from training.snapshot import digest, take_snapshot
+
+    selected = sorted(int(r) for r in config.rounds)
+    record: dict[str, Any] = {"share": config.replay, "rows": 0, "rounds": []}
+    rows = rows.assign(replay=False)
+    if not selected:
+        record["note"] = "every round is selected: no earlier round to replay"
+        return rows, {**snapshot, "replay": record}
+    everything, _ = take_snapshot(db, replace(config, rounds=[], max_pairs=0))
+    earlier = everything[everything["round"].notna() & (everything["round"] < selected[0])]
+    n_train = int((rows["part"] == "train").sum())
+    want = math.ceil(config.replay / (1 - config.replay) * n_train - 1e-9)
+    if earlier.empty or want == 0:
+        record["note"] = f"no pairs in rounds below {selected[0]}" if earlier.empty else "no training rows"
+        return rows, {**snapshot, "replay": record}
+    order = [hashlib.sha256(f"{config.seed}:replay:{j}:{c}:{a}:{b}".encode()).hexdigest()
+             for j, c, a, b in earlier[["judgment_id", "comparison_id", "chosen_id", "rejected_id"]]
+             .itertuples(index=False)] if "judgment_id" in earlier else \
+        [hashlib.sha256(f"{config.seed}:replay:{i}".encode()).hexdigest() for i in range(len(earlier))]
+    picked = earlier.assign(_order=order).sort_values("_order").head(want).drop(columns="_order")
+    picked = picked.assign(part="train", replay=True)
+    combined = pd.concat([rows, picked], ignore_index=True)
+    record.update({"rows": len(picked), "available": len(earlier), "rounds": sorted(int(r) for r in
+                                                                                    picked["round"].unique()),
+                   "train_share": round(len(picked) / (n_train + len(picked)), 4)})
+    train = combined[combined["part"] == "train"]
+    return combined, {**snapshot, "replay": record, "pairs": len(combined), "train_pairs": len(train),
+                      "train_prompts": int(train["prompt_key"].nunique()),
+                      "rounds": sorted({int(r) for r in combined["round"].dropna()}),
+                      "sha256": digest(combined, "pairs")}
 
 
 def _train(ws: WorkspaceLike, config: DPOTrainingConfig, pairs: Any, start: StartPolicy, run_id: int, run_dir: Path,
