@@ -101,10 +101,11 @@ def ranking_loss(trainer: Any, model: Any, inputs: dict[str, Any], return_output
     metrics = trainer._metrics[mode]
     metrics["num_tokens"] = [trainer._total_train_tokens]
     with torch.no_grad():
-        every = acc.gather(flat)
-        metrics["min_reward"].append(every.min().item())
-        metrics["mean_reward"].append(every.mean().item())
-        metrics["max_reward"].append(every.max().item())
+        # per process first: processes may hold different numbers of items, which a plain gather cannot stack
+        stats = acc.gather(torch.stack([flat.min(), flat.mean(), flat.max()])[None])
+        metrics["min_reward"].append(stats[:, 0].min().item())
+        metrics["mean_reward"].append(stats[:, 1].mean().item())
+        metrics["max_reward"].append(stats[:, 2].max().item())
         right, n = ranking_pair_accuracy(scores.detach(), groups)
         metrics["accuracy"].append(acc.gather_for_metrics(torch.tensor([right / max(n, 1)],
                                                                        device=flat.device)).mean().item())
