@@ -1,4 +1,4 @@
-"""Configs of the policy trainers (DPO, SFT): one dataclass each, every field with help text, checked in
+"""Configs of the policy trainers (DPO, SFT, KTO): one dataclass each, every field with help text, checked in
 `__post_init__`, read like the reward config: defaults < `[dpo]`/`[sft]` in rankloop.toml < `--config FILE` <
 CLI flags. Fields left at `None` are chosen per device when training starts and recorded on the run row.
 
@@ -201,6 +201,37 @@ class SFTTrainingConfig(PolicyTrainingConfig):
     @property
     def effective_learning_rate(self) -> float:
         return self.learning_rate if self.learning_rate is not None else (1e-4 if self.lora else 2e-5)
+
+
+KTO_LOSSES = ("kto", "apo_zero_unpaired")
+
+
+@dataclass
+class KTOTrainingConfig(PolicyTrainingConfig):
+    """`rankloop train kto` (rl/kto.py): TRL's KTOTrainer on unpaired thumbs (store.labels: a ranking's top group
+    desirable, its bottom group and every answer of an "all bad" judgment undesirable)."""
+
+    beta: float = option(0.1, (
+        "Strength of the KL anchor to the reference: higher keeps the policy closer (TRL's default 0.1)."), gt=0)
+    desirable_weight: float | None = option(None, (
+        "Weight of the desirable rows' loss (default: balanced from the training labels, so that desirable weight "
+        "x desirable rows = undesirable weight x undesirable rows, the KTO paper's advice)."), gt=0)
+    undesirable_weight: float | None = option(None, (
+        "Weight of the undesirable rows' loss (default: balanced from the training labels, see desirable_weight)."),
+        gt=0)
+    loss_type: str = option("kto", (
+        "'kto' (KL-anchored, the KL estimated from mismatched prompt-answer pairs in each batch: needs batches of "
+        "2 or more) or 'apo_zero_unpaired' (no KL term)."), flag="--loss", choices=KTO_LOSSES)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        need(self.loss_type != "kto" or self.per_device_train_batch_size >= 2, "per_device_train_batch_size",
+             "KTO estimates its KL term from the other rows of a batch: it needs 2 or more (got "
+             f"{self.per_device_train_batch_size}); or use loss_type = 'apo_zero_unpaired'")
+
+    @property
+    def effective_learning_rate(self) -> float:
+        return self.learning_rate if self.learning_rate is not None else (5e-5 if self.lora else 5e-7)
 
 
 def config_from_dict(cls: type[T], raw: dict[str, Any], base: T | None = None, where: str = "") -> T:
