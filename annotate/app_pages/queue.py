@@ -83,7 +83,8 @@ with steer:
             _say("success", f"N = {n} on {changed} comparisons.")
             st.rerun()
     with right:
-        prio = st.number_input("Priority (higher first within a round)", value=0.0, key="steer_priority")
+        prio = st.number_input("Priority (higher first across rounds; a round of age counts 0.5)", value=0.0,
+                               key="steer_priority")
         ids_text = st.text_input("Only these comparison ids (comma-separated, optional)", key="steer_ids")
         if st.button("Set priority", key="set_priority"):
             try:
