@@ -133,6 +133,7 @@ def test_agreement_page_shows_the_three_agreements(workspace, monkeypatch):
     for key in ("human_human", "model_human", "simulated_human", "simulated_simulated"):
         assert shown[key] == pytest.approx(ROUND0[key]), key
     assert shown["reward_model"] == "rm-new"
+    assert not any("calibrated" in c.value for c in at.caption)  # no calibration yet
     specs = [c.proto.spec for c in at.get("vega_lite_chart")]
     ceiling = [s for s in specs if "people vs people (ceiling)" in s]  # the chart with the people's ceiling
     assert len(ceiling) == 1 and "strokeDash" in ceiling[0]

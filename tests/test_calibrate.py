@@ -73,7 +73,7 @@ def test_calibration_without_people_fails_and_records_nothing(workspace):
     assert list_runs(workspace.db) == []
 
 
-def test_loop_takes_the_calibration_unless_asked_otherwise(workspace):
+def test_loop_takes_the_calibration_unless_asked_otherwise(workspace, monkeypatch):
     from click.testing import CliRunner
 
     from rankloop.cli import main
@@ -93,6 +93,15 @@ def test_loop_takes_the_calibration_unless_asked_otherwise(workspace):
     config, _ = with_calibration(workspace.db, base, {"noise": 0.05})  # a flag wins; the spread is still fitted
     assert (config.noise, config.spread) == (0.05, fitted["spread"])
     assert with_calibration(workspace.db, base, {"noise_model": "flip"})[1] is None  # other units: not used
+    from store.users import add_user
+    from tests.test_app_login import PAGES, app, log_in
+
+    add_user(workspace.db, "adam", "admin", "adam's password", actor="test")
+    at = log_in(app(workspace, monkeypatch), "adam", "adam's password")
+    at.switch_page(str(PAGES / "agreement.py")).run()
+    assert not at.exception, at.exception
+    shown = [c.value for c in at.caption if "calibrated" in c.value]
+    assert len(shown) == 1 and f"run {fitted['run_id']}" in shown[0]  # the Agreement page names the fit
     refused = CliRunner().invoke(main, ["simulate", "--oracle", ORACLE, "--calibrate", "--noise", "0.2",
                                         "--workspace", str(workspace.root)])
     assert refused.exit_code != 0 and "drop --noise" in refused.output

@@ -11,6 +11,7 @@ import streamlit as st
 from annotate.session import db_path, require_admin
 from store.agreement import agreement_report, gold_accuracy, latest_influence, round_agreements
 from store.reviewer_flags import MIN_GOLD_ITEMS, flag_threshold, flagged_among
+from store.runs import list_runs
 from store.status import workspace_status
 
 db = db_path()
@@ -48,6 +49,12 @@ if not per_round:
 else:
     table = pd.DataFrame(per_round)
     st.dataframe(table, hide_index=True, width="stretch")
+    fitted = [r for r in list_runs(db, kind="simulate_calibrate") if r.status == "succeeded"]
+    if fitted:
+        m = fitted[-1].metrics
+        st.caption(f"Simulated reviewers calibrated (run {fitted[-1].id}, `rankloop simulate --calibrate`): "
+                   f"{m['noise_model']} noise {m['noise']:.3g}, spread {m['spread']:g}, fitted on {m['comparisons']} "
+                   f"comparisons where people agreed {m['human_agreement']:.3f}; `rankloop loop` uses them.")
     st.caption("Pairwise agreement on the response pairs of each round. People vs people counts comparisons two "
                "or more people ranked; the reward model is the newest one with scores for the round "
                "(`rankloop score`), its scores read as a ranking: if it trained on this round, this is its "
