@@ -49,11 +49,12 @@ class JobCommand:
 def _config_classes() -> dict[str, type]:
     from rankloop.loop_config import LoopConfig
     from reward.config import RewardTrainingConfig
-    from rl.config import DPOTrainingConfig, RoundConfig, SamplingParams, SFTTrainingConfig
+    from rl.config import DPOTrainingConfig, KTOTrainingConfig, RoundConfig, SamplingParams, SFTTrainingConfig
     from rl.ppo_config import PPOTrainingConfig
 
     return {"reward": RewardTrainingConfig, "sft": SFTTrainingConfig, "dpo": DPOTrainingConfig,
-            "ppo": PPOTrainingConfig, "loop": LoopConfig, "round": RoundConfig, "generation": SamplingParams}
+            "kto": KTOTrainingConfig, "ppo": PPOTrainingConfig, "loop": LoopConfig, "round": RoundConfig,
+            "generation": SamplingParams}
 
 
 def mirror(section: str, name: str, *, show_default: bool = False, choices: tuple[str, ...] = ()) -> Option:
@@ -103,6 +104,8 @@ COMMANDS: dict[str, JobCommand] = {
                             _policy_trainer("sft", "max_pairs", "num_train_epochs"), ("sft",)),
     "train dpo": JobCommand(("train", "dpo"), "Steer the policy with DPO on the preference pairs.",
                             _policy_trainer("dpo", "max_pairs", "num_train_epochs", "beta"), ("dpo",)),
+    "train kto": JobCommand(("train", "kto"), "Steer the policy with KTO on thumbs from rankings and 'all bad'.",
+                            _policy_trainer("kto", "max_pairs", "num_train_epochs", "beta"), ("kto",)),
     "train ppo": JobCommand(("train", "ppo"), "Steer the policy with PPO (or RLOO/GRPO) against a reward model.",
                             _policy_trainer("ppo", "algo", "reward", "max_prompts"), ("ppo",)),
     "generate": JobCommand(("generate",), "Sample candidates for prompts without a comparison yet.", (
@@ -126,7 +129,7 @@ COMMANDS: dict[str, JobCommand] = {
                                      "required_reviewers")), _device("loop"),
         Option("--new", "flag", "Start a new loop even if an unfinished one could be resumed (an unfinished loop "
                                 "resumes only with the settings it was started with)."),
-    ), ("loop", "reward", "dpo", "ppo")),
+    ), ("loop", "reward", "dpo", "kto", "ppo")),
 }
 
 _TEXT = re.compile(r"^[\w.:/@+=,\- ]{1,200}$")

@@ -5,7 +5,8 @@ Each round i (0-based) runs five steps, each a `loop_step` run row under one `lo
   sample    rl.rounds.next_round: k candidates per train prompt from policy P_i (P_0 = the base policy)
   judge     simulated reviewers (rankloop.simulate) with the oracle, or wait for people, polling the round's progress
   reward    reward.train.train_reward_model on the loop's rounds so far -> reward model RM_i
-  policy    rl.dpo.train_dpo on those pairs, or rl.ppo_run.train_ppo against RM_i -> policy P_{i+1}
+  policy    rl.dpo.train_dpo on those pairs (rl.kto.train_kto on their thumbs), or rl.ppo_run.train_ppo against
+            RM_i -> policy P_{i+1}
   evaluate  rl.evaluate.evaluate_policy: P_{i+1} vs P_i and vs P_0 (reward-model win rate, KL); with an oracle,
             its win rates on held-out prompts; drift of P_{i+1}'s samples away from RM_i's training responses;
             forgetting (rl.forgetting): held-out reference answers' log-likelihood under P_{i+1} vs P_0
@@ -116,7 +117,7 @@ class _Loop:
                 continue
             cfg = r.config.get("config", r.config)
             ours = r.kind == STEP_KIND and r.config.get("loop_run_id") == self.run_id
-            ours |= r.kind in ("reward", "dpo", "ppo") and cfg.get("name") in mine
+            ours |= r.kind in ("reward", "dpo", "kto", "ppo") and cfg.get("name") in mine
             ours |= r.kind == "round" and r.config.get("policy") in mine | {self.config.policy}
             ours |= r.kind == "eval_policy" and r.config.get("new") in mine
             ours |= r.kind == "simulate" and r.config.get("prefix") == "sim-"
@@ -243,16 +244,16 @@ class _Loop:
                 "eval_pairs": existing.metrics.get("eval_pairs"), "train_pairs": existing.metrics.get("train_pairs")}
 
     def _policy(self, i: int, state: dict) -> dict[str, Any]:
-        from rl.config import DPOTrainingConfig, config_from_dict, load_section
-        from rl.ppo_config import PPOTrainingConfig
+        from rankloop.loop_config import policy_config_class
+        from rl.config import config_from_dict, load_section
 
         name, start = self.policy_name(i + 1), self.policy_name(i)
         existing = _model(self.ws, name)
         if existing is None:
             c = self.config
-            section, cls = ("dpo", DPOTrainingConfig) if c.algo == "dpo" else ("ppo", PPOTrainingConfig)
+            section, cls = c.algo, policy_config_class(c.algo)
             overrides = {**getattr(c, section), "policy": start, "name": name}
-            if c.algo == "dpo":
+            if c.algo in ("dpo", "kto"):  # the judgments of the loop's rounds so far
                 overrides["rounds"] = self._loop_rounds(i, state)
             else:
                 overrides["reward"] = self.reward_name(i)
@@ -266,6 +267,10 @@ class _Loop:
                 from rl.dpo import train_dpo
 
                 train_dpo(self.ws, cfg, progress=_show_progress())
+            elif c.algo == "kto":
+                from rl.kto import train_kto
+
+                train_kto(self.ws, cfg, progress=_show_progress())
             else:
                 from rl.ppo_run import train_ppo
 

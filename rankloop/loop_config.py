@@ -1,5 +1,6 @@
 """The loop's settings: `LoopConfig` (the `[loop]` section of rankloop.toml, then `--set FIELD=VALUE` and flags),
-each field with help text, checked in `__post_init__`; `reward.X` / `dpo.X` / `ppo.X` reach the trainers' sections."""
+each field with help text, checked in `__post_init__`; `reward.X` / `dpo.X` / `kto.X` / `ppo.X` reach the trainers'
+sections."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from training.models import DEFAULT_POLICY
 if TYPE_CHECKING:
     from rankloop.workspace import Workspace
 
-ALGOS = ("dpo", "ppo")
+ALGOS = ("dpo", "kto", "ppo")
+TRAINER_TABLES = ("reward", "dpo", "kto", "ppo")  # the trainers' sections `X.FIELD` reaches
 
 
 class ReviewersNotDone(ValueError):
@@ -23,7 +25,9 @@ class ReviewersNotDone(ValueError):
 @dataclass
 class LoopConfig:
     rounds: int = option(2, "Rounds: sample, judge, train reward, train policy, evaluate.", ge=1, le=100)
-    algo: str = option("dpo", "Policy trainer: 'dpo' (on the pairs) or 'ppo' (on RM_i).", choices=ALGOS)
+    algo: str = option("dpo", (
+        "Policy trainer: 'dpo' (on the pairs), 'kto' (on thumbs: rankings' top and bottom answers, 'all bad') or "
+        "'ppo' (on RM_i)."), choices=ALGOS)
     simulate: str = option("", (
         "Oracle for simulated reviewers (as `rankloop simulate --oracle`, e.g. length-in-range); empty: wait for "
         "people to rank each round."))
@@ -56,6 +60,7 @@ class LoopConfig:
     device: str | None = shared("device")
     reward: dict[str, Any] = field(default_factory=dict, metadata={"help": "[reward] fields for the loop's runs."})
     dpo: dict[str, Any] = field(default_factory=dict, metadata={"help": "[dpo] fields for the loop's runs."})
+    kto: dict[str, Any] = field(default_factory=dict, metadata={"help": "[kto] fields for the loop's runs."})
     ppo: dict[str, Any] = field(default_factory=dict, metadata={"help": "[ppo] fields for the loop's runs."})
 
     def __post_init__(self) -> None:
@@ -66,7 +71,7 @@ class LoopConfig:
         # the simulated reviewers' own bounds are SimulationConfig's, checked below when they are simulated
         check_bounds(self, ValueError, skip=() if self.simulate else ("reviewers", "noise"))
         need(bool(self.policy.strip()), "policy", "must name a model")
-        for name in ("reward", "dpo", "ppo"):
+        for name in TRAINER_TABLES:
             need(isinstance(getattr(self, name), dict), name, "must be a table of that section's fields")
         if self.simulate:
             from rankloop.simulate import SimulationConfig
@@ -89,7 +94,8 @@ class LoopConfig:
 
 
 def loop_config(raw: dict[str, Any], base: LoopConfig | None = None, where: str = "") -> LoopConfig:
-    """`base` (default: the defaults) updated with `raw`; `reward.X` / `dpo.X` / `ppo.X` keys go to those tables."""
+    """`base` (default: the defaults) updated with `raw`; `reward.X` / `dpo.X` / `kto.X` / `ppo.X` keys go to those
+    tables."""
     from rl.config import PolicyConfigError
     from training.config import coerce_field
 
@@ -97,11 +103,11 @@ def loop_config(raw: dict[str, Any], base: LoopConfig | None = None, where: str 
     known = {f.name for f in fields(LoopConfig)}
     for key, value in raw.items():
         section, _, sub = key.partition(".")
-        if sub and section in ("reward", "dpo", "ppo"):
+        if sub and section in TRAINER_TABLES:
             values[section] = {**values[section], sub: value}
         elif key not in known:
             raise ValueError(f"{where}{key}: unknown field (known: {', '.join(sorted(known))})")
-        elif key in ("reward", "dpo", "ppo"):
+        elif key in TRAINER_TABLES:
             values[key] = {**values[key], **value} if isinstance(value, dict) else value
         else:
             values[key] = coerce_field(LoopConfig, key, value, where, PolicyConfigError)
@@ -111,17 +117,24 @@ def loop_config(raw: dict[str, Any], base: LoopConfig | None = None, where: str 
         raise ValueError(f"{where}{e}") from e
 
 
+def policy_config_class(algo: str) -> type:
+    """The config class of the policy trainer `algo` (its rankloop.toml section is named `algo`)."""
+    from rl.config import DPOTrainingConfig, KTOTrainingConfig
+    from rl.ppo_config import PPOTrainingConfig
+
+    return {"dpo": DPOTrainingConfig, "kto": KTOTrainingConfig, "ppo": PPOTrainingConfig}[algo]
+
+
 def check_trainer_settings(ws: Workspace, config: LoopConfig) -> None:
-    """Build the reward and policy trainers' configs once, so a bad `reward.X` / `dpo.X` / `ppo.X` setting fails
-    before the loop writes anything (not rounds later)."""
+    """Build the reward and policy trainers' configs once, so a bad `reward.X` / `dpo.X` / `kto.X` / `ppo.X` setting
+    fails before the loop writes anything (not rounds later)."""
     from rankloop.loop_eval import forgetting_items
     from reward.config import load_reward_config
-    from rl.config import DPOTrainingConfig, config_from_dict, load_section
-    from rl.ppo_config import PPOTrainingConfig
+    from rl.config import config_from_dict, load_section
 
     forgetting_items(ws, config)  # a bad held-out set fails here too
     path = ws.root / "rankloop.toml"
     load_reward_config(ws.config.extra, path, None, {**config.reward, "name": "check"})
-    section, cls = ("dpo", DPOTrainingConfig) if config.algo == "dpo" else ("ppo", PPOTrainingConfig)
+    section, cls = config.algo, policy_config_class(config.algo)
     base = load_section(cls, section, ws.config.extra, path)
     config_from_dict(cls, {**getattr(config, section), "policy": config.policy}, base, where=f"loop: [{section}] ")

@@ -121,3 +121,44 @@ def test_interrupted_kto_run_resumes_to_the_same_step_count(workspace, tiny_lm):
     assert run.status == "succeeded" and run.config["resumed_from"] == run_id
     assert result.run_dir == Path(get_run(workspace.db, run_id).output_path)  # the same folder, rows and checkpoints
     assert run.data_snapshot["sha256"] == get_run(workspace.db, run_id).data_snapshot["sha256"]
+
+
+def test_cli_train_kto_prints_its_summary_and_refuses_a_bad_field(workspace, tiny_lm):
+    from click.testing import CliRunner
+
+    from rankloop.cli import main
+    from store.models import get_model
+
+    seed_thumbs(workspace.db, n=8)
+    register_tiny(workspace.db, tiny_lm)
+    runner = CliRunner()
+    common = ["train", "kto", "-w", str(workspace.root), "--no-progress"]
+    out = runner.invoke(main, [*common, "--policy", "tiny", "--max-steps", "1", "--beta", "0.2",
+                               "--undesirable-weight", "0.5", "--set", "report_to=[]", "--name", "cli-kto"])
+    assert out.exit_code == 0, out.output
+    assert "desirable and" in out.output and "1 steps in" in out.output and "Traceback" not in out.output
+    row = get_model(workspace.db, "cli-kto")
+    assert row.metrics["trainer"] == "kto" and row.metrics["undesirable_weight"] == 0.5
+    bad = runner.invoke(main, [*common, "--set", "betta=1"])
+    assert bad.exit_code == 1 and "betta: unknown field" in bad.output
+    bad = runner.invoke(main, [*common, "--resume"])
+    assert bad.exit_code == 1 and "no unfinished kto run" in bad.output
+
+
+def test_one_loop_round_with_kto(workspace, tiny_lm):
+    from rankloop.loop import LoopConfig, run_loop
+    from store.models import get_model
+    from store.runs import get_run, list_runs
+    from tests.test_loop import TRAINERS, loop_workspace
+
+    ws = loop_workspace(workspace, tiny_lm, train=8)
+    config = LoopConfig(rounds=1, algo="kto", policy="tiny", simulate="length-in-range", prompts=8, k=2,
+                        max_new_tokens=6, max_steps=2, eval_prompts=2, eval_k=2, reviewers=1,
+                        eval_policy_runs=False, reward=TRAINERS["reward"], kto=TRAINERS["dpo"])
+    result = run_loop(ws, config, log=lambda line: None)
+    assert get_run(ws.db, result.run_id).status == "succeeded"
+    (kto,) = list_runs(ws.db, kind="kto")
+    policy = get_model(ws.db, f"loop{result.run_id}-policy1")
+    assert kto.status == "succeeded" and policy.run_id == kto.id and policy.parent_id == get_model(ws.db, "tiny").id
+    assert kto.config["config"]["rounds"] == [0] and kto.data_snapshot["kind"] == "kto"
+    assert result.rounds[0]["policy"] == policy.name

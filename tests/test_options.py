@@ -16,7 +16,14 @@ from rankloop.config import SECTIONS, Config, render_config
 from rankloop.job_commands import COMMANDS, _config_classes
 from rankloop.loop_config import LoopConfig
 from reward.config import RewardTrainingConfig
-from rl.config import DPOTrainingConfig, PolicyEvalConfig, RoundConfig, SamplingParams, SFTTrainingConfig
+from rl.config import (
+    DPOTrainingConfig,
+    KTOTrainingConfig,
+    PolicyEvalConfig,
+    RoundConfig,
+    SamplingParams,
+    SFTTrainingConfig,
+)
 from rl.ppo_config import PPOTrainingConfig
 from training.config import bounds_text, default_of, field_of, field_type, main_flag, render_toml_section
 
@@ -24,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Each command whose options are made from a config: its argv and that config's section (job_commands' names).
 GENERATED = {("train", "reward"): "reward", ("train", "sft"): "sft", ("train", "dpo"): "dpo",
-             ("train", "ppo"): "ppo", ("round", "next"): "round", ("loop",): "loop", ("generate",): "generation"}
+             ("train", "kto"): "kto", ("train", "ppo"): "ppo", ("round", "next"): "round", ("loop",): "loop",
+             ("generate",): "generation"}
 # Commands whose options are made from a config that is not a rankloop.toml section nor on the Runs page.
 CLI_ONLY = {("eval", "policy"): PolicyEvalConfig}
 
@@ -140,10 +148,11 @@ def test_a_disagreement_is_found(monkeypatch):
     assert any("--k: default 5" in p for p in problems) and any("--k: bounds 1" in p for p in problems)
 
 
-CONFIGS = [RewardTrainingConfig, DPOTrainingConfig, SFTTrainingConfig, PPOTrainingConfig, LoopConfig,
-           SamplingParams, RoundConfig, PolicyEvalConfig]
+CONFIGS = [RewardTrainingConfig, DPOTrainingConfig, SFTTrainingConfig, KTOTrainingConfig, PPOTrainingConfig,
+           LoopConfig, SamplingParams, RoundConfig, PolicyEvalConfig]
 BASE = {LoopConfig: {"simulate": "length-in-range", "reviewers": 50},  # reviewers' bounds apply when simulated
-        PPOTrainingConfig: {"num_minibatches": 1}}  # it must divide rollout_batch_size
+        PPOTrainingConfig: {"num_minibatches": 1},  # it must divide rollout_batch_size
+        KTOTrainingConfig: {"loss_type": "apo_zero_unpaired"}}  # 'kto' needs batches of 2 (its KL pairs)
 
 
 def outside(meta, key: str, is_int: bool) -> float:
@@ -178,7 +187,8 @@ def test_toml_comments_are_the_fields_help():
         block = text.split(f"[{name}]\n", 1)[1].split("\n\n", 1)[0].splitlines()
         assert block[0::2] == [f"# {f.metadata['help']}" for f in fields(cls)], name
         assert [line.split(" = ")[0] for line in block[1::2]] == [f.name for f in fields(cls)], name
-    for section, cls in {"reward": RewardTrainingConfig, "dpo": DPOTrainingConfig, "ppo": PPOTrainingConfig}.items():
+    for section, cls in {"reward": RewardTrainingConfig, "dpo": DPOTrainingConfig, "kto": KTOTrainingConfig,
+                         "ppo": PPOTrainingConfig}.items():
         lines = render_toml_section(cls(), section).splitlines()[1:]
         assert lines[0::2] == [f"# {f.metadata['help']}" for f in fields(cls)]
 

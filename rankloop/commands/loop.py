@@ -109,7 +109,8 @@ LOOP_FIELDS = ("rounds", "algo", "simulate", "policy", "reviewers", "noise", "re
 @click.command("loop")
 @config_options(LoopConfig, *LOOP_FIELDS, section="loop")
 @click.option("--set", "assignments", multiple=True, metavar="FIELD=VALUE",
-              help="Any [loop] field, or reward.FIELD / dpo.FIELD / ppo.FIELD for the trainers (repeatable).")
+              help="Any [loop] field, or reward.FIELD / dpo.FIELD / kto.FIELD / ppo.FIELD for the trainers "
+                   "(repeatable).")
 @click.option("--new", "new", is_flag=True, help="Start a new loop even if an unfinished one could be resumed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @workspace_option

@@ -1,8 +1,8 @@
-"""`rankloop train dpo|sft|ppo`, `rankloop eval policy` and `rankloop round next`: the policy stage.
+"""`rankloop train dpo|sft|kto|ppo`, `rankloop eval policy` and `rankloop round next`: the policy stage.
 
-Importing this module adds `dpo`, `sft` and `ppo` to the shared `train` group and `policy` to the `eval` group
+Importing this module adds `dpo`, `sft`, `kto` and `ppo` to the shared `train` group and `policy` to the `eval` group
 (rankloop/commands/reward.py); `round_group` is the `round` command group. Settings: defaults < `[dpo]`/`[sft]`/
-`[ppo]` in rankloop.toml < `--config FILE` < flags (`--set FIELD=VALUE` for any other field).
+`[kto]`/`[ppo]` in rankloop.toml < `--config FILE` < flags (`--set FIELD=VALUE` for any other field).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from rankloop.commands.common import echo_json, guarded, workspace_option
 from rankloop.commands.options import config_options, refuse_unused
 from rankloop.commands.reward import _overrides, eval_group, train_group
 from rankloop.workspace import Workspace
-from rl.config import DPOTrainingConfig, PolicyEvalConfig, RoundConfig, SFTTrainingConfig
+from rl.config import DPOTrainingConfig, KTOTrainingConfig, PolicyEvalConfig, RoundConfig, SFTTrainingConfig
 from rl.ppo_config import PPOTrainingConfig
 
 
@@ -103,6 +103,31 @@ def train_sft_command(ws: Workspace, config_file: Path | None, resume: str | Non
         loss = f"loss {m['first_loss']:.3f} -> {m['last_loss']:.3f}" if m.get("last_loss") is not None else \
             f"mean loss {m['train_loss']:.3f} (no step logged: logging_steps is larger than the run)"
         click.echo(f"{m['global_step']} steps in {m['train_seconds']}s; {loss}")
+
+
+@train_group.command("kto")
+@_common(KTOTrainingConfig, "kto", "max_pairs", "beta", "desirable_weight", "undesirable_weight", "loss_type",
+         "rounds", "num_train_epochs")
+@workspace_option
+def train_kto_command(ws: Workspace, config_file: Path | None, resume: str | None, assignments: tuple[str, ...],
+                      no_progress: bool, as_json: bool, **options: Any) -> None:
+    """Steer the policy with KTO (TRL KTOTrainer, LoRA; the reference is the starting policy with the adapters off)
+    on thumbs: each ranking's top answers desirable, its bottom answers and every answer judged "all bad"
+    undesirable. Needs both kinds of label."""
+    from rl.kto import RUN_KIND, train_kto
+
+    result = _run(ws, "kto", KTOTrainingConfig, RUN_KIND, train_kto, config_file, resume, assignments, no_progress,
+                  as_json, options)
+    if not as_json:
+        m = result.metrics
+        click.echo(f"{m['desirable']} desirable and {m['undesirable']} undesirable rows (weights "
+                   f"{m['desirable_weight']:.3g} / {m['undesirable_weight']:.3g})")
+        loss = f"loss {m['first_loss']:.3f} -> {m['last_loss']:.3f}" if m.get("last_loss") is not None else \
+            f"mean loss {m['train_loss']:.3f} (no step logged: logging_steps is larger than the run)"
+        if m.get("eval_loss") is not None:
+            loss += f"; held-out loss {m['eval_loss']:.3f} on {m['eval_rows']} rows"
+        click.echo(f"{m['global_step']} steps in {m['train_seconds']}s ({m['rows_per_s']} rows/s); {loss}")
+        click.echo(f"logs: tensorboard --logdir {result.run_dir / 'tensorboard'}")
 
 
 @train_group.command("ppo")
