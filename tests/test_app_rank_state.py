@@ -12,7 +12,7 @@ from store.db import read
 from store.queue import active_leases
 from store.users import add_user, login
 from tests.test_app_login import app, button, texts
-from tests.test_app_rank import _judgments
+from tests.test_app_rank import _judgments, _selector
 from tests.test_queue import seed_comparisons
 
 
@@ -83,8 +83,7 @@ def test_four_answers_change_of_mind(workspace, rita, monkeypatch):
     assert "A > C > D > B" in texts(at)
     button(at, "B next").click().run()  # and again: stays complete
     assert "A > C > D > B" in texts(at)
-    lease = _item(at).lease_id
-    assert [at.button_group(key=f"rank:{lease}:{r}").value for r in (a, b, c, d)] == [1, 4, 2, 3]
+    assert [_selector(at, r).value for r in (a, b, c, d)] == [1, 4, 2, 3]
     button(at, "Submit").click().run()
     assert _judgments(workspace.db)[0]["ranking"] == [[a], [c], [d], [b]]
 

@@ -199,3 +199,48 @@ def test_the_first_item_arrives_while_candidates_are_generated(workspace, server
     finally:
         finish_job(workspace.db, job.id, "succeeded", exit_code=0)
 
+
+
+def test_keys_pressed_faster_than_the_page_redraws_are_all_applied_in_order(workspace, server):
+    """1-2-3-4 pressed 0-30 ms apart, then Enter, five times: every stored ranking is exactly A > B > C > D. Before
+    annotate.keys, chromium dropped keys pressed while the ranking fragment redrew and the last answer was ranked by
+    elimination (seen: A > B > D > C), or the guard refused keys that came together; now the browser queues them and
+    the server applies the whole list in order. The keys' component takes no space on the page."""
+    from playwright.sync_api import TimeoutError as Timeout
+    from playwright.sync_api import sync_playwright
+
+    gaps = (0, 30, 10, 0, 20)
+    items = seed_comparisons(workspace.db, len(gaps), k=4)
+    add_user(workspace.db, "fay", "reviewer", "fay's password", actor="test")
+    ARTIFACTS.mkdir(exist_ok=True)
+    seen = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROME_ARGS)
+        page = browser.new_context(viewport={"width": 1366, "height": 900}).new_page()
+        log_in_page(page, server.url, "fay", "fay's password")
+        line = page.locator("[data-testid='stMarkdownContainer']", has_text="Your ranking:").first
+        for n, (cid, gap_ms) in enumerate(zip(items, gaps, strict=True)):
+            try:
+                page.get_by_text(f"item {cid}").first.wait_for(timeout=10_000)
+            except Timeout:  # the Enter before did not submit: say what the page showed
+                pytest.fail(f"item {cid} never came: the one before showed {line.inner_text()!r} ({seen})")
+            page.wait_for_function(SETTLED, timeout=30_000)
+            for k in "1234":
+                page.keyboard.press(k)
+                page.wait_for_timeout(gap_ms)
+            if n == 0:  # how a reviewer sees it (the answers, the controls, the ranking line)
+                page.wait_for_timeout(1000)
+                page.wait_for_function(SETTLED, timeout=30_000)
+                line.scroll_into_view_if_needed()
+                page.screenshot(path=str(ARTIFACTS / "rank_keys_1366x900.png"))
+            seen.append((gap_ms, line.inner_text().split("\n")[-1]))
+            page.keyboard.press("Enter")  # in the same queue: it submits what the keys before it made
+        page.get_by_text("Your queue is empty").first.wait_for(timeout=30_000)
+        keys_box = page.locator(".st-key-rank-keys")
+        assert keys_box.count() == 1 and keys_box.bounding_box() is None  # display: none, no layout shift
+        browser.close()
+    shown = dict(_rows(workspace.db, "SELECT comparison_id, display_order FROM judgments"))
+    stored = dict(_rows(workspace.db, "SELECT comparison_id, ranking FROM judgments WHERE NOT skipped"))
+    assert len(stored) == len(items), seen
+    for cid in items:
+        assert json.loads(stored[cid]) == [[rid] for rid in shown[cid]], (cid, seen)

@@ -1,6 +1,7 @@
 """The ranking page: one comparison at a time, keyboard first, nothing lost.
 
-Keys (Streamlit's native button shortcuts; they do not fire while typing in a text box):
+Keys (captured in the browser by annotate.keys and applied here in the order pressed, none dropped; they do not
+act while typing in a text box):
 - two answers: 1 = A better, 2 = B better, T = tie, X = both bad; the last press wins and shows selected;
 - K answers: a number ranks that answer next (a ranked one moves to the end; see annotate.ranking), T ties the
   next number with the previous one, X = all bad;
@@ -9,9 +10,9 @@ Keys (Streamlit's native button shortcuts; they do not fire while typing in a te
 Every change is kept with the lease as a draft (store.queue.save_draft), so a reload, a lost connection or a
 server restart brings the reviewer back to the same item with the same draft. A submit returns once its
 transaction committed, then the next item shows; a repeated submit of the same lease is stored once (the
-idempotency key names the lease). Buttons that act on an item carry its lease in their key, so a key pressed
-while the next item is still being drawn hits the old, gone button and is dropped instead of ranking an item the
-reviewer has not seen; Undo acts on the last submit, not on the item, so its key is stable.
+idempotency key names the lease). Keys are sent with the lease of the item they were pressed on, so a key pressed
+while the next item is still being drawn is dropped (and said so) instead of ranking an item the reviewer has not
+seen; the same holds for buttons, which carry the lease in their widget key.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 
 import streamlit as st
 
+from annotate import keys as keys_in
 from annotate import ranking as rk
 from annotate.jobs_panel import inside_workspace
 from annotate.render import safe_markdown, show_conversation, show_response
@@ -56,13 +58,28 @@ def _ranks(item: Item) -> rk.Ranks:
 def _set_ranks(item: Item, ranks: rk.Ranks) -> None:
     for rid, value in ranks.items():
         ss[_key("rank", item, rid)] = value
+    ss[_key("ver", item)] = ss.get(_key("ver", item), 0) + 1  # fresh selectors (see `_selector_key`)
 
 
-# Keys whose effect depends on their order. Streamlit merges the clicks that reach the server while a run is busy
-# into one run and calls their callbacks in no order of their own: a fast 1-2-3-4 (30 ms apart) was ranked
-# C > A > B > D. So in any run only the first such callback acts; `_settle_keys`, at the start of the next
-# script run (the page's or the ranking fragment's), puts back the ranking from before it when more came, and
-# says so: a reviewer never gets an order they did not press.
+def _selector_key(item: Item, rid: int) -> str:
+    """The rank selector's widget key. The ranks live in plain session keys; a selector shows them under a key that
+    changes whenever a key or button changes them, because a rerun carries the browser's widget values from before
+    it saw that change, and a selector under the same key would put the old rank back (seen: fast keys lost)."""
+    return f"{_key('sel', item, rid)}:{ss.get(_key('ver', item), 0)}"
+
+
+def _picked(rid: int) -> None:
+    """A rank chosen by hand in a selector."""
+    item = ss["item"]
+    ss[_key("rank", item, rid)] = ss.get(_selector_key(item, rid))
+    _changed()
+
+
+# Clicks whose effect depends on their order. Keys come in order through annotate.keys (`_take_keys`), but
+# Streamlit merges the mouse clicks that reach the server while a run is busy into one run and calls their
+# callbacks in no order of their own. So in any run only the first such callback acts (after the keys pressed
+# before it); `_settle_keys`, at the start of the next script run (the page's or the ranking fragment's), puts
+# back the ranking from before it when more came, and says so: a reviewer never gets an order they did not give.
 _ACTED = "keys_this_run"
 
 
@@ -71,7 +88,12 @@ def _state_keys(item: Item) -> list[str]:
 
 
 def _arrived(name: str) -> bool:
-    """First line of every order-dependent callback: whether it may act (it is the first of its run)."""
+    """First line of every order-dependent button callback: whether it may act (it is the first of its run, and
+    the keys pressed before it did not move on to another item)."""
+    shown = ss.get("item")
+    _take_keys()
+    if ss.get("item") is not shown:
+        return False
     acted = ss.setdefault(_ACTED, [])
     acted.append(name)
     if len(acted) > 1:
@@ -89,12 +111,69 @@ def _settle_keys() -> None:
     if item is not None and before is not None and before[0] == item.lease_id:
         for k, v in before[1].items():
             ss[k] = v
+        ss[_key("ver", item)] = ss.get(_key("ver", item), 0) + 1
         _save(item)
-        ss["flash_error"] = (f"{len(acted)} keys arrived together, too fast to know their order: none was applied. "
-                             "Press them again, one at a time.")
+        ss["flash_error"] = (f"{len(acted)} clicks arrived together, too fast to know their order: none was "
+                             "applied. Click them again, one at a time (keys are never mixed up like this).")
     else:  # the first was a submit, skip or undo: it acted, on the item that was shown
-        ss["flash_error"] = (f"{len(acted)} keys arrived together: only {acted[0]} was applied, on the item shown "
+        ss["flash_error"] = (f"{len(acted)} clicks arrived together: only {acted[0]} was applied, on the item shown "
                              "before; the others were dropped.")
+
+
+def _applied_key(lease: int | None) -> str:
+    return "keys_applied:none" if lease is None else f"keys_applied:{lease}"
+
+
+def _take_keys() -> None:
+    """Apply, in order, the keys the browser sent (annotate.keys) that were not applied yet: the component's value
+    is every key pressed on this item so far, so a merged run, a re-send or an older list arriving late applies each
+    key once. Keys after one that ends the item (Enter, S, U) are not applied to the next item."""
+    msg = keys_in.parse(ss.get(keys_in.COMPONENT_KEY))
+    item = ss.get("item")
+    lease = None if item is None else item.lease_id
+    if msg is None or msg.lease != lease:  # nothing, or keys for an item no longer shown
+        return
+    applied = ss.get(_applied_key(lease)) or {}
+    new = keys_in.new_keys(msg, applied)
+    if not new:
+        return
+    ss[_applied_key(lease)] = keys_in.mark_applied(msg, applied)  # counted first: a refused key is not retried
+    for n, key in enumerate(new):
+        if key in keys_in.KEYS:
+            _act(item, key)
+        if ss.get("item") is not item:  # submitted, skipped or undone: the rest was pressed before it showed
+            if len(new) > n + 1:
+                ss["flash_error"] = (f"{len(new) - n - 1} key(s) pressed after {key} were not applied: they came "
+                                     "before the next item showed. Press them again now that you see it.")
+            return
+    if item is not None:
+        _save(item)
+
+
+def _act(item: Item | None, key: str) -> None:
+    """One key, as its button does (no draft saved: the caller saves once)."""
+    if item is None:
+        if key == "U":
+            _do_undo()
+        return
+    k = len(_order(item))
+    if key.isdigit() and k == 2 and int(key) <= 2:
+        _do_choose(item, "ab"[int(key) - 1])
+    elif key.isdigit() and k > 2 and int(key) <= k:
+        _do_press(item, int(key) - 1)
+    elif key in ("T", "X"):
+        if k == 2:
+            _do_choose(item, "tie" if key == "T" else "bad")
+        else:
+            (_do_tie if key == "T" else _do_all_bad)(item)
+    elif key == "Backspace":
+        _do_clear(item)
+    elif key == "Enter":
+        _do_submit(item)
+    elif key == "S":
+        _finish(item, _answer(item), True, "Skipped")
+    elif key == "U":
+        _do_undo()
 
 
 def _start(item: Item | None) -> None:
@@ -111,6 +190,7 @@ def _start(item: Item | None) -> None:
     ss.setdefault(_key("flags", item), [f for f in draft.get("flags") or [] if f in FLAGS])
     ss.setdefault(_key("why", item), draft.get("rationale") or "")
     ss.setdefault(_key("edit", item), draft.get("edited_text") or "")
+    ss.setdefault(_applied_key(item.lease_id), keys_in.clean_applied(draft.get("keys")))
 
 
 def _forget(item: Item | None) -> None:
@@ -124,7 +204,8 @@ def _save(item: Item) -> None:
     """Keep the draft with the lease (a reload or a restart brings it back)."""
     draft = {"ranks": {str(rid): v for rid, v in _ranks(item).items() if v is not None},
              "all_bad": bool(ss.get(_key("allbad", item))), "flags": list(ss.get(_key("flags", item)) or []),
-             "rationale": ss.get(_key("why", item)) or "", "edited_text": ss.get(_key("edit", item)) or ""}
+             "rationale": ss.get(_key("why", item)) or "", "edited_text": ss.get(_key("edit", item)) or "",
+             "keys": ss.get(_applied_key(item.lease_id)) or {}}  # how far the keys got: a reconnect replays none
     try:
         kept = save_draft(db, item.lease_id, user.id, draft)
     except ValueError as e:  # text a judgment would refuse: say so now, the submit names it again
@@ -142,32 +223,21 @@ def _changed() -> None:
     _save(item)
 
 
-def _choose(choice: str) -> None:
+def _do_choose(item: Item, choice: str) -> None:
     """Two answers: one choice, the last press wins."""
-    if not _arrived(CHOICE_KEYS[choice]):
-        return
-    item = ss["item"]
     _set_ranks(item, rk.choice_ranks(choice, _order(item)))
     ss[_key("allbad", item)] = choice == "bad"
-    _save(item)
 
 
-def _press(index: int) -> None:
-    if not _arrived(str(index + 1)):
-        return
-    item = ss["item"]
+def _do_press(item: Item, index: int) -> None:
     tie_with = ss.get(_key("last", item)) if ss.get(_key("tie", item)) else None
     _set_ranks(item, rk.press(_ranks(item), _order(item), index, tie_with=tie_with))
     ss[_key("tie", item)] = False
     ss[_key("last", item)] = _order(item)[index]
     ss[_key("allbad", item)] = False
-    _save(item)
 
 
-def _tie() -> None:
-    if not _arrived('T'):
-        return
-    item = ss["item"]
+def _do_tie(item: Item) -> None:
     last = ss.get(_key("last", item))
     if last is not None and _ranks(item).get(last) is not None:
         ss[_key("tie", item)] = True
@@ -175,25 +245,31 @@ def _tie() -> None:
         ss["flash_error"] = "Press an answer's number first, then T, then the number of the one it ties with."
 
 
-def _all_bad() -> None:
-    if not _arrived('X'):
-        return
-    item = ss["item"]
+def _do_all_bad(item: Item) -> None:
     _set_ranks(item, rk.empty(_order(item)))
     ss[_key("allbad", item)] = True
     ss[_key("tie", item)] = False
-    _save(item)
 
 
-def _clear() -> None:
-    if not _arrived('Backspace'):
-        return
-    item = ss["item"]
+def _do_clear(item: Item) -> None:
     _set_ranks(item, rk.empty(_order(item)))
     ss[_key("allbad", item)] = False
     ss[_key("last", item)] = None
     ss[_key("tie", item)] = False
+
+
+def _clicked(name: str, do, *args) -> None:
+    """A button (mouse) on the item shown: acts as its key does, if it is the first order-dependent one of its run."""
+    if not _arrived(name):
+        return
+    item = ss["item"]
+    do(item, *args)
     _save(item)
+
+
+def _keys_changed() -> None:
+    """The component sent its list of keys (every press sends it)."""
+    _take_keys()
 
 
 def _finish(item: Item, answer: Answer, skipped: bool, message: str) -> None:
@@ -225,8 +301,11 @@ def _submit() -> None:
     if not _arrived('Enter'):
         return
     item = ss.get("item")
-    if item is None:
-        return
+    if item is not None:
+        _do_submit(item)
+
+
+def _do_submit(item: Item) -> None:
     if ss.get(_key("allbad", item)):
         _finish(item, _answer(item, all_bad=True), False, "Saved: all bad")
         return
@@ -246,8 +325,11 @@ def _skip() -> None:
 
 
 def _undo() -> None:
-    if not _arrived('U'):
-        return
+    if _arrived('U'):
+        _do_undo()
+
+
+def _do_undo() -> None:
     last = ss.pop("last_submit", None)
     if not last:
         ss["flash_error"] = "Nothing to undo."
@@ -268,7 +350,7 @@ def _review() -> None:
 
 
 st.html("<style>[data-testid='stMainBlockContainer']{padding-top:2.2rem;padding-bottom:1rem}"
-        "[data-testid='stChatMessage']{padding:0.25rem 0.5rem}</style>")
+        "[data-testid='stChatMessage']{padding:0.25rem 0.5rem}" + keys_in.HIDE_CSS + "</style>")
 
 if user.role == "admin" and not ss.get("admin_reviewing"):
     # An admin reviews only on purpose: opening this page leases nothing until they choose to.
@@ -337,6 +419,7 @@ if item is None:
         st.success("Your queue is empty. Thank you! New items show here when an admin adds them.")
     st.caption(f"Done today {p['done_today']} · total {p['total']}")
     st.button("Undo last submit", key="b-undo", shortcut="U", on_click=_undo, disabled=not can_undo)
+    keys_in.mount(None, 0, ss.get(_applied_key(None)) or {}, _keys_changed)  # U still undoes
     st.stop()
 
 order = _order(item)
@@ -354,12 +437,17 @@ with st.container(height=120 if prompt_chars > 240 or len(item.messages) > 1 els
 def _ranking_area(item: Item) -> None:
     """The answers, their rank controls, the choice buttons and the ranking line: a key press reruns only this
     (half the server's work of a full page run, at 20 reviewers most of its reruns). What needs the whole page
-    (Submit, Skip, Undo, flags, rationale, edit) lives outside it."""
+    (Submit, Skip, Undo, flags, rationale, edit) lives outside it; the keys' component lives in it, so a key reruns
+    only this, and a key that moved on to another item (Enter, S, U) reruns the page."""
+    shown = ss.get("item")
+    if shown is None or shown.lease_id != item.lease_id:
+        st.rerun(scope="app")
     _settle_keys()
     if ss.get("flash_error"):
         st.error(ss.pop("flash_error"))
     order = _order(item)
     k = len(order)
+    keys_in.mount(item.lease_id, k, ss.get(_applied_key(item.lease_id)) or {}, _keys_changed)
     per_row = k if k <= 4 else 3
     rows = -(-k // per_row)
     box = (300 if k == 2 else 250) if rows == 1 else 150
@@ -376,10 +464,10 @@ def _ranking_area(item: Item) -> None:
                 if k > 2:
                     with st.container(horizontal=True, vertical_alignment="center", gap="small"):
                         st.segmented_control(f"Rank of {rk.LETTERS[i]}", list(range(1, k + 1)),
-                                             key=_key("rank", item, rid), on_change=_changed,
-                                             label_visibility="collapsed")
-                        st.button(f"{rk.LETTERS[i]} next", key=f"b-press:{item.lease_id}:{i}", on_click=_press,
-                                  args=(i,), shortcut=str(i + 1) if i < 9 else None,
+                                             default=rank, key=_selector_key(item, rid), on_change=_picked,
+                                             args=(rid,), label_visibility="collapsed")
+                        st.button(f"{rk.LETTERS[i]} next", key=f"b-press:{item.lease_id}:{i}", on_click=_clicked,
+                                  args=(str(i + 1), _do_press, i), shortcut=str(i + 1) if i < 9 else None,
                                   help=f"Rank {rk.LETTERS[i]} next (pressed again: moves to the end).")
 
     all_bad = bool(ss.get(_key("allbad", item)))
@@ -388,15 +476,19 @@ def _ranking_area(item: Item) -> None:
             chosen = rk.choice_of(ranks, order, all_bad)
             for choice, label in rk.CHOICE_LABELS.items():
                 st.button(label, key=f"{CHOICE_BUTTONS[choice]}:{item.lease_id}", shortcut=CHOICE_KEYS[choice],
-                          on_click=_choose, args=(choice,), type="primary" if chosen == choice else "secondary",
+                          on_click=_clicked, args=(CHOICE_KEYS[choice], _do_choose, choice),
+                          type="primary" if chosen == choice else "secondary",
                           icon=":material/check:" if chosen == choice else None)
             shown = "not chosen yet" if chosen is None else rk.CHOICE_LABELS[chosen]
         else:
-            st.button("Tie next with previous", key=f"b-tie:{item.lease_id}", shortcut="T", on_click=_tie)
-            st.button("All bad / cannot rank", key=f"b-allbad:{item.lease_id}", shortcut="X", on_click=_all_bad,
-                      type="primary" if all_bad else "secondary", icon=":material/check:" if all_bad else None)
+            st.button("Tie next with previous", key=f"b-tie:{item.lease_id}", shortcut="T", on_click=_clicked,
+                      args=("T", _do_tie))
+            st.button("All bad / cannot rank", key=f"b-allbad:{item.lease_id}", shortcut="X", on_click=_clicked,
+                      args=("X", _do_all_bad), type="primary" if all_bad else "secondary",
+                      icon=":material/check:" if all_bad else None)
             shown = "all bad / cannot rank" if all_bad else rk.describe_ranks(ranks, order)
-        st.button("Clear", key=f"b-clear:{item.lease_id}", shortcut="Backspace", on_click=_clear)
+        st.button("Clear", key=f"b-clear:{item.lease_id}", shortcut="Backspace", on_click=_clicked,
+                  args=("Backspace", _do_clear))
         st.markdown(f"**Your {'choice' if k == 2 else 'ranking'}:** `{shown}`")
         if ss.get(_key("tie", item)):
             st.caption("Tie armed: the next number ties with the previous one.")
