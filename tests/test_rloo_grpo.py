@@ -143,9 +143,13 @@ def test_cli_train_ppo_with_algo_grpo(workspace, tiny_lm, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo", ["rloo", "grpo"])
+@pytest.mark.parametrize("algo", ["grpo"])
 def test_real_default_model_runs_two_iterations(workspace, algo):
-    """SmolLM2-135M-Instruct (the default policy) on 4 real HH prompts x 2 generations, 16 new tokens, LoRA, CPU."""
+    """SmolLM2-135M-Instruct (the default policy) on 4 real HH prompts x 2 generations, 16 new tokens, LoRA, CPU.
+
+    GRPO only: RLOO's trainer runs the same way on the tiny model above (training, lineage, resume), and with the real
+    model it cost 75-110 s of the suite's 20-minute budget for the same question (does the default policy run under
+    TRL's online trainers); add "rloo" back here to check it by hand."""
     pytest.importorskip("gguf")
     from rankloop.models import prepare_models
     from rl.ppo_run import train_ppo
