@@ -32,13 +32,13 @@ export default function (component) {
   const w = window;
   let q = w.__rankloopKeys;
   if (!q) {
-    q = w.__rankloopKeys = { lease: undefined, stream: null, keys: [], seq: 0, k: 0, mounted: 0,
-                             leftAt: 0, send: null, timer: null, resends: 0 };
+    q = w.__rankloopKeys = { lease: undefined, stream: null, keys: [], seq: 0, k: 0, send: null, timer: null,
+                             resends: 0 };
     const names = { t: "T", x: "X", s: "S", u: "U", Backspace: "Backspace", Enter: "Enter" };
     const typing = (el) => el && (el.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(el.tagName));
     w.addEventListener("keydown", (e) => {
       // Captured on the window before any element sees it, so nothing the page redraws can drop it.
-      if (q.mounted <= 0 && Date.now() - q.leftAt > 3000) return;  // left the Rank page
+      if (!document.querySelector(".st-key-__KEY__")) return;  // not on the Rank page
       if (e.ctrlKey || e.metaKey || e.altKey || e.repeat || e.isComposing) return;
       const path = e.composedPath ? e.composedPath() : [];
       if (typing(path[0] || e.target)) return;  // a text box takes its keys
@@ -58,7 +58,6 @@ export default function (component) {
     };
   }
   q.send = setStateValue;
-  q.mounted += 1;
   const lease = data ? data.lease : null;
   if (lease !== q.lease) {  // another item: a new list (keys pressed for the old one are not moved over)
     q.lease = lease;
@@ -76,9 +75,8 @@ export default function (component) {
   } else if (applied >= q.keys.length) {
     q.resends = 0;
   }
-  return () => { q.mounted -= 1; q.leftAt = Date.now(); };
 }
-"""
+""".replace("__KEY__", COMPONENT_KEY)
 
 _component = st.components.v2.component("rankloop.rank_keys", js=KEYS_JS)
 

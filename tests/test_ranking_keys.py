@@ -63,3 +63,35 @@ def test_two_answers_the_last_choice_wins():
         assert rk.ranking_of(ranks, two) == ranking and rk.choice_of(ranks, two, False) == choice
     assert rk.choice_of(rk.choice_ranks("bad", two), two, True) == "bad"
     assert rk.choice_of(rk.empty(two), two, False) is None
+
+
+def test_the_key_list_from_the_browser_applies_each_key_once():
+    """annotate.keys: what the component sends is read defensively, and only keys after the last one applied are
+    new, whatever order re-sent and older lists arrive in."""
+    from annotate import keys
+
+    def msg(ks, seq, stream="s1", lease=7):
+        return keys.parse({"keys": {"lease": lease, "stream": stream, "keys": ks, "seq": seq}})
+
+    applied = {}
+    first = msg(["1", "2"], 2)
+    assert keys.new_keys(first, applied) == ["1", "2"]
+    applied = keys.mark_applied(first, applied)
+    assert keys.new_keys(msg(["1", "2"], 3), applied) == []  # re-sent
+    assert keys.new_keys(msg(["1"], 1), applied) == []  # older, late
+    later = msg(["1", "2", "3", "Enter"], 4)
+    assert keys.new_keys(later, applied) == ["3", "Enter"]
+    applied = keys.mark_applied(later, applied)
+    assert keys.mark_applied(msg(["1"], 1), applied) == {"s1": 4}  # an older list never lowers the count
+    assert keys.new_keys(msg(["1"], 1, stream="s2"), applied) == ["1"]  # another page's list counts on its own
+    for n in range(6):
+        applied = keys.mark_applied(msg(["1"], 1, stream=f"t{n}"), applied)
+    assert len(applied) == 4 and "s1" not in applied  # a lease remembers its last four lists
+    for bad in (None, {}, {"keys": None}, {"keys": {"lease": "7", "stream": "s", "keys": [], "seq": 1}},
+                {"keys": {"lease": 7, "stream": "", "keys": [], "seq": 1}},
+                {"keys": {"lease": 7, "stream": "s", "keys": "1234", "seq": 1}},
+                {"keys": {"lease": 7, "stream": "s", "keys": [1, 2], "seq": 1}},
+                {"keys": {"lease": True, "stream": "s", "keys": [], "seq": 1}}):
+        assert keys.parse(bad) is None, bad
+    assert keys.parse({"keys": {"lease": None, "stream": "s", "keys": ["U"], "seq": 1}}).lease is None
+    assert keys.clean_applied({"s": 3, "t": -1, "u": "2", 5: 1}) == {"s": 3} and keys.clean_applied([1]) == {}

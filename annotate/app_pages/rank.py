@@ -131,7 +131,15 @@ def _take_keys() -> None:
     msg = keys_in.parse(ss.get(keys_in.COMPONENT_KEY))
     item = ss.get("item")
     lease = None if item is None else item.lease_id
-    if msg is None or msg.lease != lease:  # nothing, or keys for an item no longer shown
+    if msg is None:
+        return
+    if msg.lease != lease:  # keys for an item no longer shown: pressed before the next one showed
+        closed = ss.get("keys_closed")
+        if closed and closed[0] == msg.lease and keys_in.new_keys(msg, closed[1]):
+            late = keys_in.new_keys(msg, closed[1])
+            ss["keys_closed"] = (msg.lease, keys_in.mark_applied(msg, closed[1]))
+            ss["flash_error"] = (f"{len(late)} key(s) pressed before this item showed were not applied to it. "
+                                 "Press them again now that you see it.")
         return
     applied = ss.get(_applied_key(lease)) or {}
     new = keys_in.new_keys(msg, applied)
@@ -144,7 +152,7 @@ def _take_keys() -> None:
         if ss.get("item") is not item:  # submitted, skipped or undone: the rest was pressed before it showed
             if len(new) > n + 1:
                 ss["flash_error"] = (f"{len(new) - n - 1} key(s) pressed after {key} were not applied: they came "
-                                     "before the next item showed. Press them again now that you see it.")
+                                     "before this item showed. Press them again now that you see it.")
             return
     if item is not None:
         _save(item)
@@ -195,6 +203,7 @@ def _start(item: Item | None) -> None:
 
 def _forget(item: Item | None) -> None:
     if item is not None:
+        ss["keys_closed"] = (item.lease_id, ss.get(_applied_key(item.lease_id)) or {})  # late keys: said, not applied
         suffix = f":{item.lease_id}"
         for k in [k for k in ss.keys() if isinstance(k, str) and (k.endswith(suffix) or f"{suffix}:" in k)]:
             del ss[k]
