@@ -106,7 +106,7 @@ def _synthetic(rng, n):
 
 def test_the_ranking_probe_learns_from_ties_what_pairs_drop():
     rng = np.random.default_rng(0)
-    features, items, groups = _synthetic(rng, 60)
+    features, items, groups = _synthetic(rng, 30)
     ranking = fit_ranking_probe(features, items, groups, [0.01], 3, 0, 0, 64)
     chosen = [features[rows[a]] for rows, gs in zip(items, groups, strict=True) for a in range(len(rows))
               for b in range(len(rows)) if gs[a] < gs[b]]
