@@ -28,6 +28,7 @@ from training.models import DEFAULT_POLICY
 DPO_LOSSES = ("sigmoid", "ipo", "robust", "hinge", "sigmoid_norm", "exo_pair", "nca_pair", "bco_pair", "sppo_hard",
               "apo_zero", "apo_down", "aot", "discopop", "sft")
 QUANTIZATIONS = ("none", "4bit")
+SAMPLING_ENGINES = ("hf", "vllm")
 QUANTIZATION_HELP = (
     "'none', or '4bit' for QLoRA: the frozen base loaded in 4-bit NF4 through bitsandbytes (double quantization, "
     "bf16 compute), LoRA adapters trained on top. CUDA only (bitsandbytes' 4-bit kernels); needs lora and "
@@ -55,6 +56,10 @@ class SamplingParams:
     seed: int = option(0, "Base seed; batch b samples with seed + b (each batch's seed is stored with its "
                           "responses).", ge=0)
     top_k: int = option(0, "Keep only the k most likely tokens; 0 turns it off.", ge=0)
+    engine: str = option("hf", (
+        "What samples: 'hf' (transformers' generate; the CPU default) or 'vllm' (vLLM on CUDA, a LoRA policy served "
+        "through vLLM's LoRA support; needs `pip install 'rankloop[gpu]'`). Same seeds, parameters and lineage "
+        "stored either way."), choices=SAMPLING_ENGINES)
 
     def __post_init__(self) -> None:  # the numbers' types (this is built from flags and code, not only TOML)
         for f in fields(self):

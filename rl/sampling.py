@@ -6,6 +6,10 @@ padded, each prompt decoded k times with the KV cache. Each batch has its own se
 stored with its responses with the sampling parameters. Each batch's responses and its comparisons (one per
 prompt) are written in one transaction as soon as the batch is decoded, so reviewers can rank the first prompts
 while the rest are still sampled, and an interrupted run keeps every batch it finished.
+
+`params.engine` picks what decodes: 'hf' (here, the CPU default) or 'vllm' (rl/vllm_engine.py: the same batches,
+per-request seeds `seed + b`, the same stored fields, plus `engine` in each response's params). `check_engine`
+refuses 'vllm' without vLLM installed, naming the `gpu` extra, before anything is read or written.
 """
 
 from __future__ import annotations
@@ -290,6 +294,67 @@ class _CpuShare:
         return torch.get_num_threads()
 
 
+def check_engine(engine: str) -> None:
+    """A clear error, before any work, when `engine` cannot sample here ('vllm' without vLLM installed names the
+    `gpu` extra); 'hf' always can."""
+    if engine == "vllm":
+        from rl.vllm_engine import require_vllm
+
+        require_vllm()
+    elif engine != "hf":
+        raise ValueError(f"engine: must be 'hf' or 'vllm', got {engine!r}")
+
+
+class _HFEngine:
+    """transformers' generate: each policy loaded once (a LoRA adapter merged), batches decoded with the KV cache."""
+
+    def __init__(self, rows: list[ModelRow], choice: Any) -> None:
+        self.choice = choice
+        self.loaded = {row.name: load_policy(policy_location(row), choice.device, choice.dtype, row.adapter_path)
+                       for row in rows}
+        self.first = self.loaded[rows[0].name]
+
+    def batches(self, conversations: list[list[dict[str, str]]], params: SamplingParams) -> list[list[int]]:
+        return sampling_batches(*self.first, conversations, params)
+
+    def sample(self, row: ModelRow, conversations: list[list[dict[str, str]]], params: SamplingParams,
+               batch: int) -> list[list[Completion]]:
+        out = sample_completions(*self.loaded[row.name], conversations, params, self.choice.device)
+        for cs in out:
+            for c in cs:
+                c.batch = batch
+        return out
+
+
+class _VLLMEngine:
+    """vLLM (rl/vllm_engine.py) behind the same two calls, the prompts encoded as the HF path encodes them."""
+
+    def __init__(self, rows: list[ModelRow], choice: Any) -> None:
+        from rl.vllm_engine import VLLMSampler
+
+        dtype = "bfloat16" if getattr(choice, "bf16", False) else "float16"
+        self.sampler = VLLMSampler(rows, [policy_location(r) for r in rows], dtype=dtype)
+        self.max_len = getattr(self.sampler.config, "max_position_embeddings", None)
+
+    def _encode(self, conversations: list[list[dict[str, str]]], params: SamplingParams) -> list[list[int]]:
+        max_prompt = max(1, self.max_len - params.max_new_tokens) if self.max_len else None
+        return [prompt_ids(self.sampler.tokenizer, conv, max_prompt) for conv in conversations]
+
+    def batches(self, conversations: list[list[dict[str, str]]], params: SamplingParams) -> list[list[int]]:
+        order = _length_order(self._encode(conversations, params))
+        per_batch = params.prompts_per_batch
+        return [order[start:start + per_batch] for start in range(0, len(order), per_batch)]
+
+    def sample(self, row: ModelRow, conversations: list[list[dict[str, str]]], params: SamplingParams,
+               batch: int) -> list[list[Completion]]:
+        return self.sampler.sample(row, self._encode(conversations, params), params, batch)
+
+
+def _engine(name: str, model_row: ModelRow, previous: ModelRow | None, choice: Any) -> Any:
+    rows = [model_row] + ([previous] if previous is not None else [])
+    return _VLLMEngine(rows, choice) if name == "vllm" else _HFEngine(rows, choice)
+
+
 def _batch_rows(prompts: list[Any], completions: list[list[tuple[ModelRow, Completion]]], params: SamplingParams,
                 round: int, required_reviewers: int, threads: int | None = None, mixed: bool = False) -> Batch:
     """The prompts (already stored: reused by content hash), their responses (each with the model that wrote it)
@@ -303,7 +368,7 @@ def _batch_rows(prompts: list[Any], completions: list[list[tuple[ModelRow, Compl
                 seed=c.seed, params={
                     "temperature": params.temperature, "top_p": params.top_p, "top_k": params.top_k,
                     "max_new_tokens": params.max_new_tokens, "finished": c.finished, "new_tokens": c.new_tokens,
-                    "batch": c.batch, "index": c.index, "k": params.k,
+                    "batch": c.batch, "index": c.index, "k": params.k, "engine": params.engine,
                     **({"threads": threads} if threads is not None else {}),  # set by _CpuShare for this batch
                     **({"mix_previous": model_row is not samples[0][0]} if mixed else {}),
                 },
@@ -349,27 +414,32 @@ def generate_candidates(db: str | Path, model_row: ModelRow, *, n_prompts: int, 
     _check_int("prompts", n_prompts, 1)
     _check_int("round", round, 0)
     _check_int("required_reviewers", required_reviewers, 1)
+    check_engine(params.engine)  # vLLM missing: said before anything is read or written
     if model_row.kind != "policy":
         raise ValueError(f"model {model_row.name!r} is a {model_row.kind} model; sampling needs a policy")
-    location = policy_location(model_row)
+    policy_location(model_row)  # a missing folder fails here, before any work
+    if previous is not None:
+        policy_location(previous)
+    choice = pick_device(device)
+    if params.engine == "vllm":
+        from rl.vllm_engine import require_cuda
+
+        require_cuda(choice.device)
     prompts = prompts_without_comparisons(db, n_prompts, split)  # the database is closed again after this
     if not prompts:
         return SamplingResult(0, 0, 0, [], 0, 0, 0, 0, 0.0, 0.0, "none")
 
-    choice = pick_device(device)
     share = _CpuShare(choice.device)  # measures what others use while the model loads
     started = time.monotonic()
-    model, tokenizer = load_policy(location, choice.device, choice.dtype, model_row.adapter_path)
+    engine = _engine(params.engine, model_row, previous, choice)
     keep = params.k - 1 if previous is not None else params.k  # candidates from model_row per prompt
     own = replace(params, k=max(2, keep)) if previous is not None else params
-    old = None if previous is None else load_policy(policy_location(previous), choice.device, choice.dtype,
-                                                    previous.adapter_path)
     state = SamplingProgress(len(prompts), len(prompts) * params.k, load_s=time.monotonic() - started,
-                             device=choice.name)
+                             device=choice.name + (" vllm" if params.engine == "vllm" else ""))
     if progress is not None:
         progress(replace(state))
     conversations = [p.messages for p in prompts]
-    batches = sampling_batches(model, tokenizer, conversations, params)
+    batches = engine.batches(conversations, params)
     comparison_ids: list[int] = []
     skipped = 0
     for b, idx in enumerate(batches):
@@ -377,11 +447,10 @@ def generate_candidates(db: str | Path, model_row: ModelRow, *, n_prompts: int, 
         started = time.monotonic()
         # One batch's worth of prompts, already in length order: decoded as batch b with seed + b.
         batch_convs = [conversations[i] for i in idx]
-        drawn = [[(model_row, c) for c in cs[:keep]] for cs in sample_completions(
-            model, tokenizer, batch_convs, replace(own, seed=params.seed + b), choice.device)]
-        if old is not None:
-            theirs = sample_completions(*old, batch_convs, replace(params, k=2, seed=params.seed + 10_000 + b),
-                                        choice.device)
+        drawn = [[(model_row, c) for c in cs[:keep]] for cs in engine.sample(
+            model_row, batch_convs, replace(own, seed=params.seed + b), b)]
+        if previous is not None:
+            theirs = engine.sample(previous, batch_convs, replace(params, k=2, seed=params.seed + 10_000 + b), b)
             for mine, cs in zip(drawn, theirs, strict=True):
                 cs[0].index = keep
                 mine.append((previous, cs[0]))
@@ -391,7 +460,7 @@ def generate_candidates(db: str | Path, model_row: ModelRow, *, n_prompts: int, 
             for c in cs:
                 c.batch = b
         chosen = [prompts[i] for i in idx]
-        rows = _batch_rows(chosen, drawn, params, round, required_reviewers, threads, old is not None)
+        rows = _batch_rows(chosen, drawn, params, round, required_reviewers, threads, previous is not None)
         written, taken = _write_new(db, rows, [p.id for p in chosen])
         skipped += taken
         comparison_ids += written.comparison_ids
