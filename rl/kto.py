@@ -168,7 +168,7 @@ def _train(ws: WorkspaceLike, config: KTOTrainingConfig, frame: Any, start: Star
     # full fine-tuning: the reference is a second copy of the starting policy (TRL would otherwise reload the
     # model's config name, which for a merged LoRA policy is its base, not the policy)
     ref_model = None if config.lora else load_causal_lm(start)[0]
-    eval_set = kto_dataset(held) if len(held) else None
+    eval_set = kto_dataset(kto_order(held)) if len(held) else None
     args = kto_args(config, run_dir, dev, eval_set is not None, progress, weights)
     history = history_callback()
     extra = trainer_callbacks(history, config.early_stopping_patience, eval_set is not None, callbacks)
