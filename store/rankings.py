@@ -5,13 +5,18 @@ A row: the prompt (`store.pairs.prompt_fields`), the judgment and reviewer, and 
 group first: `response_ids`, `responses` (texts) and `groups` (each item's group index, 0 = best, tied items share
 one; the store's ranking JSON as `reward.ranking_loss.group_index` reads it).
 
-- Only judgments that count and give a ranking (`store.feedback.Judged.use == "ranking"`), as for pairs.
-- Edited answer (`PairFilter.edited_first`, on by default): a non-blank `edited_text` is one more item, id
-  `EDITED_ID`, alone in its own top group, so every candidate of the judgment ranks below it.
+- Only judgments that count and give a ranking (`store.feedback.Judged.use == "ranking"`), as for pairs, and
+  "all bad" ones with an edit (below).
+- Edited answer (`PairFilter.edited_first`, on by default; as in `store.pairs`): a counted judgment's non-blank
+  edit (`Judged.edit`) is one more item, id `EDITED_ID`, alone in its own top group, so every candidate of the
+  judgment ranks below it. An "all bad" judgment with an edit gives a row too: the edit, then every candidate of
+  the comparison in one tied group (all equally bad); without an edit it gives none. An edit whose text is one of
+  the candidates' gets no item of its own (counted as `edit_same_as_candidate`).
 - Filters (`store.pairs.PairFilter`): round, split and reviewer choose the judgments read (`read_scoped`); `model`
   keeps a ranking when any of its candidates was written by one of the models; `min_agreement` keeps a ranking
   whose pairs agree, on average, at least that much with the comparison's other rankings (each pair's agreement as
-  in `store.pairs.per_reviewer_records`); a ranking without any untied pair has no agreement and is left out then.
+  in `store.pairs.per_reviewer_records`, an edit's pairs 1.0); a ranking without any untied pair has no
+  agreement and is left out then.
 - A ranking with fewer than two items teaches nothing and is left out (counted).
 """
 
@@ -26,6 +31,7 @@ import pandas as pd
 from store.feedback import Feedback
 from store.pairs import (
     PairFilter,
+    edits_by_comparison,
     left_out_judgments,
     prompt_fields,
     ranking_pairs,
@@ -47,26 +53,34 @@ def _ranks(ranking: list[list[int]]) -> dict[int, int]:
 
 def ranking_records(fb: Feedback, f: PairFilter) -> tuple[list[dict[str, Any]], Counter]:
     """One record per counted ranking that passes the filters (see the module doc), and what was left out."""
-    left = left_out_judgments(fb)
-    edited_first = bool(getattr(f, "edited_first", True))  # PairFilter.edited_first (issue 17), on by default
+    edited_first = bool(getattr(f, "edited_first", True))
+    left = left_out_judgments(fb, edits=edited_first)
+    rankings = rankings_by_comparison(fb)
+    edits = edits_by_comparison(fb) if edited_first else {}
     records: list[dict[str, Any]] = []
-    for cid, judged in sorted(rankings_by_comparison(fb).items()):
-        c = fb.comparisons[cid]
+    for cid in sorted(set(rankings) | set(edits)):
+        c, judged = fb.comparisons[cid], rankings.get(cid, [])
         ranks = [_ranks(j.ranking) for j in judged]
-        for j in judged:
-            edit = j.edited_text if edited_first and j.edited_text and j.edited_text.strip() else None
+        all_bad = [j for j in edits.get(cid, []) if j.use == "all_bad"]
+        for j in sorted(judged + all_bad, key=lambda j: j.id):
+            edit = j.edit if edited_first else None
+            if edit and any(fb.responses[r].text.strip() == edit.strip() for r in c.response_ids):
+                left["edit_same_as_candidate"] += 1  # the edit is one of the candidates: no item of its own
+                edit = None
+            ranking = j.ranking if j.use == "ranking" else [list(c.response_ids)]  # "all bad": all equally bad
+            if j.use != "ranking" and edit is None:
+                continue
             ids: list[int] = [EDITED_ID] if edit else []
             texts: list[str] = [edit] if edit else []
             groups: list[int] = [0] if edit else []
-            for g, group in enumerate(j.ranking):
+            for g, group in enumerate(ranking):
                 for rid in group:
                     ids.append(rid)
                     texts.append(fb.responses[rid].text)
                     groups.append(g + (1 if edit else 0))
             candidates = [r for r in ids if r != EDITED_ID]
-            pairs = ranking_pairs(j.ranking)
-            agreements = []
-            for better, worse, _ in pairs:
+            agreements = [1.0] * len(candidates) if edit else []  # an edit pair's agreement, as in store.pairs
+            for better, worse, _ in ranking_pairs(ranking) if j.use == "ranking" else []:
                 voters = [r for r in ranks if better in r and worse in r]
                 agreements.append(sum(r[better] < r[worse] for r in voters) / len(voters))
             agreement = sum(agreements) / len(agreements) if agreements else None

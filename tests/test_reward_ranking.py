@@ -52,20 +52,26 @@ def test_an_edited_answer_is_its_own_top_group_unless_turned_off(workspace):
     seed = Seed().comparison("q", "Name a colour.", {"a": "red", "b": "blue", "c": "green"})
     seed.judge("q", "ana", "a>b=c", edited_text="Red, like a ripe tomato.")
     seed.judge("q", "bo", "c>a>b", edited_text="   ")  # a blank edit is no answer
+    seed.judge("q", "cy", all_bad=True, edited_text="Crimson.")  # "all bad" + an edit: the edit, then all tied
+    seed.judge("q", "dee", all_bad=True)  # "all bad" without an edit: no row
+    seed.judge("q", "eve", "b>a>c", edited_text="green")  # the edit is a candidate's text: no item of its own
     seed.write(workspace.db)
 
-    ana, bo = (r for _, r in preference_rankings(workspace.db, _filter()).iterrows())
+    ana, bo, cy, eve = (r for _, r in preference_rankings(workspace.db, _filter()).iterrows())
+    assert list(cy.responses) == ["Crimson.", "red", "blue", "green"] and list(cy.groups) == [0, 1, 1, 1]
+    assert not eve.edited and list(eve.responses) == ["blue", "red", "green"] and list(eve.groups) == [0, 1, 2]
     assert ana.edited and list(ana.response_ids)[0] == EDITED_ID
     assert list(ana.responses) == ["Red, like a ripe tomato.", "red", "blue", "green"]
     assert list(ana.groups) == [0, 1, 2, 2]
     assert not bo.edited and list(bo.groups) == [0, 1, 2]
-    pairs = expand_pairs(preference_rankings(workspace.db, _filter()))
+    pairs = expand_pairs(preference_rankings(workspace.db, _filter()).head(1))
     edit_pairs = pairs[pairs.chosen_id == EDITED_ID]
     assert sorted(edit_pairs.rejected) == ["blue", "green", "red"]  # the edit outranks every candidate
     assert not (pairs.rejected_id == EDITED_ID).any()
 
     off = preference_rankings(workspace.db, _filter(edited_first=False))
-    assert not off.edited.any() and list(off.iloc[0].groups) == [0, 1, 1]
+    assert list(off.reviewer) == ["ana", "bo", "eve"] and not off.edited.any()
+    assert list(off.iloc[0].groups) == [0, 1, 1]
 
 
 def test_rankings_snapshot_splits_prompts_as_the_pairs_snapshot_and_holds_out_the_same_pairs(workspace):
