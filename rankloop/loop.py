@@ -52,6 +52,7 @@ class _Loop:
         self.ws, self.config, self.run_id, self.log = ws, config, run_id, log
         self.folder = ws.runs_dir / f"loop-{run_id}"
         self.oracle = None
+        self.engine = ws.config.generation.engine  # [generation] engine; `rankloop loop --engine` overrides it
 
     # names the loop gives what it makes: a rerun finds them instead of making them twice
     def policy_name(self, i: int) -> str:
@@ -142,7 +143,7 @@ class _Loop:
         result = next_round(self.ws, policy=policy, k=c.k, n_prompts=c.prompts, max_new_tokens=c.max_new_tokens,
                             temperature=c.temperature, seed=c.seed + i, split="train",
                             required_reviewers=c.required_reviewers, device=c.device,
-                            reward=self.reward_name(i - 1) if i > 0 else None)
+                            reward=self.reward_name(i - 1) if i > 0 else None, engine=self.engine)
         if result.comparisons == 0:
             raise ValueError("no train prompts without comparisons are left to sample: import more prompts "
                              f"(split 'train'); the newest round is {before}")
@@ -301,7 +302,7 @@ class _Loop:
                                    "sample_oracle_mean": state[(i, "judge")].get("sample_oracle_mean")}
         # every policy is sampled once, here or inside evaluate_policy (same prompts, same parameters)
         prompts = eval_prompts(self.ws.db, c.eval_prompts)
-        sampler = PolicySamples(self.ws.db, c.device, self.folder / "samples")
+        sampler = PolicySamples(self.ws.db, c.device, self.folder / "samples", engine=self.engine)
         params = SamplingParams(k=c.eval_k, max_new_tokens=c.eval_tokens, temperature=0.7, seed=c.seed)
         if c.eval_policy_runs:  # `rankloop eval policy`'s own run and report, on the same samples
             run = evaluate_policy(self.ws, new, prev, reward=rm, max_prompts=c.eval_prompts, k=c.eval_k,

@@ -36,10 +36,12 @@ class PolicySamples:
     the loop's evaluation (rankloop/loop_eval.py) share one, so a policy of a loop round is sampled once. With a
     `cache` folder the samples are kept there as JSON (`<policy>.json`), so a rerun samples nothing again."""
 
-    def __init__(self, db: Any, device: str | None = None, cache: Path | None = None):
+    def __init__(self, db: Any, device: str | None = None, cache: Path | None = None, engine: str = "hf"):
+        from rl.sampling import check_engine
         from training.device import pick_device
 
-        self.db, self.choice, self.cache = db, pick_device(device), cache
+        check_engine(engine)  # 'vllm' without vLLM installed: said before any run row (rl/vllm_engine.py)
+        self.db, self.choice, self.cache, self.engine = db, pick_device(device), cache, engine
         self.loaded: dict[str, tuple[Any, Any]] = {}
         self.drawn: dict[tuple, list[list[Any]]] = {}
 
@@ -67,6 +69,11 @@ class PolicySamples:
         saved = json.loads(path.read_text(encoding="utf-8")) if path is not None and path.is_file() else {}
         if saved.get("key") == key:
             drawn = [[Completion(**c) for c in cs] for cs in saved["samples"]]
+        elif self.engine == "vllm":  # the same batches and seeds, decoded by vLLM (rl.sampling.vllm_completions)
+            from rl.sampling import vllm_completions
+            from store.models import get_model
+
+            drawn = vllm_completions(get_model(self.db, name), [p.messages for p in prompts], params, self.choice)
         else:
             model, tok = self.model(name)
             drawn = sample_completions(model, tok, [p.messages for p in prompts], params, self.choice.device)
@@ -152,7 +159,7 @@ def evaluate_policy(ws: WorkspaceLike, new: str, against: str, *, reward: str = 
                     max_prompts: int = _D.max_prompts, splits: list[str] | None = None, k: int = _D.k,
                     max_new_tokens: int = _D.max_new_tokens, temperature: float = _D.temperature,
                     seed: int = _D.seed, device: str | None = _D.device, samples_shown: int = _D.samples_shown,
-                    reference: str = "", sampler: PolicySamples | None = None) -> PolicyEvalResult:
+                    reference: str = "", sampler: PolicySamples | None = None, engine: str = "hf") -> PolicyEvalResult:
     """Win rate of `new` over `against` by the reward model on held-out prompts (split 'eval', else all).
     `sampler` (default: a new one on `device`) loads and samples the policies; pass the caller's to reuse its
     samples."""
@@ -163,6 +170,10 @@ def evaluate_policy(ws: WorkspaceLike, new: str, against: str, *, reward: str = 
     from training.runs import closed_on_error, open_run
     from training.stats import wilson_interval
 
+    if sampler is None:
+        from rl.sampling import check_engine
+
+        check_engine(engine)  # before the run row
     new_row, old_row = get_model(ws.db, new), get_model(ws.db, against)
     for row in (new_row, old_row):
         if row.kind != "policy":
@@ -183,7 +194,7 @@ def evaluate_policy(ws: WorkspaceLike, new: str, against: str, *, reward: str = 
     run_id, folder = open_run(ws, RUN_KIND, config, snapshot, prefix="eval-policy")
     with closed_on_error(ws.db, run_id):
         started = time.monotonic()
-        sampler = sampler or PolicySamples(ws.db, device)
+        sampler = sampler or PolicySamples(ws.db, device, engine=engine)
         choice = sampler.choice
         conversations = [r.messages for r in rows]
         samples = {row.name: sampler.samples(row.name, rows, params) for row in (new_row, old_row)}

@@ -64,15 +64,16 @@ def next_round(ws: WorkspaceLike, *, policy: str | None = _D.policy, k: int = _D
                mix_previous: bool = _D.mix_previous, max_new_tokens: int = _D.max_new_tokens,
                temperature: float = _D.temperature, seed: int = _D.seed, split: str | None = _D.split,
                required_reviewers: int = _D.required_reviewers, device: str | None = _D.device,
-               reward: str | None = None, score: bool = True) -> RoundResult:
+               reward: str | None = None, score: bool = True, engine: str = _D.engine) -> RoundResult:
     """Queue round N+1 from `policy` (default: the newest), then score it with `reward` (default: the newest reward
     model; `score=False`: leave it unscored)."""
-    from rl.sampling import SamplingParams, generate_candidates
+    from rl.sampling import SamplingParams, check_engine, generate_candidates
     from store.models import ModelRow, newest_model
     from store.prompts import newest_round
     from store.runs import finish_run, start_run, update_run
     from training.runs import closed_on_error
 
+    check_engine(engine)  # e.g. vLLM not installed: said before the run row or the round exists
     row: ModelRow = newest_model(ws.db, "policy", policy)
     previous = None
     if mix_previous:
@@ -89,10 +90,11 @@ def next_round(ws: WorkspaceLike, *, policy: str | None = _D.policy, k: int = _D
     number = 0 if last is None else last + 1
     lineage = lineage_of(ws.db, row)
     config = {"policy": row.name, "round": number, "k": k, "mix_previous": mix_previous, "n_prompts": n_prompts,
-              "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
+              "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed, "engine": engine}
     run_id = start_run(ws.db, RUN_KIND, config, lineage)
     with closed_on_error(ws.db, run_id):
-        params = SamplingParams(k=k, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        params = SamplingParams(k=k, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                                engine=engine)
         result = generate_candidates(ws.db, row, n_prompts=n_prompts, params=params, round=number, split=split,
                                      required_reviewers=required_reviewers, device=device, previous=previous)
         comparison_ids = list(result.comparison_ids)

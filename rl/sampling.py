@@ -350,6 +350,29 @@ class _VLLMEngine:
         return self.sampler.sample(row, self._encode(conversations, params), params, batch)
 
 
+def vllm_completions(row: ModelRow, conversations: list[list[dict[str, str]]], params: SamplingParams,
+                     choice: Any) -> list[list[Completion]]:
+    """`sample_completions` with vLLM for one policy row (`eval policy --engine vllm`): the same length-sorted
+    batches and seeds (batch b: seed + b), the engine started for this call and shut down after it."""
+    import gc
+
+    check_engine("vllm")
+    from rl.vllm_engine import require_cuda
+
+    require_cuda(choice.device)
+    engine = _VLLMEngine([row], choice)
+    try:
+        out: list[list[Completion]] = [[] for _ in conversations]
+        for b, idx in enumerate(engine.batches(conversations, params)):
+            drawn = engine.sample(row, [conversations[i] for i in idx], replace(params, seed=params.seed + b), b)
+            for i, cs in zip(idx, drawn, strict=True):
+                out[i] = cs
+        return out
+    finally:
+        del engine
+        gc.collect()
+
+
 def _engine(name: str, model_row: ModelRow, previous: ModelRow | None, choice: Any) -> Any:
     rows = [model_row] + ([previous] if previous is not None else [])
     return _VLLMEngine(rows, choice) if name == "vllm" else _HFEngine(rows, choice)

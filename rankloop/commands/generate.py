@@ -45,7 +45,7 @@ def _quiet_transformers() -> Iterator[None]:
 @click.option("--round", "round_", type=int, default=0, show_default=True, help="Round the comparisons belong to.")
 @click.option("--required-reviewers", type=int, default=None,
               help="Reviewers each comparison needs.  [default: [workspace] required_reviewers]")
-@config_options(SamplingParams, "k", "max_new_tokens", "temperature", "top_p", "batch_size", "seed",
+@config_options(SamplingParams, "k", "max_new_tokens", "temperature", "top_p", "batch_size", "seed", "engine",
                 section="generation")
 @click.option("--split", default=None, help="Only prompts of this split (train, eval, ...).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N or mps.  [default: cuda when present]")
@@ -53,15 +53,18 @@ def _quiet_transformers() -> Iterator[None]:
 @workspace_option
 def generate_command(ws: Workspace, policy: str | None, n_prompts: int, k: int | None, round_: int,
                      required_reviewers: int | None, max_new_tokens: int | None, temperature: float | None,
-                     top_p: float | None, batch_size: int | None, seed: int | None, split: str | None,
-                     device: str | None, as_json: bool) -> None:
+                     top_p: float | None, batch_size: int | None, seed: int | None, engine: str | None,
+                     split: str | None, device: str | None, as_json: bool) -> None:
     """Sample k responses for each prompt that has no comparison yet and queue one comparison per prompt."""
     from rl.sampling import SamplingProgress, generate_candidates
 
     overrides = {"k": k, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
-                 "batch_size": batch_size, "seed": seed}
+                 "batch_size": batch_size, "seed": seed, "engine": engine}
     values = {**asdict(ws.config.generation), **{n: v for n, v in overrides.items() if v is not None}}
     params = guarded(SamplingParams, **values)
+    from rl.sampling import check_engine
+
+    guarded(check_engine, params.engine)  # before the default policy is converted or anything is written
     name = policy or ws.config.models.policy
     with _quiet_transformers():
         row = guarded(_policy_row, ws, name, as_json)

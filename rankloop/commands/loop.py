@@ -11,6 +11,7 @@ from rankloop.commands.common import echo_json, guarded, workspace_option
 from rankloop.commands.options import config_options, refuse_unused
 from rankloop.loop_config import LoopConfig
 from rankloop.workspace import Workspace
+from rl.config import RoundConfig
 
 
 @click.command("simulate")
@@ -112,13 +113,21 @@ LOOP_FIELDS = ("rounds", "algo", "simulate", "policy", "reviewers", "noise", "re
               help="Any [loop] field, or reward.FIELD / dpo.FIELD / kto.FIELD / ppo.FIELD for the trainers "
                    "(repeatable).")
 @click.option("--new", "new", is_flag=True, help="Start a new loop even if an unfinished one could be resumed.")
+@config_options(RoundConfig, "engine", section="generation")  # declared once, in rl.config.SamplingParams
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @workspace_option
-def loop_command(ws: Workspace, assignments: tuple[str, ...], new: bool, as_json: bool, **options: Any) -> None:
+def loop_command(ws: Workspace, assignments: tuple[str, ...], new: bool, engine: str | None, as_json: bool,
+                 **options: Any) -> None:
     """Close the loop N times: sample, wait for reviewers (or simulate them), train a reward model, train the
     policy (DPO or PPO), evaluate; every step a run row. Run it again after a crash and it continues."""
-    from rankloop.loop import run_loop
+    from dataclasses import replace
 
+    from rankloop.loop import run_loop
+    from rl.sampling import check_engine
+
+    if engine is not None:  # this loop's sampling engine: [generation] engine overridden for this process
+        ws.config.generation = guarded(replace, ws.config.generation, engine=engine)
+    guarded(check_engine, ws.config.generation.engine)  # vLLM missing: said before any run row
     overrides = guarded(_loop_overrides, options, assignments)
     config = guarded(_config, ws, overrides)
     refuse_unused(config, list(overrides), "reviewing", "give --simulate ORACLE")

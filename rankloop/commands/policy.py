@@ -164,10 +164,11 @@ EVAL_FIELDS = ("max_prompts", "k", "max_new_tokens", "temperature", "seed", "sam
 @click.option("--reference", default="", help="Policy the KL to the reference is measured against.  "
               "[default: the root of NEW's parent chain, adapters disabled]")
 @config_options(PolicyEvalConfig, *EVAL_FIELDS)
+@config_options(RoundConfig, "engine")  # declared once, in SamplingParams (RoundConfig's base)
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @workspace_option
 def eval_policy_command(ws: Workspace, new: str, against: str, reward: str, reference: str, as_json: bool,
-                        **options: Any) -> None:
+                        engine: str | None, **options: Any) -> None:
     """Win rate of NEW over --against by the reward model on held-out prompts (95% interval), KL(NEW || AGAINST),
     the KL of each to the reference policy, lengths and a sample table, as report.md + PNG under the eval run's
     folder."""
@@ -175,6 +176,7 @@ def eval_policy_command(ws: Workspace, new: str, against: str, reward: str, refe
 
     config = guarded(PolicyEvalConfig, **{name: value for name, value in options.items() if value is not None})
     result = guarded(evaluate_policy, ws, new, against, reward=reward, reference=reference,
+                     engine=engine or ws.config.generation.engine,
                      **{name: getattr(config, name) for name in EVAL_FIELDS})
     if as_json:
         echo_json({"run_id": result.run_id, "report": result.report_dir / "report.md", "metrics": result.metrics})
@@ -193,7 +195,7 @@ def round_group() -> None:
 
 
 ROUND_FIELDS = ("policy", "k", "prompts", "mix_previous", "max_new_tokens", "temperature", "seed", "split",
-                "required_reviewers", "device")  # RoundConfig's fields that `round next` takes
+                "required_reviewers", "device", "engine")  # RoundConfig's fields that `round next` takes
 
 
 @round_group.command("next")
@@ -209,7 +211,8 @@ def round_next_command(ws: Workspace, as_json: bool, **options: Any) -> None:
     result = guarded(next_round, ws, policy=config.policy, k=config.k, n_prompts=config.prompts,
                      mix_previous=config.mix_previous, max_new_tokens=config.max_new_tokens,
                      temperature=config.temperature, seed=config.seed, split=config.split,
-                     required_reviewers=config.required_reviewers, device=config.device)
+                     required_reviewers=config.required_reviewers, device=config.device,
+                     engine=options["engine"] or ws.config.generation.engine)
     if as_json:
         echo_json(result.__dict__)
         return
