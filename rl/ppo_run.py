@@ -48,11 +48,14 @@ def train_ppo(ws: WorkspaceLike, config: PPOTrainingConfig, *, reward_fn: Reward
     """Train, save and register a PPO (or RLOO / GRPO, by `config.algo`) policy. `reward_fn(prompts, responses) ->
     scores` replaces the reward model (tests use a toy reward); by default the reward model `config.reward` (or the
     newest) scores."""
+    from rl.sampling import check_engine, workspace_engine
     from store.rows import prompt_messages
     from store.runs import get_run, update_run
     from training.device import training_defaults
     from training.snapshot import snapshot_rows
 
+    engine = workspace_engine(ws) if config.algo != "ppo" else "hf"  # RLOO/GRPO: TRL's vLLM mode with 'vllm'
+    check_engine(engine)  # vLLM missing: said before the run row
     start = resolve_policy(ws.db, config.policy)
     if resume_from is not None:
         old_algo = get_run(ws.db, resume_from).config.get("config", {}).get("algo", "ppo")
@@ -79,7 +82,7 @@ def train_ppo(ws: WorkspaceLike, config: PPOTrainingConfig, *, reward_fn: Reward
 
             update_run(ws.db, run_id, metrics={"device": dev.as_dict()})
             trained, metrics, history = train_rloo_grpo(config, model, tokenizer, reward_fn, prompts, run_dir, dev,
-                                                        resume_from, progress)
+                                                        resume_from, progress, engine)
             return _finish(ws, config, trained, tokenizer, start, run_id, run_dir, snapshot, dev, metrics, history)
         loop = PPOLoop(config, model, tokenizer, reward_fn, prompts, dev.device, dev.bf16)
         return _run(ws, config, loop, start, run_id, run_dir, resume_from, progress, snapshot, dev)

@@ -14,6 +14,10 @@ optimizer step:
   6. one policy-gradient update, accumulated over `num_minibatches` micro-batches.
 
 There is no value head, GAE or adaptive KL controller: those `[ppo]` fields are marked "(ppo only)".
+
+With the sampling engine 'vllm' (`[generation] engine`, rl/vllm_engine.py) step 2 runs on TRL's vLLM mode,
+colocated (`use_vllm=True, vllm_mode="colocate"`: vLLM shares the training GPU, TRL syncs the weights into it each
+step); 'hf' (the default) samples with transformers' generate.
 """
 
 from __future__ import annotations
@@ -48,14 +52,27 @@ class RewardModelReward:
         return [float(r) - self.penalty * (not f) for r, f in zip(raw, finished, strict=True)]
 
 
-def trl_args(config: PPOTrainingConfig, run_dir: Path, dev: Any, progress: bool) -> Any:
+def vllm_args(engine: str) -> dict[str, Any]:
+    """The TRL config fields of the sampling engine: TRL's colocated vLLM mode for 'vllm', nothing for 'hf'."""
+    if engine == "hf":
+        return {}
+    if engine != "vllm":
+        raise ValueError(f"engine: must be 'hf' or 'vllm', got {engine!r}")
+    from rl.vllm_engine import require_vllm
+
+    require_vllm()
+    return {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3}
+
+
+def trl_args(config: PPOTrainingConfig, run_dir: Path, dev: Any, progress: bool, engine: str = "hf") -> Any:
     """RLOOConfig / GRPOConfig from the `[ppo]` config; one optimizer step per rollout batch (see the README for
-    each default that differs from TRL's)."""
+    each default that differs from TRL's). `engine` 'vllm': TRL samples with vLLM, colocated (`vllm_args`)."""
     from trl import GRPOConfig, RLOOConfig
 
     cls = RLOOConfig if config.algo == "rloo" else GRPOConfig
     completions = config.rollout_batch_size * config.num_generations  # per iteration
     return cls(
+        **vllm_args(engine),
         output_dir=str(run_dir), seed=config.seed, data_seed=config.seed, max_steps=config.max_steps,
         learning_rate=config.learning_rate, max_grad_norm=config.max_grad_norm,
         per_device_train_batch_size=completions // config.num_minibatches,
@@ -86,7 +103,7 @@ def prompts_dataset(tokenizer: Any, prompts: list[list[dict[str, str]]], config:
 
 def train_rloo_grpo(config: PPOTrainingConfig, model: Any, tokenizer: Any, score_fn: RewardFn,
                     prompts: list[list[dict[str, str]]], run_dir: Path, dev: Any, resume_from: int | None,
-                    progress: bool) -> tuple[Any, dict[str, Any], list[dict[str, float]]]:
+                    progress: bool, engine: str = "hf") -> tuple[Any, dict[str, Any], list[dict[str, float]]]:
     """Train with TRL's RLOOTrainer or GRPOTrainer: (the trained model (peft or full), metrics, logged rows)."""
     from trl import GRPOTrainer, RLOOTrainer
 
@@ -100,7 +117,7 @@ def train_rloo_grpo(config: PPOTrainingConfig, model: Any, tokenizer: Any, score
     history = history_callback()
     cls = RLOOTrainer if config.algo == "rloo" else GRPOTrainer
     with tensorboard_dir(run_dir / "tensorboard"):
-        trainer = cls(model=model, reward_funcs=reward, args=trl_args(config, run_dir, dev, progress),
+        trainer = cls(model=model, reward_funcs=reward, args=trl_args(config, run_dir, dev, progress, engine),
                       train_dataset=dataset, processing_class=tokenizer,
                       peft_config=lora_config(config) if config.lora else None, callbacks=[history])
     started = time.monotonic()

@@ -305,6 +305,12 @@ def check_engine(engine: str) -> None:
         raise ValueError(f"engine: must be 'hf' or 'vllm', got {engine!r}")
 
 
+def workspace_engine(ws: Any) -> str:
+    """The workspace's `[generation] engine` ('hf' for a workspace-like object without a parsed rankloop.toml)."""
+    generation = getattr(getattr(ws, "config", None), "generation", None)
+    return getattr(generation, "engine", "hf")
+
+
 class _HFEngine:
     """transformers' generate: each policy loaded once (a LoRA adapter merged), batches decoded with the KV cache."""
 

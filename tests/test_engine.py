@@ -158,3 +158,25 @@ def test_a_lora_policy_is_served_through_a_lora_request(ws, fake_vllm, tmp_path)
     generate_candidates(ws.db, get_model(ws.db, "lora"), n_prompts=2, params=params)
     assert _FakeLLM.made[0]["enable_lora"] is True and _FakeLLM.made[0]["max_lora_rank"] == 8
     assert _FakeLLM.calls == [(0, 2, str(adapter))]
+
+
+@pytest.mark.parametrize("algo", ["rloo", "grpo"])
+def test_rloo_and_grpo_use_trls_colocated_vllm_mode_with_the_vllm_engine(fake_vllm, tmp_path, algo):
+    from rl.ppo_config import PPOTrainingConfig
+    from rl.rloo_grpo import trl_args
+
+    dev = types.SimpleNamespace(device="cpu", bf16=False, gradient_checkpointing=False)
+    config = PPOTrainingConfig(algo=algo)
+    hf, vllm = (trl_args(config, tmp_path, dev, False, engine) for engine in ("hf", "vllm"))
+    assert (hf.use_vllm, vllm.use_vllm, vllm.vllm_mode) == (False, True, "colocate")
+
+
+def test_train_ppo_grpo_with_the_vllm_engine_and_no_vllm_writes_nothing(ws, no_vllm):
+    from rl.ppo_config import PPOTrainingConfig
+    from rl.ppo_run import train_ppo
+
+    ws.config.generation.engine = "vllm"
+    before = table_hash(ws.db)
+    with pytest.raises(ValueError, match=r"rankloop\[gpu\]"):
+        train_ppo(ws, PPOTrainingConfig(algo="grpo", policy="v1"), reward_fn=lambda p, r: [0.0] * len(r))
+    assert table_hash(ws.db) == before
