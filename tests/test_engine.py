@@ -180,3 +180,27 @@ def test_train_ppo_grpo_with_the_vllm_engine_and_no_vllm_writes_nothing(ws, no_v
     with pytest.raises(ValueError, match=r"rankloop\[gpu\]"):
         train_ppo(ws, PPOTrainingConfig(algo="grpo", policy="v1"), reward_fn=lambda p, r: [0.0] * len(r))
     assert table_hash(ws.db) == before
+
+
+def test_the_shipped_accelerate_configs_use_keys_accelerate_knows():
+    """configs/accelerate/*.yaml load as accelerate configs, and every fsdp_/deepspeed_ key is a launch option."""
+    from pathlib import Path
+
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.commands.launch import launch_command_parser
+
+    known = {a.dest for a in launch_command_parser()._actions}
+    files = sorted((Path(__file__).resolve().parents[1] / "configs" / "accelerate").glob("*.yaml"))
+    kinds = {}
+    for path in files:
+        config = load_config_from_file(str(path))
+        assert path.read_text(encoding="utf-8").startswith("#") and "accelerate launch --config_file" in \
+            path.read_text(encoding="utf-8"), f"{path.name}: no header with its command"
+        unknown = [k for k in [*(config.fsdp_config or {}), *(config.deepspeed_config or {})] if k not in known]
+        assert unknown == [], f"{path.name}: {unknown}"
+        kinds[path.stem] = (str(config.distributed_type).split(".")[-1], (config.fsdp_config or {}).get(
+            "fsdp_version"), (config.deepspeed_config or {}).get("zero_stage"),
+            (config.deepspeed_config or {}).get("offload_param_device"))
+    assert kinds == {"ddp": ("MULTI_GPU", None, None, None), "fsdp": ("FSDP", 2, None, None),
+                     "deepspeed_zero2": ("DEEPSPEED", None, 2, "none"),
+                     "deepspeed_zero3_offload": ("DEEPSPEED", None, 3, "cpu")}
