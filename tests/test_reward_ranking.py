@@ -91,6 +91,11 @@ def test_rankings_snapshot_splits_prompts_as_the_pairs_snapshot_and_holds_out_th
     assert len(train) == record["rankings"] == n_train_prompts + sum(
         1 for k in train.prompt_key.unique() if len(train[train.prompt_key == k]) == 2)
     assert {len(g) for g in train.groups} == {3} and record["kind"] == "rankings"
+    # capped, the train rankings are the judgments behind the kept train pairs, in the pairs' (hashed) order
+    capped, _ = take_snapshot(workspace.db, tiny_config(max_pairs=30), "pairs")
+    ranked, _ = take_snapshot(workspace.db, tiny_config(loss="ranking", max_pairs=30), "rankings")
+    behind = list(dict.fromkeys(capped[capped.part == "train"].judgment_id))
+    assert list(ranked[ranked.part == "train"].judgment_id.astype(int)) == behind
 
 
 def _synthetic(rng, n):

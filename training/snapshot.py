@@ -269,6 +269,18 @@ def _rankings(db: str | Path, config: Any) -> tuple[pd.DataFrame, dict[str, Any]
         behind = set(kept["judgment_id"].astype(int)) if "judgment_id" in kept else \
             {int(i) for ids in kept["judgment_ids"] for i in ids}
         train = train[train["judgment_id"].isin(behind)]
+    # In the pairs' order (a max_pairs cap shuffles them by a seeded hash): a ranking where its judgment's first
+    # pair is, rankings without a pair last. On two untied answers the probe's CV folds are then the pairwise
+    # run's, so the two losses give the same figures there (docs/experiments.md).
+    kept = pairs[pairs["part"] == "train"]
+    first = [ids[0] if len(ids) else -1 for ids in kept["judgment_ids"]] if "judgment_ids" in kept else \
+        list(kept["judgment_id"])
+    where: dict[int, int] = {}
+    for i, jid in enumerate(first):
+        if pd.notna(jid):
+            where.setdefault(int(jid), i)
+    order = [where.get(int(j), len(first)) for j in train["judgment_id"]]
+    train = train.assign(_order=order).sort_values("_order", kind="stable").drop(columns="_order")
     frame = pd.concat([train.assign(row="ranking"), pairs[pairs["part"] == "eval"].assign(row="pair")],
                       ignore_index=True)
     for col in ("prompt_text",):  # concat may turn a missing text into NaN
