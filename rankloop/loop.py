@@ -52,7 +52,9 @@ class _Loop:
         self.ws, self.config, self.run_id, self.log = ws, config, run_id, log
         self.folder = ws.runs_dir / f"loop-{run_id}"
         self.oracle = None
-        self.engine = ws.config.generation.engine  # [generation] engine; `rankloop loop --engine` overrides it
+        from rl.sampling import workspace_engine
+
+        self.engine = workspace_engine(ws)  # [generation] engine; `rankloop loop --engine` overrides it
 
     # names the loop gives what it makes: a rerun finds them instead of making them twice
     def policy_name(self, i: int) -> str:
