@@ -192,3 +192,17 @@ def test_the_ranking_loss_refuses_a_margin():
 
     with pytest.raises(RewardConfigError, match="loss 'ranking' has no margin"):
         tiny_config(method="full", loss="ranking", margin=True)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_resume_with_the_other_loss_is_refused_naming_it(ws):
+    from reward.train import train_reward_model
+    from store.runs import list_runs
+
+    first = train_reward_model(ws, tiny_config(method="probe", loss="ranking", probe_penalties=[1.0], probe_folds=2),
+                               progress=False)
+    with pytest.raises(ValueError, match=f"loss: run {first.run_id} trained on rankings; resume it with loss = "
+                                         "ranking"):
+        train_reward_model(ws, tiny_config(method="probe", probe_penalties=[1.0], probe_folds=2),
+                           resume_from=first.run_id, progress=False)
+    assert len(list_runs(ws.db, kind="reward")) == 1  # refused before a run row was opened
