@@ -164,7 +164,7 @@ EVAL_FIELDS = ("max_prompts", "k", "max_new_tokens", "temperature", "seed", "sam
 @click.option("--reference", default="", help="Policy the KL to the reference is measured against.  "
               "[default: the root of NEW's parent chain, adapters disabled]")
 @config_options(PolicyEvalConfig, *EVAL_FIELDS)
-@config_options(RoundConfig, "engine")  # declared once, in SamplingParams (RoundConfig's base)
+@config_options(RoundConfig, "engine", section="generation")  # declared once, in SamplingParams (RoundConfig's base)
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @workspace_option
 def eval_policy_command(ws: Workspace, new: str, against: str, reward: str, reference: str, as_json: bool,
@@ -195,11 +195,12 @@ def round_group() -> None:
 
 
 ROUND_FIELDS = ("policy", "k", "prompts", "mix_previous", "max_new_tokens", "temperature", "seed", "split",
-                "required_reviewers", "device", "engine")  # RoundConfig's fields that `round next` takes
+                "required_reviewers", "device")  # RoundConfig's fields that `round next` takes
 
 
 @round_group.command("next")
 @config_options(RoundConfig, *ROUND_FIELDS)
+@config_options(RoundConfig, "engine", section="generation")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @workspace_option
 def round_next_command(ws: Workspace, as_json: bool, **options: Any) -> None:
