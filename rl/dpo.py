@@ -31,8 +31,7 @@ from rl.training import (
     finish_policy,
     load_for_training,
     lora_config,
-    policy_run,
-    resolve_policy,
+    train_policy,
     trainer_kwargs,
 )
 from store.workspace import WorkspaceLike
@@ -73,15 +72,14 @@ def train_dpo(ws: WorkspaceLike, config: DPOTrainingConfig, *, resume_from: int 
               callbacks: list[Any] | None = None) -> PolicyTrainingResult:
     """Train, save and register a DPO policy; the run row records config, snapshot, metrics and status.
 
-    As rl.training.train_policy, with earlier rounds' pairs replayed into a new snapshot (`config.replay`)."""
-    from training.snapshot import snapshot_rows
+    Earlier rounds' pairs are replayed into a new snapshot (`config.replay`); a resumed run trains on its saved
+    rows, replay included."""
+    def replay(rows: Any, snapshot: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        if resume_from is None and config.replay > 0:
+            return with_replay(ws.db, config, rows, snapshot)
+        return rows, snapshot
 
-    start = resolve_policy(ws.db, config.policy)
-    rows, snapshot = snapshot_rows(ws.db, config, "pairs", resume_from)
-    if resume_from is None and config.replay > 0:
-        rows, snapshot = with_replay(ws.db, config, rows, snapshot)
-    with policy_run(ws, RUN_KIND, config, snapshot, start, resume_from, rows) as (run_id, run_dir, quantization):
-        return _train(ws, config, rows, start, run_id, run_dir, resume_from, progress, callbacks, quantization)
+    return train_policy(ws, RUN_KIND, "pairs", config, _train, resume_from, progress, callbacks, replay)
 
 
 def with_replay(db: Any, config: DPOTrainingConfig, rows: Any, snapshot: dict[str, Any]) -> tuple[Any, dict[str, Any]]:

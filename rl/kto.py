@@ -31,8 +31,7 @@ from rl.training import (
     load_causal_lm,
     load_for_training,
     lora_config,
-    policy_run,
-    resolve_policy,
+    train_policy,
     trainer_kwargs,
 )
 from store.workspace import WorkspaceLike
@@ -145,14 +144,12 @@ def train_kto(ws: WorkspaceLike, config: KTOTrainingConfig, *, resume_from: int 
               callbacks: list[Any] | None = None) -> PolicyTrainingResult:
     """Train, save and register a KTO policy; the run row records config, snapshot, metrics and status.
 
-    The life of `rl.training.train_policy`, with the labels checked between the snapshot and the run row."""
-    from training.snapshot import snapshot_rows
+    The labels are checked between the snapshot and the run row (both kinds needed)."""
+    def checked(rows: Any, snapshot: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        check_labels(rows, config)
+        return rows, snapshot
 
-    start = resolve_policy(ws.db, config.policy)
-    rows, snapshot = snapshot_rows(ws.db, config, "kto", resume_from)
-    check_labels(rows, config)
-    with policy_run(ws, RUN_KIND, config, snapshot, start, resume_from, rows) as (run_id, run_dir, quantization):
-        return _train(ws, config, rows, start, run_id, run_dir, resume_from, progress, callbacks, quantization)
+    return train_policy(ws, RUN_KIND, "kto", config, _train, resume_from, progress, callbacks, checked)
 
 
 def _train(ws: WorkspaceLike, config: KTOTrainingConfig, frame: Any, start: StartPolicy, run_id: int, run_dir: Path,

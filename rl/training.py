@@ -169,14 +169,18 @@ def policy_run(ws: WorkspaceLike, kind: str, config: Any, snapshot: dict[str, An
 
 
 def train_policy(ws: WorkspaceLike, kind: str, rows_kind: str, config: Any, train: Callable[..., Any],
-                 resume_from: int | None, progress: bool, callbacks: list[Any] | None) -> Any:
-    """The life DPO and SFT share: resolve the starting policy, take the data snapshot (`rows_kind`, or the resumed
-    run's saved rows), open the run (`policy_run`) and call `train(ws, config, rows, start, run_id, run_dir,
-    resume_from, progress, callbacks, quantization)`."""
+                 resume_from: int | None, progress: bool, callbacks: list[Any] | None,
+                 prepare: Callable[[Any, dict[str, Any]], tuple[Any, dict[str, Any]]] | None = None) -> Any:
+    """The life DPO, KTO and SFT share: resolve the starting policy, take the data snapshot (`rows_kind`, or the
+    resumed run's saved rows), let `prepare(rows, snapshot)` check or extend them before anything is written (KTO's
+    label check, DPO's replay; it returns the rows and snapshot to record), open the run (`policy_run`) and call
+    `train(ws, config, rows, start, run_id, run_dir, resume_from, progress, callbacks, quantization)`."""
     from training.snapshot import snapshot_rows
 
     start = resolve_policy(ws.db, config.policy)
     rows, snapshot = snapshot_rows(ws.db, config, rows_kind, resume_from)
+    if prepare is not None:
+        rows, snapshot = prepare(rows, snapshot)
     with policy_run(ws, kind, config, snapshot, start, resume_from, rows) as (run_id, run_dir, quantization):
         return train(ws, config, rows, start, run_id, run_dir, resume_from, progress, callbacks, quantization)
 
