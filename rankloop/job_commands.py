@@ -94,7 +94,7 @@ _RESUME = Option("--resume", "flag", "Continue the newest interrupted run of thi
 COMMANDS: dict[str, JobCommand] = {
     "train reward": JobCommand(("train", "reward"), "Train a reward model on the workspace's preference pairs.", (
         mirror("reward", "base"), *(_fine_tuning_only(mirror("reward", n)) for n in ("max_steps",)),
-        mirror("reward", "max_pairs"),
+        mirror("reward", "max_pairs"), mirror("reward", "loss"),
         *(_fine_tuning_only(mirror("reward", n)) for n in ("num_train_epochs", "learning_rate")),
         Option("--full", "flag", "Fine-tune the whole backbone with TRL (default: a linear probe on the frozen "
                "backbone; settings method = \"lora\" for LoRA)."),
