@@ -24,6 +24,7 @@ from reward.data import to_dataset, to_ranking_dataset
 from reward.pooling import check_pooling
 from store.workspace import WorkspaceLike
 from training.device import training_defaults
+from training.distributed import process_state, share
 from training.hf import fit, history_callback, step_metrics, trainer_callbacks, trainer_kwargs
 from training.models import count_parameters
 from training.snapshot import describe_snapshot, parts, snapshot_rows
@@ -146,23 +147,6 @@ def _collator(tokenizer: Any, args: Any) -> RankingCollator:
         pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=args.pad_to_multiple_of))
 
 
-def _distributed() -> Any:
-    from accelerate import PartialState
-
-    return PartialState()
-
-
-def _share(state: Any, value: Any) -> Any:
-    """The main process's `value` on every process (a no-op without `accelerate launch`)."""
-    if state.num_processes == 1:
-        return value
-    from accelerate.utils import broadcast_object_list
-
-    box = [value]
-    broadcast_object_list(box, from_process=0)
-    return box[0]
-
-
 def resume_config(ws: WorkspaceLike, run: int | str,
                   overrides: dict[str, Any] | None = None) -> tuple[int, RewardTrainingConfig]:
     """(run id, its recorded config with `overrides`) for `--resume`: `run` is an id or "latest" (the newest
@@ -212,9 +196,9 @@ def train_reward_model(ws: WorkspaceLike, config: RewardTrainingConfig, *, resum
     """Train, save and register a reward model; the run row records config, snapshot, metrics and status."""
     from training.runs import closed_on_error
 
-    state = _distributed()
+    state = process_state()
     prepared = _prepare_run(ws, config, resume_from) if state.is_main_process else None
-    prepared = _share(state, prepared)
+    prepared = share(state, prepared)
     run_id, run_dir = prepared["run_id"], Path(prepared["run_dir"])
     with closed_on_error(ws.db, run_id, record=state.is_main_process):
         result = _train(ws, config, prepared, state, resume_from, progress, callbacks)
