@@ -48,13 +48,11 @@ class LoopResult:
 
 
 class _Loop:
-    def __init__(self, ws: Workspace, config: LoopConfig, run_id: int, log: Callable[[str], None]):
+    def __init__(self, ws: Workspace, config: LoopConfig, run_id: int, log: Callable[[str], None], engine: str):
         self.ws, self.config, self.run_id, self.log = ws, config, run_id, log
         self.folder = ws.runs_dir / f"loop-{run_id}"
         self.oracle = None
-        from rl.sampling import workspace_engine
-
-        self.engine = workspace_engine(ws)  # [generation] engine; `rankloop loop --engine` overrides it
+        self.engine = engine  # recorded on the loop's run row; a resumed loop samples as it started
 
     # names the loop gives what it makes: a rerun finds them instead of making them twice
     def policy_name(self, i: int) -> str:
@@ -408,15 +406,19 @@ def run_loop(ws: Workspace, config: LoopConfig, *, new: bool = False, asked: dic
     """Run the loop, or resume the newest unfinished one (its recorded config) unless `new`. `asked`: the settings
     given on the command line; resuming a loop recorded with other values is refused (they would be ignored)."""
     from rankloop.loop_report import write_loop_report
+    from rl.sampling import workspace_engine
     from store.runs import finish_run, list_runs, reopen_run, start_run, update_run
     from training.runs import closed_on_error
 
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    engine = workspace_engine(ws)  # [generation] engine, or `rankloop loop --engine`
     unfinished = [r for r in list_runs(ws.db, kind=RUN_KIND) if r.status != "succeeded"]
     resumed = bool(unfinished) and not new
     if resumed:
         row = unfinished[-1]
-        config = loop_config(row.config, where=f"loop run {row.id} config: ")
+        recorded = dict(row.config)
+        engine = recorded.pop("engine", engine)  # the sampling engine it started with (older runs: none recorded)
+        config = loop_config(recorded, where=f"loop run {row.id} config: ")
         differ = _differences(config, asked or {})
         if differ:
             raise ValueError(f"loop run {row.id} is unfinished ({row.status}) and was started with "
@@ -439,11 +441,11 @@ def run_loop(ws: Workspace, config: LoopConfig, *, new: bool = False, asked: dic
                 log(f"simulated reviewers: noise {config.noise:.4g} ({config.noise_model}), spread {config.spread:g} "
                     f"from calibration run {fitted['run_id']}")
         check_trainer_settings(ws, config)
-        run_id = start_run(ws.db, RUN_KIND, asdict(config))
+        run_id = start_run(ws.db, RUN_KIND, {**asdict(config), "engine": engine})
         update_run(ws.db, run_id, output_path=str(ws.runs_dir / f"loop-{run_id}"))
         log(f"[loop {run_id}] {config.rounds} rounds of {config.algo}"
             + (f", simulated reviewers ({config.simulate})" if config.simulate else ", human reviewers"))
-    loop = _Loop(ws, config, run_id, log)
+    loop = _Loop(ws, config, run_id, log, engine)
     with closed_on_error(ws.db, run_id):
         rounds = loop.run()
         write_loop_report(ws, run_id)

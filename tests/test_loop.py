@@ -54,6 +54,7 @@ def test_one_full_ppo_round_has_its_run_rows_lineage_and_report(workspace, tiny_
     result = run_loop(ws, config, log=lambda line: None)
     loop = get_run(ws.db, result.run_id)
     assert loop.kind == "loop" and loop.status == "succeeded" and loop.output_path == str(result.folder)
+    assert loop.config["engine"] == "hf"  # the sampling engine is recorded: a resume samples as the loop started
     steps = [r for r in list_runs(ws.db, kind="loop_step")]
     assert [(r.config["round"], r.config["step"], r.status) for r in steps] == [
         (0, s, "succeeded") for s in ("sample", "judge", "reward", "policy", "evaluate")]
@@ -246,3 +247,30 @@ def test_each_policy_is_sampled_once_for_evaluation_across_rounds(workspace, tin
     assert sorted(sampled) == sorted([("tiny", 2), (f"loop{loop}-policy1", 2), (f"loop{loop}-policy2", 2)])
     for i, m in enumerate(result.rounds):  # the loop's figures and the eval run's come from the same samples
         assert m["eval_samples"] == 2 * 2 and m["policy"] == f"loop{loop}-policy{i + 1}"
+
+
+def test_a_resumed_loop_samples_with_the_engine_it_started_with(workspace, tiny_lm, monkeypatch):
+    """The workspace now says hf; the unfinished loop was started with vllm: the resume keeps vllm."""
+    from dataclasses import asdict
+
+    import rankloop.loop as loop_module
+    from rankloop.loop import LoopConfig, run_loop
+    from store.runs import finish_run, start_run
+
+    ws = loop_workspace(workspace, tiny_lm)
+    config = LoopConfig(rounds=1, algo="dpo", policy="tiny", simulate="length-in-range")
+    run_id = start_run(ws.db, "loop", {**asdict(config), "engine": "vllm"})
+    finish_run(ws.db, run_id, "failed", error="killed")
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def run(self):
+        seen.append(self.engine)
+        raise Stop
+
+    monkeypatch.setattr(loop_module._Loop, "run", run)
+    with pytest.raises(Stop):
+        run_loop(ws, config, log=lambda line: None)
+    assert seen == ["vllm"]
