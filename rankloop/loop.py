@@ -402,9 +402,10 @@ def _differences(recorded: LoopConfig, asked: dict[str, Any]) -> list[str]:
 
 
 def run_loop(ws: Workspace, config: LoopConfig, *, new: bool = False, asked: dict[str, Any] | None = None,
-             log: Callable[[str], None] | None = None) -> LoopResult:
+             pinned: dict[str, Any] | None = None, log: Callable[[str], None] | None = None) -> LoopResult:
     """Run the loop, or resume the newest unfinished one (its recorded config) unless `new`. `asked`: the settings
-    given on the command line; resuming a loop recorded with other values is refused (they would be ignored)."""
+    given on the command line; resuming a loop recorded with other values is refused (they would be ignored).
+    `pinned`: the settings rankloop.toml's [loop] table sets; like `asked`, a calibration does not replace them."""
     from rankloop.loop_report import write_loop_report
     from rl.sampling import workspace_engine
     from store.runs import finish_run, list_runs, reopen_run, start_run, update_run
@@ -436,7 +437,7 @@ def run_loop(ws: Workspace, config: LoopConfig, *, new: bool = False, asked: dic
             resolve_oracle(config.simulate, ws.db)  # a bad oracle fails before anything is written
             from rankloop.simulate import with_calibration  # `simulate --calibrate`'s fit, unless flags differ
 
-            config, fitted = with_calibration(ws.db, config, asked or {})
+            config, fitted = with_calibration(ws.db, config, {**(pinned or {}), **(asked or {})})
             if fitted is not None:
                 log(f"simulated reviewers: noise {config.noise:.4g} ({config.noise_model}), spread {config.spread:g} "
                     f"from calibration run {fitted['run_id']}")

@@ -93,6 +93,8 @@ def test_loop_takes_the_calibration_unless_asked_otherwise(workspace, monkeypatc
     config, _ = with_calibration(workspace.db, base, {"noise": 0.05})  # a flag wins; the spread is still fitted
     assert (config.noise, config.spread) == (0.05, fitted["spread"])
     assert with_calibration(workspace.db, base, {"noise_model": "flip"})[1] is None  # other units: not used
+    assert _loop_noise(workspace, monkeypatch, "") == fitted["noise"]  # `rankloop loop` takes the fit
+    assert _loop_noise(workspace, monkeypatch, "\n[loop]\nnoise = 0.05\n") == 0.05  # rankloop.toml's value wins
     from store.users import add_user
     from tests.test_app_login import PAGES, app, log_in
 
@@ -105,3 +107,23 @@ def test_loop_takes_the_calibration_unless_asked_otherwise(workspace, monkeypatc
     refused = CliRunner().invoke(main, ["simulate", "--oracle", ORACLE, "--calibrate", "--noise", "0.2",
                                         "--workspace", str(workspace.root)])
     assert refused.exit_code != 0 and "drop --noise" in refused.output
+
+
+def _loop_noise(workspace, monkeypatch, loop_table: str) -> float:
+    """The noise `rankloop loop --simulate` starts its reviewers with, rankloop.toml ending with `loop_table`."""
+    from click.testing import CliRunner
+
+    import rankloop.loop as loop_module
+    from rankloop.cli import main
+
+    toml = workspace.root / "rankloop.toml"
+    text = toml.read_text(encoding="utf-8")
+    toml.write_text(text + loop_table, encoding="utf-8")
+    seen = []
+    monkeypatch.setattr(loop_module._Loop, "run", lambda self: seen.append(self.config.noise) or [{"policy": "p"}])
+    monkeypatch.setattr(loop_module, "check_trainer_settings", lambda ws, config: None)
+    monkeypatch.setattr("rankloop.loop_report.write_loop_report", lambda ws, run_id: None)
+    out = CliRunner().invoke(main, ["loop", "--simulate", ORACLE, "--new", "--workspace", str(workspace.root)])
+    toml.write_text(text, encoding="utf-8")
+    assert out.exit_code == 0, out.output
+    return seen[0]

@@ -131,7 +131,8 @@ def loop_command(ws: Workspace, assignments: tuple[str, ...], new: bool, engine:
     overrides = guarded(_loop_overrides, options, assignments)
     config = guarded(_config, ws, overrides)
     refuse_unused(config, list(overrides), "reviewing", "give --simulate ORACLE")
-    result = guarded(run_loop, ws, config, new=new, asked=overrides, log=lambda line: click.echo(line, err=True))
+    result = guarded(run_loop, ws, config, new=new, asked=overrides, pinned=ws.config.extra.get("loop", {}),
+                     log=lambda line: click.echo(line, err=True))
     if as_json:
         echo_json({"run_id": result.run_id, "report": result.folder / "report.md", "rounds": result.rounds,
                    "resumed": result.resumed})
