@@ -11,6 +11,7 @@ Shapes: B = sequences in a batch, T = response tokens (right padded); `mask` (B,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -136,7 +137,77 @@ class ValueHead(nn.Module):
 
 
 def logprobs_of(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log-probs (B, T) of `tokens` (B, T) under `logits` (B, T, V) at `temperature`, entropy (B, T))."""
+    """(log-probs (B, T) of `tokens` (B, T) under full logits (B, T, V) at `temperature`, entropy (B, T)).
+
+    The plain full-vocabulary form: the reference `token_logprobs` is checked against (tests) and the old path the
+    memory benchmark (scripts/bench/ppo_memory.py) compares with; the loop itself never builds (B, T, V) logits."""
     logp = torch.log_softmax(logits.float() / temperature, dim=-1)
     entropy = -(logp.exp() * logp).sum(-1)
     return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), entropy
+
+
+# Vocabulary columns per projection tile of TRL's kernel (it takes up to 4096 positions per tile): on CPU its torch
+# fallback holds about four float32 copies of a tile, so 4096 x 8192 x 4 B x 4 = 0.5 GiB at most, a few MiB for a
+# PPO minibatch of response tokens; TRL's own fused head uses 32768 on GPUs.
+VOCAB_CHUNK = 8192
+
+
+def backbone_and_head(model: Any) -> tuple[nn.Module, nn.Module]:
+    """(the transformer body that returns `last_hidden_state`, the LM head) of a causal LM, through a PEFT wrapper
+    (its LoRA layers sit inside the body, so `disable_adapter()` still gives the reference)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings()
+    if type(head) is not nn.Linear:
+        raise ValueError(f"PPO scores tokens from the LM head's weight, but the head is a {type(head).__name__} "
+                         "(LoRA on the LM head? leave it out of lora_target_modules)")
+    return base.base_model, head
+
+
+def token_logprobs(hidden: torch.Tensor, head: nn.Linear, tokens: torch.Tensor, mask: torch.Tensor,
+                   temperature: float, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(log-probs (B, T) of `tokens` under `head(hidden) / temperature`, entropy (B, T) or None), 0 where `mask` is 0.
+
+    TRL's chunked kernel (trl.kernels.ChunkedLogProbFunction, what `add_fused_lm_head` runs) projects the masked
+    positions through the head tile by tile with an online log-sum-exp and recomputes the tiles in backward, so no
+    (B, T, V) logits exist, forward or backward; gradients reach `hidden` and the head's weight."""
+    from trl.kernels import ChunkedLogProbFunction
+
+    keep = mask.bool()
+    logp, entropy, *_ = ChunkedLogProbFunction.apply(
+        hidden[keep], head.weight, head.bias, tokens[keep], temperature, VOCAB_CHUNK, None, 1.0,
+        ("entropy",) if with_entropy else ())
+    # masked_scatter keeps the result connected to the graph even when nothing is kept
+    logp = logp.new_zeros(keep.shape).masked_scatter(keep, logp)
+    if entropy is not None:
+        entropy = entropy.new_zeros(keep.shape).masked_scatter(keep, entropy)
+    return logp, entropy
+
+
+class PolicyWithValue(nn.Module):
+    """The policy and its value head as one module, so one forward gives what the PPO loss needs and one
+    DistributedDataParallel wrapper (under `accelerate launch`) averages the gradients of both."""
+
+    def __init__(self, policy: Any, value_head: ValueHead) -> None:
+        super().__init__()
+        self.policy, self.value_head = policy, value_head
+
+    def forward(self, seqs: torch.Tensor, attn: torch.Tensor, width: int, tokens: torch.Tensor, mask: torch.Tensor,
+                temperature: float, with_values: bool = True,
+                with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(log-probs (B, T), entropy (B, T) or None, values (B, T) or None) of the response `tokens` (B, T) that
+        follow the `width` prompt columns of `seqs` (B, width + T)."""
+        return score_tokens(self.policy, seqs, attn, width, tokens, mask, temperature,
+                            self.value_head if with_values else None, with_entropy)
+
+
+def score_tokens(model: Any, seqs: torch.Tensor, attn: torch.Tensor, width: int, tokens: torch.Tensor,
+                 mask: torch.Tensor, temperature: float, value_head: ValueHead | None = None,
+                 with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """`PolicyWithValue.forward` for any causal LM (the reference too): the body once for hidden states, then the
+    head in tiles for the response tokens' log-probs; the value head reads the same hidden states."""
+    body, head = backbone_and_head(model)
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)  # (B, P + T): left padding shifts positions
+    hidden = body(input_ids=seqs, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
+    hidden = hidden[:, width - 1:-1]  # position t predicts token t + 1
+    logp, entropy = token_logprobs(hidden, head, tokens, mask, temperature, with_entropy)
+    return logp, entropy, value_head(hidden) if value_head is not None else None

@@ -22,12 +22,14 @@ import torch
 from rl.ppo import (
     AdaptiveKLController,
     FixedKLController,
+    PolicyWithValue,
     ValueHead,
+    backbone_and_head,
     compute_gae,
-    logprobs_of,
     masked_mean,
     masked_whiten,
     ppo_losses,
+    score_tokens,
     token_rewards,
 )
 from rl.ppo_config import PPOTrainingConfig
@@ -57,7 +59,9 @@ class PPOLoop:
         else:
             self.ref_model = copy.deepcopy(model).requires_grad_(False).to(device).eval()
         self.model = model.to(device).eval()  # eval: no dropout (the ratio must be 1 before the first update)
+        backbone_and_head(self.model)  # a LoRA-wrapped LM head: said now, not at the first rollout
         self.value_head = ValueHead(model.config.hidden_size).to(device)
+        self.scorer = PolicyWithValue(self.model, self.value_head)  # the module the loss's forward runs through
         params = [p for p in self.model.parameters() if p.requires_grad] + list(self.value_head.parameters())
         self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, eps=1e-5)
         self.kl_ctl = AdaptiveKLController(config.init_kl_coef, config.target_kl, config.kl_horizon) \
@@ -72,15 +76,13 @@ class PPOLoop:
         kind = "cuda" if self.device.startswith("cuda") else "cpu"
         return torch.autocast(kind, dtype=torch.bfloat16, enabled=self.bf16)
 
-    def _forward(self, model: Any, seqs: torch.Tensor, attn: torch.Tensor, width: int,
-                 with_values: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(logits (B, T, V) predicting each response token, values (B, T) or None) for seqs (B, P + T)."""
-        pos = (attn.cumsum(-1) - 1).clamp(min=0)  # (B, P + T): left padding shifts positions
+    def _score(self, model: Any, r: dict[str, Any], value_head: ValueHead | None = None,
+               with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(log-probs (B, T) of the rollout `r`'s response tokens, entropy or None, values or None) without
+        (B, T, V) logits (rl.ppo.score_tokens); the bench's full-logits variant overrides this."""
         with self._autocast():
-            out = model(input_ids=seqs, attention_mask=attn, position_ids=pos, output_hidden_states=with_values)
-        logits = out.logits[:, width - 1:-1]  # position t predicts token t + 1
-        values = self.value_head(out.hidden_states[-1][:, width - 1:-1]) if with_values else None
-        return logits, values
+            return score_tokens(model, r["seqs"], r["attn"], r["width"], r["response"], r["mask"],
+                                self.config.temperature, value_head, with_entropy)
 
     def _reference(self) -> Any:
         return contextlib.nullcontext(self.ref_model) if self.ref_model is not None else \
@@ -115,20 +117,18 @@ class PPOLoop:
         finished = is_eos.any(1)  # (B,)
         seqs = torch.cat([ids, response], 1)
         attn = torch.cat([mask, resp_mask], 1)  # (B, P + T)
-        logits, values = self._forward(self.model, seqs, attn, width, with_values=True)
-        logprobs, entropy = logprobs_of(logits, response, c.temperature)  # (B, T) each
+        batch = {"seqs": seqs, "attn": attn, "width": width, "response": response, "mask": resp_mask.float()}
+        logprobs, entropy, values = self._score(self.model, batch, value_head=self.value_head, with_entropy=True)
         with self._reference() as ref:
-            ref_logits, _ = self._forward(ref, seqs, attn, width, with_values=False)
-        ref_logprobs, _ = logprobs_of(ref_logits, response, c.temperature)
+            ref_logprobs, _, _ = self._score(ref, batch)
         texts = [self.tokenizer.decode([t for t, m, e in zip(row, rm, ev, strict=True) if m and not e],
                                        skip_special_tokens=True)
                  for row, rm, ev in zip(response.tolist(), resp_mask.tolist(), is_eos.tolist(), strict=True)]
         raw = torch.tensor(self.reward_fn([self.prompts[i] for i in idx], texts), dtype=torch.float32,
                            device=self.device)  # (B,)
         scores = raw - c.missing_eos_penalty * (~finished).float()
-        return {"seqs": seqs, "attn": attn, "width": width, "response": response, "mask": resp_mask.float(),
-                "logprobs": logprobs, "ref_logprobs": ref_logprobs, "values": values.float(), "scores": scores,
-                "raw_scores": raw, "finished": finished, "entropy": entropy, "texts": texts}
+        return {**batch, "logprobs": logprobs, "ref_logprobs": ref_logprobs, "values": values.float(),
+                "scores": scores, "raw_scores": raw, "finished": finished, "entropy": entropy, "texts": texts}
 
     def train_step(self) -> dict[str, float]:
         c = self.config
@@ -147,8 +147,9 @@ class PPOLoop:
         for _ in range(c.ppo_epochs):
             for mb in torch.randperm(c.rollout_batch_size, generator=g).split(c.minibatch_size):
                 mb = mb.to(self.device)
-                logits, values = self._forward(self.model, r["seqs"][mb], r["attn"][mb], r["width"], True)
-                logprobs, _ = logprobs_of(logits, r["response"][mb], c.temperature)
+                with self._autocast():
+                    logprobs, _, values = self.scorer(r["seqs"][mb], r["attn"][mb], r["width"], r["response"][mb],
+                                                      mask[mb], c.temperature)
                 pg_loss, vf_loss, st = ppo_losses(logprobs, r["logprobs"][mb], advantages[mb], values.float(),
                                                   r["values"][mb], returns[mb], mask[mb], c.cliprange,
                                                   c.cliprange_value)
