@@ -117,12 +117,15 @@ def _run(ws: WorkspaceLike, config: PPOTrainingConfig, loop: PPOLoop, start: Any
             writer.close()
     seconds = time.monotonic() - started
     ran = history[first_step:]
-    sample_s, train_s = sum(r["sample_s"] for r in ran), sum(r["train_s"] for r in ran)
+    spent = {part: sum(r[f"{part}_s"] for r in ran) for part in ("sample", "score", "update")}
+    total = max(sum(spent.values()), 1e-9)
     window = history[-5:]
     metrics: dict[str, Any] = {
         "global_step": loop.step, "train_seconds": round(seconds, 1),
         "steps_per_s": round(len(ran) / max(seconds, 1e-9), 4),
-        "sampling_share": round(sample_s / max(sample_s + train_s, 1e-9), 3),
+        # shares of the PPO steps' time: sampling (generate), scoring (log-probs, values, reward model), the update
+        "sampling_share": round(spent["sample"] / total, 3), "scoring_share": round(spent["score"] / total, 3),
+        "update_share": round(spent["update"] / total, 3),
         "first_score": history[0]["score"] if history else None,
         "score": sum(r["score"] for r in window) / len(window) if window else None,
         "kl": sum(r["kl"] for r in window) / len(window) if window else None,

@@ -105,10 +105,13 @@ class PPOLoop:
         ids, mask = ids.to(self.device), mask.to(self.device)
         width = ids.shape[1]
         torch.manual_seed(c.seed * 7919 + self.step)
+        started = time.monotonic()
         with self._autocast():
             seqs = self.model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=c.temperature,
                                        top_k=0, top_p=1.0, max_new_tokens=c.max_new_tokens, eos_token_id=self.stop,
                                        pad_token_id=self.pad_id)  # (B, P + T)
+        generate_s = time.monotonic() - started
+        started = time.monotonic()
         response = seqs[:, width:]  # (B, T)
         is_eos = torch.isin(response, torch.tensor(self.stop, device=self.device))
         after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0  # strictly after the first EOS
@@ -128,13 +131,12 @@ class PPOLoop:
                            device=self.device)  # (B,)
         scores = raw - c.missing_eos_penalty * (~finished).float()
         return {**batch, "logprobs": logprobs, "ref_logprobs": ref_logprobs, "values": values.float(),
-                "scores": scores, "raw_scores": raw, "finished": finished, "entropy": entropy, "texts": texts}
+                "scores": scores, "raw_scores": raw, "finished": finished, "entropy": entropy, "texts": texts,
+                "generate_s": generate_s, "score_s": time.monotonic() - started}
 
     def train_step(self) -> dict[str, float]:
         c = self.config
-        started = time.monotonic()
         r = self.rollout()
-        sample_s = time.monotonic() - started
         started = time.monotonic()
         mask = r["mask"]
         rewards, kl = token_rewards(r["scores"], r["logprobs"], r["ref_logprobs"], mask, self.kl_ctl.value)
@@ -174,7 +176,7 @@ class PPOLoop:
             "clip_fraction": sum(s.clip_fraction for s in stats) / len(stats),
             "approx_kl": sum(s.approx_kl for s in stats) / len(stats),
             "response_length": mask.sum(1).mean().item(), "missing_eos": (~r["finished"]).float().mean().item(),
-            "sample_s": round(sample_s, 3), "train_s": round(time.monotonic() - started, 3),
+            **step_times(r["generate_s"], r["score_s"], time.monotonic() - started),
         }
         self.history.append(row)
         return row
@@ -226,6 +228,14 @@ class PPOLoop:
         if bar is not None:
             bar.close()
         return self.history
+
+
+def step_times(sample_s: float, score_s: float, update_s: float) -> dict[str, float]:
+    """Where a PPO step's time went: sampling (generate), scoring (policy and reference log-probs, values, the reward
+    model) and the update (GAE and the clipped policy + value updates), in seconds and as shares of the step."""
+    total = max(sample_s + score_s + update_s, 1e-9)
+    return {"sample_s": round(sample_s, 3), "score_s": round(score_s, 3), "update_s": round(update_s, 3),
+            "sample_share": round(sample_s / total, 3)}
 
 
 class _AdaptersOff:

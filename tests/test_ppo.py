@@ -100,7 +100,10 @@ def test_ppo_raises_a_toy_reward_and_the_kl_controller_reacts(tiny_lm):
     last = sum(r["score"] for r in history[-5:]) / 5
     assert last > first + 0.5, (first, last)
     assert history[0]["clip_fraction"] <= 0.5 and history[0]["kl"] == pytest.approx(0.0, abs=0.05)
-    assert all(k in history[-1] for k in ("entropy", "value_loss", "clip_fraction", "sample_s", "train_s"))
+    assert all(k in history[-1] for k in ("entropy", "value_loss", "clip_fraction", "sample_s", "score_s", "update_s"))
+    row = history[-1]
+    assert row["sample_share"] == pytest.approx(row["sample_s"] / (row["sample_s"] + row["score_s"] + row["update_s"]),
+                                                abs=0.02) and 0 < row["sample_share"] < 1
     # KL rose past the 2-nat target, so the adaptive controller raised beta
     assert max(r["kl"] for r in history) > 2.0
     assert history[-1]["kl_coef"] > history[0]["kl_coef"]

@@ -36,7 +36,9 @@ def test_train_ppo_registers_a_policy_with_lineage(workspace, tiny_lm):
     assert row.kind == "policy" and row.parent_id == tiny_id and row.run_id == result.run_id
     run = get_run(workspace.db, result.run_id)
     assert run.kind == "ppo" and run.status == "succeeded" and run.data_snapshot["prompts"] == 6
-    assert run.metrics["global_step"] == 4 and 0 <= run.metrics["sampling_share"] <= 1
+    shares = [run.metrics[k] for k in ("sampling_share", "scoring_share", "update_share")]
+    assert run.metrics["global_step"] == 4 and all(0 < x < 1 for x in shares)
+    assert sum(shares) == pytest.approx(1, abs=0.01)
     assert (result.model_dir / "config.json").is_file() and (result.run_dir / "checkpoint-4").is_dir()
     assert list((result.run_dir / "tensorboard").glob("events.*"))
 

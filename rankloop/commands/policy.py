@@ -149,8 +149,9 @@ def train_ppo_command(ws: Workspace, config_file: Path | None, resume: str | Non
             line += f"; reward score {m['first_score']:.3f} -> {m['score']:.3f}"
         if m.get("kl") is not None:
             line += f", KL {m['kl']:.3f}"
-        if m.get("sampling_share") is not None:
-            line += f", {m['sampling_share']:.0%} of the time sampling"
+        if m.get("scoring_share") is not None:  # our PPO: where each step's time went
+            line += (f"; each step {m['sampling_share']:.0%} sampling, {m['scoring_share']:.0%} scoring, "
+                     f"{m['update_share']:.0%} updating")
         click.echo(line)
 
 

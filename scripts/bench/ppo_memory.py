@@ -107,11 +107,12 @@ def child(args: argparse.Namespace) -> None:
     rows = [loop.train_step() for _ in range(args.steps)]
     seconds = time.perf_counter() - started
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else rss_mib("VmHWM")
-    sample, train = sum(r["sample_s"] for r in rows), sum(r["train_s"] for r in rows)
+    spent = {part: sum(r[f"{part}_s"] for r in rows) for part in ("sample", "score", "update")}
     print("RESULT " + json.dumps({
         "variant": args.variant, "device": device, "steps": args.steps, "seconds": round(seconds, 1),
         "base_mib": round(base, 1), "peak_mib": round(peak, 1), "step_peak_mib": round(peak - base, 1),
-        "sample_share": round(sample / (sample + train), 3), "scores": [round(r["score"], 4) for r in rows],
+        "sample_share": round(spent["sample"] / sum(spent.values()), 3),
+        "scores": [round(r["score"], 4) for r in rows],
         "vocab": loop.model.config.vocab_size, "response_length": [r["response_length"] for r in rows]}))
 
 
