@@ -5,6 +5,12 @@ One iteration: sample one response per prompt for `rollout_batch_size` prompts; 
 `missing_eos_penalty` for responses that never end); per-token rewards = -beta * KL(policy || reference) + score
 at the last token; GAE; `ppo_epochs` passes of `num_minibatches` clipped policy + value updates; adapt beta.
 The reference is the starting policy: with LoRA, the same weights with the adapters disabled.
+
+Under `accelerate launch` (`state`, training.distributed.process_state, with several processes) each process
+samples, scores and updates on its own share of every rollout batch (`rollout_batch_size / processes` prompts);
+torch's DistributedDataParallel averages the gradients of the policy and value head, and the step's statistics
+(score, KL, ...) are averaged across processes before they are logged or move the KL controller, so every process
+keeps the same beta, history and checkpoints. Advantages are whitened over each process's share.
 """
 
 from __future__ import annotations
@@ -41,11 +47,18 @@ STATE_FILE = "ppo_state.pt"
 
 class PPOLoop:
     def __init__(self, config: PPOTrainingConfig, model: Any, tokenizer: Any, reward_fn: RewardFn,
-                 prompts: list[list[dict[str, str]]], device: str = "cpu", bf16: bool = False) -> None:
+                 prompts: list[list[dict[str, str]]], device: str = "cpu", bf16: bool = False,
+                 state: Any = None) -> None:
         from rl.sampling import eos_ids, prompt_ids
 
         if not prompts:
             raise ValueError("PPO needs at least one prompt")
+        self.rank, self.processes = (state.process_index, state.num_processes) if state is not None else (0, 1)
+        self.is_main = self.rank == 0
+        if config.rollout_batch_size % (self.processes * config.num_minibatches):
+            raise ValueError(f"rollout_batch_size ({config.rollout_batch_size}) must be a multiple of processes "
+                             f"({self.processes}) x num_minibatches ({config.num_minibatches}) under accelerate "
+                             "launch: each process updates on the same number of minibatches of its share")
         self.config, self.tokenizer, self.reward_fn, self.prompts = config, tokenizer, reward_fn, prompts
         self.device, self.bf16 = device, bf16
         torch.manual_seed(config.seed)
@@ -62,6 +75,11 @@ class PPOLoop:
         backbone_and_head(self.model)  # a LoRA-wrapped LM head: said now, not at the first rollout
         self.value_head = ValueHead(model.config.hidden_size).to(device)
         self.scorer = PolicyWithValue(self.model, self.value_head)  # the module the loss's forward runs through
+        if self.processes > 1:  # gradients averaged across processes at each backward
+            from torch.nn.parallel import DistributedDataParallel
+
+            cuda = torch.device(device).type == "cuda"
+            self.scorer = DistributedDataParallel(self.scorer, device_ids=[torch.device(device)] if cuda else None)
         params = [p for p in self.model.parameters() if p.requires_grad] + list(self.value_head.parameters())
         self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, eps=1e-5)
         self.kl_ctl = AdaptiveKLController(config.init_kl_coef, config.target_kl, config.kl_horizon) \
@@ -93,7 +111,18 @@ class PPOLoop:
         g = torch.Generator().manual_seed(self.config.seed * 100_003 + self.step)
         n, b = len(self.encoded), self.config.rollout_batch_size
         order = torch.cat([torch.randperm(n, generator=g) for _ in range(-(-b // n))])
-        return order[:b].tolist()
+        return order[:b].tolist()[self.rank::self.processes]  # this process's share
+
+    def _mean_across(self, row: dict[str, float]) -> dict[str, float]:
+        """The row's values averaged over the processes (unchanged in one): every process logs, checkpoints and
+        adapts beta on the same figures. The shares are equal, so the mean of the means is the batch mean."""
+        if self.processes == 1:
+            return row
+        import torch.distributed as dist
+
+        values = torch.tensor(list(row.values()), dtype=torch.float64, device=self.device)
+        dist.all_reduce(values)
+        return dict(zip(row, (values / self.processes).tolist(), strict=True))
 
     @torch.no_grad()
     def rollout(self) -> dict[str, Any]:
@@ -104,7 +133,7 @@ class PPOLoop:
         ids, mask = _left_pad([self.encoded[i] for i in idx], self.pad_id)  # (B, P)
         ids, mask = ids.to(self.device), mask.to(self.device)
         width = ids.shape[1]
-        torch.manual_seed(c.seed * 7919 + self.step)
+        torch.manual_seed(c.seed * 7919 + self.step + 1_000_003 * self.rank)
         started = time.monotonic()
         with self._autocast():
             seqs = self.model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=c.temperature,
@@ -146,8 +175,9 @@ class PPOLoop:
         advantages = masked_whiten(advantages, mask)
         g = torch.Generator().manual_seed(c.seed + self.step)
         stats: list[Any] = []
+        n = len(r["scores"])  # this process's share of the rollout batch
         for _ in range(c.ppo_epochs):
-            for mb in torch.randperm(c.rollout_batch_size, generator=g).split(c.minibatch_size):
+            for mb in torch.randperm(n, generator=g).split(n // c.num_minibatches):
                 mb = mb.to(self.device)
                 with self._autocast():
                     logprobs, _, values = self.scorer(r["seqs"][mb], r["attn"][mb], r["width"], r["response"][mb],
@@ -165,10 +195,8 @@ class PPOLoop:
                 stats.append(st)
         kl_per_seq = kl.sum(1)  # (B,)
         kl_coef = self.kl_ctl.value
-        self.kl_ctl.update(kl_per_seq.mean().item(), c.rollout_batch_size)
-        self.step += 1
-        row = {
-            "step": self.step, "score": r["raw_scores"].mean().item(),
+        row = self._mean_across({
+            "score": r["raw_scores"].mean().item(),
             "reward": (r["scores"] - kl_coef * kl_per_seq).mean().item(), "kl": kl_per_seq.mean().item(),
             "kl_coef": kl_coef, "entropy": masked_mean(r["entropy"], mask).item(),
             "policy_loss": sum(s.policy_loss for s in stats) / len(stats),
@@ -176,8 +204,11 @@ class PPOLoop:
             "clip_fraction": sum(s.clip_fraction for s in stats) / len(stats),
             "approx_kl": sum(s.approx_kl for s in stats) / len(stats),
             "response_length": mask.sum(1).mean().item(), "missing_eos": (~r["finished"]).float().mean().item(),
-            **step_times(r["generate_s"], r["score_s"], time.monotonic() - started),
-        }
+            "sample_s": r["generate_s"], "score_s": r["score_s"], "update_s": time.monotonic() - started,
+        })
+        self.kl_ctl.update(row["kl"], c.rollout_batch_size)
+        self.step += 1
+        row = {"step": self.step, **row, **step_times(row["sample_s"], row["score_s"], row["update_s"])}
         self.history.append(row)
         return row
 
@@ -211,12 +242,14 @@ class PPOLoop:
               progress: bool = False) -> list[dict[str, float]]:
         """Run up to `max_steps` iterations (from `self.step`), checkpointing every `save_steps`."""
         bar = None
-        if progress:
+        if progress and self.is_main:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=self.config.max_steps, initial=self.step, desc="ppo")
         while self.step < self.config.max_steps:
             row = self.train_step()
+            if not self.is_main:  # the main process logs and checkpoints (the rows are the same everywhere)
+                continue
             if log is not None:
                 log(row)
             if bar is not None:
