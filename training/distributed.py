@@ -11,10 +11,14 @@ from typing import Any
 
 
 def process_state() -> Any:
-    """accelerate's PartialState (is_main_process, num_processes, process_index, device)."""
+    """accelerate's PartialState (is_main_process, num_processes, process_index, device). On CPUs it honours
+    ACCELERATE_USE_CPU as accelerate's AcceleratorState does (PartialState alone does not, and would take each process
+    of a CPU launch for a lone one): `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N ...`
+    (accelerate's `--cpu` with N > 1 starts one process unless mpirun is set up)."""
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
-    return PartialState()
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
 def share(state: Any, value: Any) -> Any:
