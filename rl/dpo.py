@@ -53,6 +53,35 @@ def pairs_dataset(pairs: Any) -> Any:
     return Dataset.from_list(trl_rows("pairs", pairs, "conversational"))
 
 
+def length_order(pairs: Any, batch_size: int, seed: int) -> Any:
+    """The training pairs in the order TRL reads them (`train_sampling_strategy="sequential"`) when
+    `group_by_length`: cut into batches of similar length, the batches in a seeded random order, the widest first
+    (a run that runs out of memory does so at its first step). Deterministic, so a resume reads the same batches.
+
+    TRL pads a batch to its longest sequence (its padding-free DPO is disabled in TRL 1.16), and a pair's shorter
+    answer is padded to the longer one's length anyway; batching by length removes the rest of the padding.
+    transformers' own `group_by_length` sampler sorts within megabatches of at least a quarter of the data, so on
+    small sets (under 32 batches) it groups little or nothing. The length is the characters of the prompt and of the
+    longer answer (its correlation with the tokenized width was 0.99 on 64 HH pairs)."""
+    import random
+
+    from store.rows import trl_rows
+
+    def chars(messages: Any) -> int:
+        return sum(len(str(m.get("content", ""))) for m in messages)
+
+    rows = trl_rows("pairs", pairs, "conversational")
+    width = [chars(r["prompt"]) + max(chars(r["chosen"]), chars(r["rejected"])) for r in rows]
+    rng = random.Random(f"{seed}:length_order")
+    order = list(range(len(rows)))
+    rng.shuffle(order)  # ties in random order
+    order.sort(key=lambda i: -width[i])
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    rest = batches[1:]
+    rng.shuffle(rest)
+    return pairs.iloc[[i for batch in batches[:1] + rest for i in batch]].reset_index(drop=True)
+
+
 def dpo_args(config: DPOTrainingConfig, run_dir: Path, dev: Any, has_eval: bool, progress: bool) -> Any:
     from trl import DPOConfig
 
@@ -65,6 +94,7 @@ def dpo_args(config: DPOTrainingConfig, run_dir: Path, dev: Any, has_eval: bool,
         loss_weights=weights if len(losses) > 1 else None, label_smoothing=config.label_smoothing,
         precompute_ref_log_probs=config.effective_precompute, metric_for_best_model="eval_rewards/accuracies"
         if stop_early else None, greater_is_better=True, load_best_model_at_end=False,
+        train_sampling_strategy="sequential" if config.group_by_length else "random",  # `length_order`
     )
 
 
@@ -130,6 +160,8 @@ def _train(ws: WorkspaceLike, config: DPOTrainingConfig, pairs: Any, start: Star
 
     train_pairs, eval_pairs = parts(pairs)
     model, tokenizer, dev = load_for_training(start, config, quantization)
+    if config.group_by_length:
+        train_pairs = length_order(train_pairs, config.per_device_train_batch_size, config.seed)
     eval_set = pairs_dataset(eval_pairs) if len(eval_pairs) else None
     args = dpo_args(config, run_dir, dev, eval_set is not None, progress)
     history = history_callback()

@@ -39,6 +39,17 @@ def sft_dataset(frame: Any) -> Any:
     return Dataset.from_list(trl_rows("sft", frame, "prompt-completion"))
 
 
+def sft_args(config: SFTTrainingConfig, run_dir: Path, dev: Any, has_eval: bool, progress: bool) -> Any:
+    """TRL's SFTConfig: the loss on the answer only, no packing; batches of similar length (`group_by_length`: the
+    sampler reads the tokenized rows' lengths; padding-free rows need FlashAttention, which a CPU lacks)."""
+    from trl import SFTConfig
+
+    stop_early = has_eval and config.early_stopping_patience > 0
+    return SFTConfig(**trainer_kwargs(config, run_dir, dev, has_eval, progress), completion_only_loss=True,
+                     packing=False, metric_for_best_model="eval_loss" if stop_early else None, greater_is_better=False,
+                     train_sampling_strategy="group_by_length" if config.group_by_length else "random")
+
+
 def train_sft(ws: WorkspaceLike, config: SFTTrainingConfig, *, resume_from: int | None = None, progress: bool = True,
               callbacks: list[Any] | None = None) -> PolicyTrainingResult:
     """Train, save and register an SFT policy; the run row records config, snapshot, metrics and status."""
@@ -48,15 +59,13 @@ def train_sft(ws: WorkspaceLike, config: SFTTrainingConfig, *, resume_from: int 
 def _train(ws: WorkspaceLike, config: SFTTrainingConfig, frame: Any, start: StartPolicy, run_id: int, run_dir: Path,
            resume_from: int | None, progress: bool, callbacks: list[Any] | None,
            quantization: Any = None) -> PolicyTrainingResult:
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     train, held = parts(frame, "SFT rows")
     model, tokenizer, dev = load_for_training(start, config, quantization)
     eval_set = sft_dataset(held) if len(held) else None
     stop_early = eval_set is not None and config.early_stopping_patience > 0
-    args = SFTConfig(**trainer_kwargs(config, run_dir, dev, eval_set is not None, progress),
-                     completion_only_loss=True, packing=False, metric_for_best_model="eval_loss" if stop_early
-                     else None, greater_is_better=False)
+    args = sft_args(config, run_dir, dev, eval_set is not None, progress)
     history = history_callback()
     extra = trainer_callbacks(history, config.early_stopping_patience, stop_early, callbacks)
     trainer, output, seconds = fit(

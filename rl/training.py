@@ -122,10 +122,10 @@ def lora_config(config: Any, task: str = "CAUSAL_LM") -> Any:
     return make(config.lora_r, config.lora_alpha, config.lora_target_modules, task, "all-linear")
 
 
-def device_defaults(config: Any, n_params: int) -> Any:
+def device_defaults(config: Any, n_params: int, activations: int = 0) -> Any:
     from training.device import training_defaults
 
-    return training_defaults(config.device, n_params, config.bf16, config.gradient_checkpointing)
+    return training_defaults(config.device, n_params, config.bf16, config.gradient_checkpointing, activations)
 
 
 def trainer_kwargs(config: Any, run_dir: Path, dev: Any, has_eval: bool, progress: bool) -> dict[str, Any]:
@@ -138,10 +138,12 @@ def trainer_kwargs(config: Any, run_dir: Path, dev: Any, has_eval: bool, progres
 
 def load_for_training(start: StartPolicy, config: Any, quantization: Any) -> tuple[Any, Any, Any]:
     """(model, tokenizer, per-device training defaults) of the starting policy."""
+    from training.device import activation_values
     from training.models import count_parameters
 
     model, tokenizer = load_causal_lm(start, quantization=quantization, device=config.device)
-    return model, tokenizer, device_defaults(config, count_parameters(model)[0])
+    activations = activation_values(model.config, getattr(config, "batch_positions", 0))
+    return model, tokenizer, device_defaults(config, count_parameters(model)[0], activations)
 
 
 def resume_config(ws: WorkspaceLike, kind: str, cls: type, run: int | str,

@@ -166,3 +166,44 @@ def test_precomputed_reference_log_probs_train_too(workspace, tiny_lm):
     result = train_dpo(workspace, tiny_dpo(max_steps=3, precompute_ref_log_probs=True, eval_steps=100),
                        progress=False)
     assert result.metrics["global_step"] == 3 and result.metrics["last"]["loss"] < 0.7
+
+
+def test_length_grouped_batches_and_checkpointing_reach_trl_and_train(workspace, tiny_lm):
+    """The defaults batch pairs by length (the widest batch first, so a run that runs out of memory does so at
+    once; far less padding than random batches of the same rows); a run with gradient checkpointing on (what a
+    large batch gets by default) still trains: the loss falls and the merged weights move."""
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+
+    from rl.dpo import train_dpo
+    from tests.preferences import Seed
+
+    seed = Seed()
+    for i in range(24):  # answers from 1 to 12 words: pairs of very different lengths
+        seed.comparison(f"c{i}", f"Question {i}?", {"a": "yes " * (i % 12 + 1), "b": "no " * (i % 12 + 1)})
+        seed.judge(f"c{i}", "alice", "a>b")
+    seed.write(workspace.db)
+    register_tiny(workspace.db, tiny_lm)
+    batches: list[tuple[int, int]] = []  # (padded positions, real positions) of each batch
+
+    class Widths(TrainerCallback):
+        def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+            batches.extend((b["attention_mask"].numel(), int(b["attention_mask"].sum())) for b in train_dataloader)
+
+    assert tiny_dpo().group_by_length is True
+    result = train_dpo(workspace, tiny_dpo(max_steps=6, eval_steps=100, gradient_checkpointing=True),
+                       progress=False, callbacks=[Widths()])
+    grouped, batches[:] = list(batches), []
+    assert grouped[0][0] == max(padded for padded, _ in grouped)
+    m = result.metrics
+    assert m["device"]["gradient_checkpointing"] is True and m["last"]["loss"] < m["first"]["loss"]
+    before, after = load_file(tiny_lm / "model.safetensors"), load_file(result.model_dir / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before if k in after)
+
+    train_dpo(workspace, tiny_dpo(max_steps=1, eval_steps=100, group_by_length=False), progress=False,
+              callbacks=[Widths()])
+
+    def padding(runs: list[tuple[int, int]]) -> float:
+        return 1 - sum(real for _, real in runs) / sum(padded for padded, _ in runs)
+
+    assert padding(grouped) < 0.75 * padding(batches)

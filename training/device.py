@@ -13,6 +13,12 @@ learned worse: 0.588 on the HH test pairs against 0.618-0.640 for float32 over t
 save memory that a small model does not need: it cost ~40% per step on small models here. So: CUDA gets bf16 (when
 the GPU supports it) and checkpointing only for models over 1B parameters; every CPU gets float32 and no
 checkpointing (`bf16 = true` in a config when speed matters more than the last points of accuracy).
+
+Except where the activations of one batch are large: a trainer that says how many positions a micro-batch holds
+(`activation_values`) gets checkpointing on any device when the activations kept for the backward pass would take
+over an eighth of the device's memory (`ACTIVATION_SHARE`). A policy trainer's batch is large: DPO with SmolLM2-135M,
+8 pairs (16 sequences) of up to 512 tokens keeps ~10 GiB of float32 activations, and its process peaked near 16-19
+GiB resident on a 24 GiB machine without checkpointing (see scripts/bench/dpo_throughput.py for the figures with it).
 """
 
 from __future__ import annotations
@@ -21,6 +27,31 @@ from dataclasses import dataclass
 from typing import Any
 
 BIG_MODEL_PARAMS = 1_000_000_000  # above this, gradient checkpointing pays on a GPU
+ACTIVATION_SHARE = 0.125  # checkpointing when one batch's kept activations would take more of the device's memory
+
+
+def activation_values(model_config: Any, positions: int) -> int:
+    """About how many activation values a decoder stack keeps for the backward pass of a micro-batch of `positions`
+    (sequences x length) without checkpointing: per layer and position ~8 hidden-width tensors (norm outputs,
+    attention q/k/v and output, residuals, the LoRA inputs among them) and 4 MLP-width ones (gate, up, activation,
+    product). 0 for a config without those sizes. With checkpointing only each layer's input is kept (1 of ~12+)."""
+    cfg = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    layers, hidden = getattr(cfg, "num_hidden_layers", 0) or 0, getattr(cfg, "hidden_size", 0) or 0
+    width = getattr(cfg, "intermediate_size", None) or 4 * hidden
+    return int(positions) * layers * (8 * hidden + 4 * width)
+
+
+def device_memory(device: str) -> int:
+    """Bytes of memory of `device` ("cpu": the machine's RAM; "cuda:N": the GPU's; "mps": what Metal recommends)."""
+    import os
+
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_properties(int(device.split(":")[1]) if ":" in device else 0).total_memory
+    if device == "mps" and hasattr(torch, "mps") and hasattr(torch.mps, "recommended_max_memory"):
+        return torch.mps.recommended_max_memory()
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def resolve_device(prefer: str | None = None) -> str:
@@ -93,8 +124,9 @@ class TrainingDevice:
 
 
 def training_defaults(prefer: str | None, n_params: int, bf16: bool | None = None,
-                      gradient_checkpointing: bool | None = None) -> TrainingDevice:
-    """Device, precision and checkpointing for a model of `n_params`; explicit values win over defaults."""
+                      gradient_checkpointing: bool | None = None, activations: int = 0) -> TrainingDevice:
+    """Device, precision and checkpointing for a model of `n_params` whose micro-batch keeps about `activations`
+    values for the backward pass (`activation_values`; 0: not said); explicit values win over defaults."""
     import torch
 
     device = resolve_device(prefer)
@@ -108,12 +140,17 @@ def training_defaults(prefer: str | None, n_params: int, bf16: bool | None = Non
         reasons["bf16"] = "set in the config"
     if bf16 and not cuda:
         reasons["bf16"] += " (warning: emulated on this device, expect very slow steps)"
+    kept = activations * (2 if bf16 else 4)  # bytes
     if gradient_checkpointing is None:
-        gradient_checkpointing = cuda and n_params >= BIG_MODEL_PARAMS
+        share = kept / device_memory(device) if kept else 0.0
+        gradient_checkpointing = (cuda and n_params >= BIG_MODEL_PARAMS) or share > ACTIVATION_SHARE
         reasons["gradient_checkpointing"] = (
-            "on: CUDA and a model over 1B parameters" if gradient_checkpointing else
-            f"off: {n_params / 1e6:.0f}M parameters fit in memory; recomputation would cost ~40% per step "
-            "(TRL's default is on)")
+            "on: CUDA and a model over 1B parameters" if cuda and n_params >= BIG_MODEL_PARAMS else
+            f"on: a batch would keep ~{kept / 2**30:.1f} GiB of activations without it ({share:.0%} of this "
+            f"device's memory, over {ACTIVATION_SHARE:.1%})" if gradient_checkpointing else
+            f"off: {n_params / 1e6:.0f}M parameters fit in memory"
+            + (f" (a batch keeps ~{kept / 2**30:.1f} GiB of activations)" if kept else "")
+            + "; recomputation would cost ~40% per step (TRL's default is on)")
     else:
         reasons["gradient_checkpointing"] = "set in the config"
     return TrainingDevice(device, bool(bf16), bool(gradient_checkpointing), reasons)

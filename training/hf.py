@@ -29,6 +29,45 @@ def trainer_kwargs(config: Any, run_dir: Path, dev: Any, has_eval: bool, progres
     )
 
 
+CPU_HEAD_TOKENS = 1024  # positions per logits tile of TRL's fused LM head on a CPU (TRL: 4096)
+CPU_HEAD_VOCAB = 8192  # vocabulary columns per tile on a CPU (TRL: 32768)
+
+
+def lean_lm_head(device: str) -> bool:
+    """On a CPU, make TRL's fused LM head (DPO, SFT and KTO score only the labels' log-probs through it, tile by
+    tile) hold small tiles and score only the positions that carry a label. Returns whether it applied.
+
+    TRL tiles the (positions x vocabulary) logits 4096 x 32768 and, off Triton devices, scores every position (its
+    reason: Neuron recompiles per shape). On a CPU that means a float32 tile of up to 512 MiB with a handful of
+    temporaries of its size (+2.6 GiB transient for 2048 positions of SmolLM2's 49152-token vocabulary, measured),
+    i.e. two thirds of the full-vocabulary logits of every position of a typical batch at once, and the head's
+    matmuls spent on prompt and padding positions, whose log-probs are thrown away (in HH DPO batches ~80% of
+    positions). 1024 x 8192 tiles hold 32 MiB (+0.5 GiB transient for the same 2048 positions, 4% slower), and
+    scoring labelled positions only is what TRL does on CUDA (same values: the others are zero either way). A
+    process that trains on CUDA or MPS is left as TRL made it; TRL versions without these names are left alone."""
+    if device != "cpu":
+        return False
+    try:
+        import trl.kernels.chunked_logprob as kernel
+        import trl.trainer.utils as utils
+    except ImportError:
+        return False
+    if not all(hasattr(m, n) for m, n in ((kernel, "TOKEN_CHUNK_SIZE"), (utils, "_CHUNKED_LOGPROB_CHUNK_SIZE"),
+                                          (utils, "_use_triton"))):
+        return False
+    kernel.TOKEN_CHUNK_SIZE, utils._CHUNKED_LOGPROB_CHUNK_SIZE = CPU_HEAD_TOKENS, CPU_HEAD_VOCAB
+    if not getattr(utils._use_triton, "rankloop_compact_cpu", False):
+        triton_device = utils._use_triton
+
+        def compact(device: Any) -> bool:  # `utils` asks only whether to score labelled positions alone
+            return device.type == "cpu" or triton_device(device)
+
+        compact.rankloop_compact_cpu = True  # type: ignore[attr-defined]
+        compact.trl = triton_device  # type: ignore[attr-defined]
+        utils._use_triton = compact
+    return True
+
+
 @contextlib.contextmanager
 def tensorboard_dir(folder: Path):
     """TRL/transformers read the TensorBoard folder from this variable when the trainer is built."""
@@ -85,6 +124,7 @@ def fit(db: Any, run_id: int, run_dir: Path, dev: Any, build: Callable[[], Any],
     from store.runs import update_run
     from training.models import count_parameters
 
+    lean_lm_head(dev.device)
     with tensorboard_dir(run_dir / "tensorboard"):  # read when the trainer builds its TensorBoard callback
         trainer = build()
     total, trainable = count_parameters(trainer.model)
