@@ -62,31 +62,41 @@ def _is_causal(model: Any) -> bool:
         str(a).endswith("ForCausalLM") for a in (getattr(config, "architectures", None) or []))
 
 
-def _layer_states(model: Any, input_ids: Any, attention_mask: Any, index: int, cache: Any = None) -> Any:
-    """hidden_states[index] of the batch (after `cache`'s tokens when given; the cache grows). Below the last layer
-    it stops there (a forward hook on the block that outputs it): the middle layer costs half a forward pass. The
-    last layer's states come from the full pass, since some models normalize the last hidden state."""
+def _layer_states(model: Any, input_ids: Any, attention_mask: Any, index: int | tuple[int, ...],
+                 cache: Any = None) -> Any:
+    """hidden_states[index] of the batch (after `cache`'s tokens when given; the cache grows), or with a tuple of
+    indices {index: hidden_states[index]}. Below the last layer it stops at the highest index asked (forward hooks
+    on the blocks that output them): the middle layer costs half a forward pass. The last layer's states come from
+    the full pass, since some models normalize the last hidden state."""
     import inspect
 
+    indices = index if isinstance(index, tuple) else (index,)
     layers = _decoder_layers(model)
-    early = layers is not None and 1 <= index < model.config.num_hidden_layers
+    top = max(indices)
+    early = layers is not None and 1 <= min(indices) and top < model.config.num_hidden_layers
+    seen: dict[int, Any] = {}
 
-    def reached(_module: Any, _args: Any, output: Any) -> None:
-        raise _Reached(output[0] if isinstance(output, tuple) else output)
+    def keep(i: int) -> Callable[..., None]:
+        def hook(_module: Any, _args: Any, output: Any) -> None:
+            seen[i] = output[0] if isinstance(output, tuple) else output
+            if i == top:
+                raise _Reached(seen[i])
+        return hook
 
     extra: dict[str, Any] = {}
     if cache is not None:  # transformers 5 renames past_key_values to cache
         name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         extra = {name: cache, "use_cache": True}
-    handle = layers[index - 1].register_forward_hook(reached) if early else None
+    handles = [layers[i - 1].register_forward_hook(keep(i)) for i in set(indices)] if early else []
     try:
         out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=not early, **extra)
-    except _Reached as stop:
-        return stop.states
+        seen = {i: out.hidden_states[i] for i in indices}
+    except _Reached:
+        pass
     finally:
-        if handle is not None:
+        for handle in handles:
             handle.remove()
-    return out.hidden_states[index]
+    return seen if isinstance(index, tuple) else seen[index]
 
 
 def _sequences(tokenizer: Any, prompts: list[str], responses: list[str],
@@ -103,10 +113,11 @@ def _sequences(tokenizer: Any, prompts: list[str], responses: list[str],
     return out
 
 
-def _tail_states(model: Any, prefix: tuple[int, ...], tails: list[tuple[int, ...]], pad: int, index: int) -> Any:
-    """The probed layer's states of each tail read after `prefix` (B, longest tail, hidden): the prefix goes
-    through once and its KV cache is repeated for the batch; tails are padded on the right with an attention mask,
-    so no real token sees a pad (causal) or attends to one (encoders)."""
+def _tail_states(model: Any, prefix: tuple[int, ...], tails: list[tuple[int, ...]], pad: int,
+                 index: int | tuple[int, ...]) -> Any:
+    """The probed layer's states of each tail read after `prefix` (B, longest tail, hidden), or {index: states}
+    with a tuple of indices: the prefix goes through once and its KV cache is repeated for the batch; tails are
+    padded on the right with an attention mask, so no real token sees a pad (causal) or attends to one (encoders)."""
     import torch
 
     device = next(model.parameters()).device
@@ -124,19 +135,32 @@ def _tail_states(model: Any, prefix: tuple[int, ...], tails: list[tuple[int, ...
     for row, tail in enumerate(tails):
         ids[row, :len(tail)] = torch.tensor(tail)
         mask[row, len(prefix):len(prefix) + len(tail)] = 1
-    return _layer_states(model, ids.to(device), mask.to(device), index, cache).float().cpu()
+    states = _layer_states(model, ids.to(device), mask.to(device), index, cache)
+    if isinstance(index, tuple):
+        return {i: x.float().cpu() for i, x in states.items()}
+    return states.float().cpu()
 
 
-def response_features(model: Any, tokenizer: Any, prompts: list[str], responses: list[str], max_length: int,
-                      layer: int, tick: Callable[[], None] | None = None, batch_size: int = 8) -> Any:
-    """(N, hidden) float64: mean of `layer`'s states over each response's tokens, read after the prompt
-    (`_sequences`). Exact for any grouping, so the work is cut three ways: identical sequences are computed once;
-    in a causal LM, responses to the same (cut) prompt share one pass over it (chosen and rejected, a ranking's
-    candidates); and what is left goes through in batches of similar length."""
+POOLS = ("mean", "last")  # over the response's tokens: their mean, or the last one (what a causal LM's head reads)
+
+
+def response_feature_sets(model: Any, tokenizer: Any, prompts: list[str], responses: list[str], max_length: int,
+                          reads: list[tuple[int, str]], tick: Callable[[], None] | None = None,
+                          batch_size: int = 8) -> dict[tuple[int, str], Any]:
+    """{(layer, pool): (N, hidden) float64} for each (layer, pool) in `reads` (pool in POOLS), from one pass per
+    sequence that stops at the highest layer asked. Each response is read after its prompt (`_sequences`). Exact
+    for any grouping, so the work is cut three ways: identical sequences are computed once; in a causal LM,
+    responses to the same (cut) prompt share one pass over it (chosen and rejected, a ranking's candidates); and
+    what is left goes through in batches of similar length."""
     import numpy as np
     import torch
 
-    index = _layer_index(model.config.num_hidden_layers + 1, layer)
+    n_states = model.config.num_hidden_layers + 1
+    for _, pool in reads:
+        if pool not in POOLS:
+            raise ValueError(f"probe pooling: must be one of {', '.join(POOLS)}, got {pool!r}")
+    index_of = {layer: _layer_index(n_states, layer) for layer, _ in reads}
+    indices = tuple(sorted(set(index_of.values())))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     causal = _is_causal(model)
     unique: dict[tuple[int, ...], list[int]] = {}
@@ -147,21 +171,38 @@ def response_features(model: Any, tokenizer: Any, prompts: list[str], responses:
     groups: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
     for ids, n_response in response_length.items():
         groups.setdefault(ids[:len(ids) - n_response] if causal else (), []).append(ids)
-    out = np.zeros((len(prompts), model.config.hidden_size), dtype=np.float64)
+    out = {read: np.zeros((len(prompts), model.config.hidden_size), dtype=np.float64) for read in reads}
     for prefix, members in groups.items():
         members.sort(key=len)
         for start in range(0, len(members), batch_size):
             chunk = members[start:start + batch_size]
             tails = [ids[len(prefix):] for ids in chunk]
             with torch.no_grad():
-                states = _tail_states(model, prefix, tails, pad, index)
+                states = _tail_states(model, prefix, tails, pad, indices)
             for row, ids in enumerate(chunk):
-                feature = states[row, len(tails[row]) - response_length[ids]:len(tails[row])].mean(0).numpy()
-                for i in unique[ids]:
-                    out[i] = feature
+                end = len(tails[row])
+                for layer, pool in reads:
+                    x = states[index_of[layer]][row]
+                    feature = (x[end - response_length[ids]:end].mean(0) if pool == "mean" else x[end - 1]).numpy()
+                    for i in unique[ids]:
+                        out[layer, pool][i] = feature
+                for _ in unique[ids]:
                     if tick is not None:
                         tick()
     return out
+
+
+def response_features(model: Any, tokenizer: Any, prompts: list[str], responses: list[str], max_length: int,
+                      layer: int, tick: Callable[[], None] | None = None, batch_size: int = 8,
+                      reads: list[tuple[int, str]] | None = None) -> Any:
+    """(N, hidden) float64: mean of `layer`'s states over each response's tokens, read after the prompt; with
+    `reads` [(layer, pool), ...] instead, those features side by side (N, hidden * len(reads)), in that order
+    (`response_feature_sets`)."""
+    import numpy as np
+
+    reads = reads or [(layer, "mean")]
+    sets = response_feature_sets(model, tokenizer, prompts, responses, max_length, reads, tick, batch_size)
+    return np.concatenate([sets[read] for read in reads], axis=1)
 
 
 def pair_features(model: Any, tokenizer: Any, prompts: list[str], chosen: list[str], rejected: list[str],
@@ -286,15 +327,29 @@ class Probe:
         return (((features - np.array(self.mean)) / np.array(self.sd)) @ np.array(self.w)).tolist()
 
 
+def cv_folds(n: int, folds: int, seed: int, groups: list[Any] | None = None) -> Any:
+    """The fold of each of `n` rows: a seeded shuffle dealt round-robin; with `groups` (one key per row, e.g. its
+    prompt), whole groups are dealt, so no group is on both sides of a fold."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        return rng.permutation(n) % folds
+    keys = sorted({str(g) for g in groups})
+    fold_of = dict(zip(keys, rng.permutation(len(keys)) % folds, strict=True))
+    return np.array([fold_of[str(g)] for g in groups])
+
+
 def fit_probe(chosen: Any, rejected: Any, penalties: list[float], folds: int, seed: int, layer: int,
-              max_length: int, precision: str = "float32") -> Probe:
-    """Standardize, pick the penalty by `folds`-fold CV (accuracy; ties go to the larger penalty), refit on all."""
+              max_length: int, precision: str = "float32", groups: list[Any] | None = None) -> Probe:
+    """Standardize, pick the penalty by `folds`-fold CV (accuracy; ties go to the larger penalty; with `groups`,
+    one key per pair, the folds are whole groups: `cv_folds`), refit on all."""
     import numpy as np
 
     both = np.concatenate([chosen, rejected])
     mean, sd = both.mean(0), both.std(0) + 1e-6
     diff = (chosen - mean) / sd - (rejected - mean) / sd
-    fold = np.random.default_rng(seed).permutation(len(diff)) % folds
+    fold = cv_folds(len(diff), folds, seed, groups)
     cv: dict[str, float] = {}
     for penalty in sorted(penalties):
         right = [float(((diff[fold == k] @ fit_weights(diff[fold != k], penalty, seed)) > 0).mean())

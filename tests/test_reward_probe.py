@@ -163,3 +163,46 @@ def test_non_finite_states_fail_the_run_naming_a_response_and_save_no_model(ws, 
     (run,) = list_runs(ws.db, kind="reward")
     assert run.status == "failed" and "not finite" in run.error
     assert list_models(ws.db, kind="reward") == []
+
+
+@pytest.mark.parametrize("reads", [[(1, "mean"), (2, "last"), (3, "mean"), (1, "last")], [(-1, "last"), (2, "mean")]])
+def test_several_layers_and_poolings_in_one_pass_equal_one_full_pass_per_sequence(tiny_lm, reads):
+    """`reads` below the top layer stop at the highest one asked (one hook per layer); with the last layer the
+    full pass gives them all. Every (layer, pool) must equal the full pass's states, and `response_features`
+    puts them side by side in the order asked."""
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from reward.probe import response_feature_sets, response_features
+
+    config = AutoConfig.from_pretrained(str(tiny_lm))
+    config.num_hidden_layers = 4  # room for several layers below the last
+    torch.manual_seed(0)
+    model, tokenizer = AutoModel.from_config(config).eval(), AutoTokenizer.from_pretrained(str(tiny_lm))
+    prompts = ["Question 1: say something.", "Q2", "Question 1: say something."]
+    responses = [GOOD, BAD, MIDDLE]
+    sets = response_feature_sets(model, tokenizer, prompts, responses, 24, reads, batch_size=2)
+    side_by_side = response_features(model, tokenizer, prompts, responses, 24, 0, reads=reads, batch_size=2)
+    assert side_by_side.shape == (3, 32 * len(reads))
+    for i, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        r = tokenizer(" " + response, add_special_tokens=False)["input_ids"][:12]
+        with torch.no_grad():
+            states = model(input_ids=torch.tensor([(p + r)[-24:]]), output_hidden_states=True).hidden_states
+        for k, (layer, pool) in enumerate(reads):
+            x = states[layer if layer > 0 else 4][0]
+            expected = (x[-len(r):].mean(0) if pool == "mean" else x[-1]).double().numpy()
+            assert sets[layer, pool][i] == pytest.approx(expected, abs=1e-5), (layer, pool)
+            assert side_by_side[i, 32 * k:32 * (k + 1)] == pytest.approx(expected, abs=1e-5)
+    with pytest.raises(ValueError, match="probe pooling: must be one of mean, last, got 'max'"):
+        response_feature_sets(model, tokenizer, prompts, responses, 24, [(1, "max")])
+
+
+def test_cv_folds_by_group_keep_each_group_in_one_fold():
+    from reward.probe import cv_folds
+
+    groups = ["a", "b", "a", "c", "b", "d", "e", "a"]
+    folds = cv_folds(len(groups), 3, seed=1, groups=groups)
+    assert all(len({int(f) for f, g in zip(folds, groups, strict=True) if g == key}) == 1 for key in set(groups))
+    assert len(set(folds.tolist())) == 3  # five groups dealt over three folds: none empty
+    assert sorted(cv_folds(9, 3, seed=1).tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # without groups: pairs dealt
