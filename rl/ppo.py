@@ -146,10 +146,15 @@ def logprobs_of(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) 
     return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), entropy
 
 
-# Vocabulary columns per projection tile of TRL's kernel (it takes up to 4096 positions per tile): on CPU its torch
-# fallback holds about four float32 copies of a tile, so 4096 x 8192 x 4 B x 4 = 0.5 GiB at most, a few MiB for a
-# PPO minibatch of response tokens; TRL's own fused head uses 32768 on GPUs.
-VOCAB_CHUNK = 8192
+GPU_VOCAB_CHUNK = 32768  # vocabulary columns per tile off the CPU: TRL's fused LM head's width
+
+
+def vocab_chunk(device: torch.device) -> int:
+    """Vocabulary columns per projection tile of TRL's kernel: on a CPU rankloop's width for TRL's fused head
+    (training.hf.CPU_HEAD_VOCAB, whose `lean_lm_head` also sets the positions per tile), elsewhere TRL's."""
+    from training import hf
+
+    return hf.CPU_HEAD_VOCAB if device.type == "cpu" else GPU_VOCAB_CHUNK
 
 
 def backbone_and_head(model: Any) -> tuple[nn.Module, nn.Module]:
@@ -174,7 +179,7 @@ def token_logprobs(hidden: torch.Tensor, head: nn.Linear, tokens: torch.Tensor, 
 
     keep = mask.bool()
     logp, entropy, *_ = ChunkedLogProbFunction.apply(
-        hidden[keep], head.weight, head.bias, tokens[keep], temperature, VOCAB_CHUNK, None, 1.0,
+        hidden[keep], head.weight, head.bias, tokens[keep], temperature, vocab_chunk(hidden.device), None, 1.0,
         ("entropy",) if with_entropy else ())
     # masked_scatter keeps the result connected to the graph even when nothing is kept
     logp = logp.new_zeros(keep.shape).masked_scatter(keep, logp)

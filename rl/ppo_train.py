@@ -40,6 +40,7 @@ from rl.ppo import (
 )
 from rl.ppo_config import PPOTrainingConfig
 from training.checks import COMPLETE_MARKER, check_checkpoint, check_finite
+from training.hf import lean_lm_head
 
 RewardFn = Callable[[list[list[dict[str, str]]], list[str]], list[float]]
 STATE_FILE = "ppo_state.pt"
@@ -73,6 +74,7 @@ class PPOLoop:
             self.ref_model = copy.deepcopy(model).requires_grad_(False).to(device).eval()
         self.model = model.to(device).eval()  # eval: no dropout (the ratio must be 1 before the first update)
         backbone_and_head(self.model)  # a LoRA-wrapped LM head: said now, not at the first rollout
+        lean_lm_head(device)  # on a CPU: TRL's kernel takes 1024 positions per tile (its default 4096)
         self.value_head = ValueHead(model.config.hidden_size).to(device)
         self.scorer = PolicyWithValue(self.model, self.value_head)  # the module the loss's forward runs through
         if self.processes > 1:  # gradients averaged across processes at each backward

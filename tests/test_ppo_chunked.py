@@ -35,9 +35,9 @@ def _full(model, seqs, attn, width, tokens, mask, value_head):
 def test_chunked_scores_and_gradients_equal_the_full_logits(tiny_lm, monkeypatch, lora):
     from transformers import AutoModelForCausalLM
 
-    import rl.ppo
 
-    monkeypatch.setattr(rl.ppo, "VOCAB_CHUNK", 64)  # several vocabulary tiles on the tiny vocabulary
+    monkeypatch.setattr("training.hf.CPU_HEAD_VOCAB", 64)  # several vocabulary tiles on the tiny vocabulary
+    monkeypatch.setattr("trl.kernels.chunked_logprob.TOKEN_CHUNK_SIZE", 5)  # and several position tiles
     model = AutoModelForCausalLM.from_pretrained(tiny_lm).float()
     if lora:
         from peft import LoraConfig, get_peft_model
