@@ -178,8 +178,9 @@ class DPOTrainingConfig(PolicyTrainingConfig):
         "Compute the reference log-probs once before training (default: when each pair is seen more than once, "
         "i.e. num_train_epochs > 1; otherwise it is the same number of forward passes, paid up front).")})
     group_by_length: bool = field(default=True, metadata={"help": (
-        "Batch pairs of similar length (less padding: TRL pads a batch to its longest sequence; on 64 HH pairs at "
-        "batch 8 half the positions were padding). Batches are still drawn in random order.")})
+        "Batch pairs of similar length (TRL pads a batch to its longest sequence: on 64 HH pairs at batch 8, 49% "
+        "of the positions were padding in random batches, 23% in these). The batches are drawn in a seeded random "
+        "order, the widest first; the same order every epoch.")})
     sft_replay: float = option(0.0, (
         "Weight of an NLL term on the chosen responses (RPO-style replay against forgetting); 0: off."), ge=0)
     replay: float = option(0.0, (
@@ -216,9 +217,6 @@ class SFTTrainingConfig(PolicyTrainingConfig):
     source: str = option("both", (
         "What to imitate: 'edits' (reviewers' rewritten answers), 'top' (each judgment's single best response), "
         "or 'both'. The loss is on the response tokens only."), choices=("edits", "top", "both"))
-    group_by_length: bool = field(default=True, metadata={"help": (
-        "Batch rows of similar length (less padding: a batch is padded to its longest row). Batches are still "
-        "drawn in random order.")})
 
     @property
     def effective_learning_rate(self) -> float:

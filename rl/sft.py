@@ -40,14 +40,14 @@ def sft_dataset(frame: Any) -> Any:
 
 
 def sft_args(config: SFTTrainingConfig, run_dir: Path, dev: Any, has_eval: bool, progress: bool) -> Any:
-    """TRL's SFTConfig: the loss on the answer only, no packing; batches of similar length (`group_by_length`: the
-    sampler reads the tokenized rows' lengths; padding-free rows need FlashAttention, which a CPU lacks)."""
+    """TRL's SFTConfig: the loss on the answer only, no packing (padding-free rows need FlashAttention, which a CPU
+    lacks). Random batches: transformers' `group_by_length` sampler groups little on small sets and also orders the
+    held-out rows, where it fails when TRL has dropped every one of them (prompts filling max_length)."""
     from trl import SFTConfig
 
     stop_early = has_eval and config.early_stopping_patience > 0
     return SFTConfig(**trainer_kwargs(config, run_dir, dev, has_eval, progress), completion_only_loss=True,
-                     packing=False, metric_for_best_model="eval_loss" if stop_early else None, greater_is_better=False,
-                     train_sampling_strategy="group_by_length" if config.group_by_length else "random")
+                     packing=False, metric_for_best_model="eval_loss" if stop_early else None, greater_is_better=False)
 
 
 def train_sft(ws: WorkspaceLike, config: SFTTrainingConfig, *, resume_from: int | None = None, progress: bool = True,

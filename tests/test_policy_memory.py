@@ -79,12 +79,12 @@ def test_checkpointing_follows_the_size_of_a_batchs_activations():
     assert activation_values(AutoConfig.for_model("bert"), 100) > 0 and activation_values(object(), 100) == 0
 
 
-def test_sft_batches_rows_of_similar_length_unless_asked_not_to(tmp_path):
+def test_sft_settings_reach_trl(tmp_path):
     from rl.config import SFTTrainingConfig
     from rl.sft import sft_args
     from training.device import training_defaults
 
-    dev = training_defaults("cpu", 10_000)
-    assert sft_args(SFTTrainingConfig(), tmp_path, dev, True, False).train_sampling_strategy == "group_by_length"
-    args = sft_args(SFTTrainingConfig(group_by_length=False), tmp_path, dev, False, False)
-    assert args.train_sampling_strategy == "random" and args.completion_only_loss and not args.packing
+    dev = training_defaults("cpu", 10_000, gradient_checkpointing=True)
+    args = sft_args(SFTTrainingConfig(early_stopping_patience=2), tmp_path, dev, True, False)
+    assert args.completion_only_loss and not args.packing and args.metric_for_best_model == "eval_loss"
+    assert args.activation_checkpointing and args.use_cpu and not args.bf16

@@ -70,10 +70,11 @@ def peak_memory_mb() -> float:
 
 
 def child(args: argparse.Namespace, run: Callable[[argparse.Namespace], dict]) -> None:
-    """Run one variant in this process and print its RESULT line; the first step is a warm-up, not counted."""
+    """Run one variant in this process and print its RESULT line; the first step is a warm-up, not counted (unless
+    the variant returns `"warmup_steps": 0`, e.g. when its first batch is its widest)."""
     started = time.perf_counter()
     out = run(args)
-    timed = out["durations"][1:]
+    timed = out["durations"][out.pop("warmup_steps", 1):]
     out.update({"variant": args.variant, "steps_timed": len(timed), "seconds_timed": sum(timed),
                 "pairs_per_s": len(timed) * args.batch_size / sum(timed) if timed else None,
                 "peak_memory_mb": round(peak_memory_mb(), 1), "wall_s": round(time.perf_counter() - started, 1)})
