@@ -62,6 +62,9 @@ class RewardTrainingConfig(TrainerConfig):
         "'full', 'auto' (full below 100M parameters, where LoRA saves little and learns slower; LoRA above)."))
     probe_layer: int = field(default=0, metadata={"help": (
         "method 'probe': the layer read (0: the middle one, k: layer k, -1: the last).")})
+    probe_layers: list[int] = option([], (
+        "method 'probe': several layers read side by side, each averaged over the response and the means "
+        "concatenated, e.g. [11, 15, 19] (0: the middle, -1: the last); empty (the default): probe_layer alone."))
     probe_penalties: list[float] = field(default_factory=lambda: [0.1, 0.3, 1.0, 3.0, 10.0], metadata={"help": (
         "method 'probe': L2 penalties tried; the best by cross-validation on the train pairs is kept.")})
     probe_folds: int = option(5, "method 'probe': cross-validation folds.", ge=2)
@@ -100,6 +103,8 @@ class RewardTrainingConfig(TrainerConfig):
         need(bool(self.base.strip()), "base", "must name a model")
         need(bool(self.probe_penalties) and all(x > 0 for x in self.probe_penalties), "probe_penalties",
              "must be one or more numbers > 0")
+        need(len(set(self.probe_layers)) == len(self.probe_layers), "probe_layers",
+             f"must not repeat a layer, got {self.probe_layers}")
         need(not (self.method == "probe" and self.margin), "margin",
              "method 'probe' (the default) has no margin term: set method = 'full' or 'lora' with it")
         need(not (self.loss == "ranking" and self.margin), "margin",
@@ -120,8 +125,8 @@ class RewardTrainingConfig(TrainerConfig):
 # fine-tuning only (steps, epochs, learning rate, margin, LoRA, logging...).
 PROBE_READS = frozenset({
     "base", "name", "loss", "aggregate", "rounds", "models", "reviewers", "splits", "min_agreement", "edited_first",
-    "exclude_flagged", "eval_fraction", "max_pairs", "max_length", "method", "probe_layer", "probe_penalties",
-    "probe_folds", "probe_precision", "seed", "device"})
+    "exclude_flagged", "eval_fraction", "max_pairs", "max_length", "method", "probe_layer", "probe_layers",
+    "probe_penalties", "probe_folds", "probe_precision", "seed", "device"})
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:

@@ -182,5 +182,5 @@ def _features(folder: str, meta: dict[str, Any], probe: Any, train: Any, held: A
                                                                       strict=True)]
             out[f"{part}_chosen"], out[f"{part}_rejected"] = pair_features(
                 model, tokenizer, prompts, [str(x) for x in frame["chosen"]], [str(x) for x in frame["rejected"]],
-                probe.max_length, probe.layer, lambda: bar.update())
+                probe.max_length, probe.layer, lambda: bar.update(), reads=probe.reads)
     return out

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -206,10 +206,11 @@ def response_features(model: Any, tokenizer: Any, prompts: list[str], responses:
 
 
 def pair_features(model: Any, tokenizer: Any, prompts: list[str], chosen: list[str], rejected: list[str],
-                  max_length: int, layer: int, tick: Callable[[], None] | None = None) -> tuple[Any, Any]:
+                  max_length: int, layer: int, tick: Callable[[], None] | None = None,
+                  reads: list[tuple[int, str]] | None = None) -> tuple[Any, Any]:
     """(chosen features, rejected features) from one `response_features` call, so each pair's prompt goes through
     the backbone once for both sides."""
-    both = response_features(model, tokenizer, prompts * 2, chosen + rejected, max_length, layer, tick)
+    both = response_features(model, tokenizer, prompts * 2, chosen + rejected, max_length, layer, tick, reads=reads)
     return both[:len(chosen)], both[len(chosen):]
 
 
@@ -310,6 +311,12 @@ def fit_ranking_probe(features: Any, items: list[list[int]], groups: list[list[i
                  precision)
 
 
+def probe_reads(layer: int, layers: list[int]) -> list[tuple[int, str]]:
+    """The (layer, pool) features a probe reads: the response mean of each of `layers` side by side (the
+    probe_layers setting), or of `layer` alone when `layers` is empty."""
+    return [(k, "mean") for k in (layers or [layer])]
+
+
 @dataclass
 class Probe:
     layer: int
@@ -320,6 +327,12 @@ class Probe:
     penalty: float
     cv_accuracy: dict[str, float]
     precision: str = "float32"  # the backbone's arithmetic for the features ('int8': quantize_int8, on the CPU)
+    layers: list[int] = field(default_factory=list)  # several layers side by side (probe_layers); empty: `layer`
+
+    @property
+    def reads(self) -> list[tuple[int, str]]:
+        """What `response_features` computes for this probe: each layer's mean over the response, in order."""
+        return probe_reads(self.layer, self.layers)
 
     def rewards(self, features: Any) -> list[float]:
         import numpy as np
@@ -414,11 +427,11 @@ class ProbeScorer:
 
     def score_strings(self, prompts: list[str], responses: list[str]) -> list[float]:
         features = response_features(self.model, self.tokenizer, prompts, responses, self.probe.max_length,
-                                     self.probe.layer)
+                                     self.probe.layer, reads=self.probe.reads)
         return self.probe.rewards(features)
 
     def score_pairs(self, prompts: list[str], chosen: list[str],
                     rejected: list[str]) -> tuple[list[float], list[float]]:
         good, bad = pair_features(self.model, self.tokenizer, prompts, chosen, rejected, self.probe.max_length,
-                                  self.probe.layer)
+                                  self.probe.layer, reads=self.probe.reads)
         return self.probe.rewards(good), self.probe.rewards(bad)

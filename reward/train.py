@@ -277,6 +277,7 @@ def _train_probe(ws: WorkspaceLike, config: RewardTrainingConfig, pairs: Any, ru
         load_frozen_backbone,
         pair_features,
         probe_precision,
+        probe_reads,
         quantize_int8,
         response_features,
         save_probe,
@@ -299,6 +300,7 @@ def _train_probe(ws: WorkspaceLike, config: RewardTrainingConfig, pairs: Any, ru
                                        "loss": config.loss})
     started = time.monotonic()
     features = {}
+    reads = probe_reads(config.probe_layer, config.probe_layers)
     parts_to_embed = (("eval", eval_pairs),) if ranking else (("train", train_pairs), ("eval", eval_pairs))
     n_train_items = sum(len(r) for r in train_pairs["responses"]) if ranking else 0
     with tqdm(total=2 * len(eval_pairs) + (n_train_items if ranking else 2 * len(train_pairs)),
@@ -306,13 +308,13 @@ def _train_probe(ws: WorkspaceLike, config: RewardTrainingConfig, pairs: Any, ru
         if ranking:
             items, groups, prompts, texts = _ranking_items(train_pairs, tokenizer)
             features["train", "items"] = response_features(model, tokenizer, prompts, texts, config.max_length,
-                                                           config.probe_layer, lambda: bar.update())
+                                                           config.probe_layer, lambda: bar.update(), reads=reads)
         for part, frame in parts_to_embed:
             prompts = [prompt_string(t, m, tokenizer) for t, m in zip(frame["prompt_text"], frame["prompt_messages"],
                                                                       strict=True)]
             features[part, "chosen"], features[part, "rejected"] = pair_features(
                 model, tokenizer, prompts, [str(x) for x in frame["chosen"]], [str(x) for x in frame["rejected"]],
-                config.max_length, config.probe_layer, lambda: bar.update())
+                config.max_length, config.probe_layer, lambda: bar.update(), reads=reads)
     for (part, side), values in features.items():
         bad = ~np.isfinite(values).all(axis=1)
         if bad.any():
@@ -330,6 +332,7 @@ def _train_probe(ws: WorkspaceLike, config: RewardTrainingConfig, pairs: Any, ru
     else:
         probe = fit_probe(features["train", "chosen"], features["train", "rejected"], config.probe_penalties,
                           config.probe_folds, config.seed, config.probe_layer, config.max_length, precision)
+    probe.layers = list(config.probe_layers)
     seconds = time.monotonic() - started
     model_dir = run_dir / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -341,7 +344,7 @@ def _train_probe(ws: WorkspaceLike, config: RewardTrainingConfig, pairs: Any, ru
         "global_step": 0, "train_pairs": _n_pairs(train_pairs) if ranking else len(train_pairs),
         "train_seconds": round(seconds, 1), "pairs_per_s": round(len(pairs) / max(seconds, 1e-9), 3),
         "penalty": probe.penalty, "cv_accuracy": probe.cv_accuracy, "probe_layer": probe.layer,
-        "probe_precision": precision, "loss": config.loss,
+        "probe_layers": probe.layers, "probe_precision": precision, "loss": config.loss,
     }
     if ranking:
         metrics["train_rankings"] = len(train_pairs)

@@ -206,3 +206,20 @@ def test_cv_folds_by_group_keep_each_group_in_one_fold():
     assert all(len({int(f) for f, g in zip(folds, groups, strict=True) if g == key}) == 1 for key in set(groups))
     assert len(set(folds.tolist())) == 3  # five groups dealt over three folds: none empty
     assert sorted(cv_folds(9, 3, seed=1).tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # without groups: pairs dealt
+
+
+def test_a_probe_on_several_layers_records_them_and_scores_the_same_after_loading(ws):
+    import json
+
+    result = train_reward_model(ws, tiny_config(method="probe", probe_layers=[1, -1], probe_penalties=[0.01, 1.0],
+                                                probe_folds=3, reviewers=["alice"]), progress=False)
+    saved = json.loads((result.model_dir / "probe.json").read_text())
+    assert saved["layers"] == [1, -1] and len(saved["w"]) == 2 * 32  # two layers of the tiny LM side by side
+    assert result.metrics["probe_layers"] == [1, -1] and result.metrics["eval_accuracy"] == 1.0
+    evaluation = evaluate_reward_model(ws, result.model_name)  # features recomputed from the saved folder
+    assert evaluation.metrics["accuracy"] == result.metrics["eval_accuracy"]
+    good, bad = RewardScorer(result.model_dir).score(["\n\nHuman: Question 99: say something useful.\n\nAssistant:"]
+                                                     * 2, [GOOD, BAD])
+    assert good > bad
+    with pytest.raises(RewardConfigError, match=r"probe_layers: must not repeat a layer, got \[1, 1\]"):
+        tiny_config(method="probe", probe_layers=[1, 1])
