@@ -194,13 +194,13 @@ def _reward_args(config: RewardTrainingConfig, run_dir: Path, dev: Any, has_eval
 def train_reward_model(ws: WorkspaceLike, config: RewardTrainingConfig, *, resume_from: int | None = None,
                        progress: bool = True, callbacks: list[Any] | None = None) -> RewardTrainingResult:
     """Train, save and register a reward model; the run row records config, snapshot, metrics and status."""
-    from training.runs import closed_on_error
+    from training.distributed import every_process_guard
 
     state = process_state()
     prepared = _prepare_run(ws, config, resume_from) if state.is_main_process else None
     prepared = share(state, prepared)
     run_id, run_dir = prepared["run_id"], Path(prepared["run_dir"])
-    with closed_on_error(ws.db, run_id, record=state.is_main_process):
+    with every_process_guard(state, ws.db, run_id, run_dir):  # a failure on any process: the run failed
         result = _train(ws, config, prepared, state, resume_from, progress, callbacks)
     return result if result is not None else RewardTrainingResult(run_id, None, run_dir, run_dir / "model", {})
 

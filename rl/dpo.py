@@ -28,7 +28,7 @@ from rl.config import DPOTrainingConfig
 from rl.training import (
     PolicyTrainingResult,
     StartPolicy,
-    finish_policy,
+    finish_trainer,
     load_for_training,
     lora_config,
     train_policy,
@@ -155,7 +155,7 @@ def with_replay(db: Any, config: DPOTrainingConfig, rows: Any, snapshot: dict[st
 
 def _train(ws: WorkspaceLike, config: DPOTrainingConfig, pairs: Any, start: StartPolicy, run_id: int, run_dir: Path,
            resume_from: int | None, progress: bool, callbacks: list[Any] | None,
-           quantization: Any = None) -> PolicyTrainingResult:
+           quantization: Any = None, state: Any = None) -> PolicyTrainingResult | None:
     from trl import DPOTrainer
 
     train_pairs, eval_pairs = parts(pairs)
@@ -170,7 +170,8 @@ def _train(ws: WorkspaceLike, config: DPOTrainingConfig, pairs: Any, start: Star
         ws.db, run_id, run_dir, dev, lambda: DPOTrainer(
             model=model, ref_model=None, args=args, train_dataset=pairs_dataset(train_pairs), eval_dataset=eval_set,
             processing_class=tokenizer, peft_config=lora_config(config) if config.lora else None, callbacks=extra),
-        resume_checkpoint(run_dir, resume_from), {"precompute_ref_log_probs": args.precompute_ref_log_probs})
+        resume_checkpoint(run_dir, resume_from), {"precompute_ref_log_probs": args.precompute_ref_log_probs},
+        write=state is None or state.is_main_process)
     steps_run = trainer.state.global_step - history.first_step
     train_logs = [row for row in history.logs if "rewards/margins" in row]
     eval_logs = [row for row in history.logs if "eval_rewards/accuracies" in row]
@@ -188,5 +189,5 @@ def _train(ws: WorkspaceLike, config: DPOTrainingConfig, pairs: Any, start: Star
         metrics["eval_pairs"] = len(eval_pairs)
     rounds = sorted({int(r) for r in pairs["round"].dropna()}) if "round" in pairs else []
     keep = {k: v for k, v in metrics.items() if k not in ("first", "last", "device")}
-    return finish_policy(ws, trainer.accelerator.unwrap_model(trainer.model), tokenizer, start, run_id, run_dir,
-                         config.name or f"dpo-run{run_id}", rounds, metrics, {**keep, "trainer": "dpo"})
+    return finish_trainer(ws, trainer, tokenizer, start, run_id, run_dir,
+                         config.name or f"dpo-run{run_id}", rounds, metrics, {**keep, "trainer": "dpo"}, state)

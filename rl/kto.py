@@ -27,7 +27,7 @@ from rl.config import KTOTrainingConfig, PolicyConfigError
 from rl.training import (
     PolicyTrainingResult,
     StartPolicy,
-    finish_policy,
+    finish_trainer,
     load_causal_lm,
     load_for_training,
     lora_config,
@@ -154,7 +154,7 @@ def train_kto(ws: WorkspaceLike, config: KTOTrainingConfig, *, resume_from: int 
 
 def _train(ws: WorkspaceLike, config: KTOTrainingConfig, frame: Any, start: StartPolicy, run_id: int, run_dir: Path,
            resume_from: int | None, progress: bool, callbacks: list[Any] | None,
-           quantization: Any = None) -> PolicyTrainingResult:
+           quantization: Any = None, state: Any = None) -> PolicyTrainingResult | None:
     from trl import KTOTrainer
 
     train, held = parts(frame, "KTO labels")
@@ -174,7 +174,8 @@ def _train(ws: WorkspaceLike, config: KTOTrainingConfig, frame: Any, start: Star
             model=model, ref_model=ref_model, args=args, train_dataset=kto_dataset(train), eval_dataset=eval_set,
             processing_class=tokenizer, peft_config=lora_config(config) if config.lora else None, callbacks=extra),
         resume_checkpoint(run_dir, resume_from),
-        {"desirable_weight": weights[0], "undesirable_weight": weights[1]})
+        {"desirable_weight": weights[0], "undesirable_weight": weights[1]},
+        write=state is None or state.is_main_process)
     steps_run = trainer.state.global_step - history.first_step
     train_logs = [row for row in history.logs if "loss" in row and "eval_loss" not in row]
     evals = [row for row in history.logs if "eval_loss" in row]
@@ -195,5 +196,5 @@ def _train(ws: WorkspaceLike, config: KTOTrainingConfig, frame: Any, start: Star
         metrics["eval_rows"] = len(held)
     rounds = sorted({int(r) for r in frame["round"].dropna()}) if "round" in frame else []
     keep = {k: v for k, v in metrics.items() if k not in ("first", "last", "device")}
-    return finish_policy(ws, trainer.accelerator.unwrap_model(trainer.model), tokenizer, start, run_id, run_dir,
-                         config.name or f"kto-run{run_id}", rounds, metrics, {**keep, "trainer": "kto"})
+    return finish_trainer(ws, trainer, tokenizer, start, run_id, run_dir,
+                         config.name or f"kto-run{run_id}", rounds, metrics, {**keep, "trainer": "kto"}, state)

@@ -104,7 +104,20 @@ def prompts_dataset(tokenizer: Any, prompts: list[list[dict[str, str]]], config:
 def train_rloo_grpo(config: PPOTrainingConfig, model: Any, tokenizer: Any, score_fn: RewardFn,
                     prompts: list[list[dict[str, str]]], run_dir: Path, dev: Any, resume_from: int | None,
                     progress: bool, engine: str = "hf") -> tuple[Any, dict[str, Any], list[dict[str, float]]]:
-    """Train with TRL's RLOOTrainer or GRPOTrainer: (the trained model (peft or full), metrics, logged rows)."""
+    """Train with TRL's RLOOTrainer or GRPOTrainer: (the trained model (peft or full), metrics, logged rows).
+    One process; under `accelerate launch` use `run_rloo_grpo` and `rl.training.finish_trainer`."""
+    trainer, metrics, rows = run_rloo_grpo(config, model, tokenizer, score_fn, prompts, run_dir, dev, resume_from,
+                                           progress, engine)
+    return trainer.accelerator.unwrap_model(trainer.model), metrics, rows
+
+
+def run_rloo_grpo(config: PPOTrainingConfig, model: Any, tokenizer: Any, score_fn: RewardFn,
+                  prompts: list[list[dict[str, str]]], run_dir: Path, dev: Any, resume_from: int | None,
+                  progress: bool, engine: str = "hf") -> tuple[Any, dict[str, Any], list[dict[str, float]]]:
+    """Train with TRL's RLOOTrainer or GRPOTrainer: (the trainer, metrics, logged rows). Under `accelerate launch`
+    every process calls it (each samples and scores its share of the prompts; TRL gathers the rewards of a group)
+    and then `rl.training.finish_trainer(..., trainer, ..., state)`, which saves the gathered weights and lets the
+    main process alone register the policy."""
     from trl import GRPOTrainer, RLOOTrainer
 
     from rl.sampling import eos_ids
@@ -139,4 +152,4 @@ def train_rloo_grpo(config: PPOTrainingConfig, model: Any, tokenizer: Any, score
         "prompts_too_long": too_long, "num_generations": config.num_generations,
     }
     rows = [{k: v for k, v in row.items() if k in ("step", "missing_eos", *TRL_LOGGED)} for row in logs]
-    return trainer.accelerator.unwrap_model(trainer.model), metrics, rows
+    return trainer, metrics, rows

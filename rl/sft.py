@@ -16,7 +16,7 @@ from rl.config import SFTTrainingConfig
 from rl.training import (
     PolicyTrainingResult,
     StartPolicy,
-    finish_policy,
+    finish_trainer,
     load_for_training,
     lora_config,
     train_policy,
@@ -58,7 +58,7 @@ def train_sft(ws: WorkspaceLike, config: SFTTrainingConfig, *, resume_from: int 
 
 def _train(ws: WorkspaceLike, config: SFTTrainingConfig, frame: Any, start: StartPolicy, run_id: int, run_dir: Path,
            resume_from: int | None, progress: bool, callbacks: list[Any] | None,
-           quantization: Any = None) -> PolicyTrainingResult:
+           quantization: Any = None, state: Any = None) -> PolicyTrainingResult | None:
     from trl import SFTTrainer
 
     train, held = parts(frame, "SFT rows")
@@ -72,7 +72,7 @@ def _train(ws: WorkspaceLike, config: SFTTrainingConfig, frame: Any, start: Star
         ws.db, run_id, run_dir, dev, lambda: SFTTrainer(
             model=model, args=args, train_dataset=sft_dataset(train), eval_dataset=eval_set,
             processing_class=tokenizer, peft_config=lora_config(config) if config.lora else None, callbacks=extra),
-        resume_checkpoint(run_dir, resume_from))
+        resume_checkpoint(run_dir, resume_from), write=state is None or state.is_main_process)
     losses = [row["loss"] for row in history.logs if "loss" in row]
     evals = [row["eval_loss"] for row in history.logs if "eval_loss" in row]
     metrics: dict[str, Any] = {
@@ -81,5 +81,5 @@ def _train(ws: WorkspaceLike, config: SFTTrainingConfig, frame: Any, start: Star
         "eval_loss": evals[-1] if evals else None, "eval_rows": len(held),
     }
     rounds = sorted({int(r) for r in frame["round"].dropna()})
-    return finish_policy(ws, trainer.accelerator.unwrap_model(trainer.model), tokenizer, start, run_id, run_dir,
-                         config.name or f"sft-run{run_id}", rounds, metrics, {**metrics, "trainer": "sft"})
+    return finish_trainer(ws, trainer, tokenizer, start, run_id, run_dir,
+                         config.name or f"sft-run{run_id}", rounds, metrics, {**metrics, "trainer": "sft"}, state)

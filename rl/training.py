@@ -1,6 +1,12 @@
 """What the policy trainers (DPO, SFT, PPO) share: resolving the starting policy, the run row and its folder,
 `--resume`, per-device TrainingArguments, and registering the trained policy with its lineage.
 
+Under `accelerate launch` (several processes) the trainers built on TRL (DPO, SFT, KTO; RLOO/GRPO through
+`finish_trainer`) run on every process: the main one alone resolves the starting policy, takes the snapshot, opens
+the run and shares them (`train_policy`); every process trains; the main one alone saves the merged policy,
+registers it and closes the run (`finish_trainer`). A failure on any process ends the run as failed
+(training/distributed.py `every_process_guard`).
+
 A trained policy is saved merged (LoRA folded into the weights) as an ordinary model folder, so that sampling,
 evaluation and the next round's training load it like any other policy; the adapter is kept beside it.
 """
@@ -155,36 +161,67 @@ def resume_config(ws: WorkspaceLike, kind: str, cls: type, run: int | str,
     return resume(ws, kind, run, overrides, lambda raw, base, where: config_from_dict(cls, raw, base, where))
 
 
+def open_policy_run(ws: WorkspaceLike, kind: str, config: Any, snapshot: dict[str, Any], start: StartPolicy,
+                    resume_from: int | None, rows: WorkspaceLike = None) -> tuple[int, Path]:
+    """(run id, run folder) of a new policy run row; `rows`, the snapshot's frame, is saved in the folder."""
+    from training.runs import open_run
+
+    record = {"config": asdict(config), "policy_location": start.location, "resumed_from": resume_from}
+    return open_run(ws, kind, record, snapshot, resume_from, rows=rows)
+
+
 @contextlib.contextmanager
 def policy_run(ws: WorkspaceLike, kind: str, config: Any, snapshot: dict[str, Any], start: StartPolicy,
                resume_from: int | None, rows: WorkspaceLike = None) -> Iterator[tuple[int, Path, Any]]:
     """(run id, run folder, QLoRA quantization config or None) for the body that trains; the run row is closed as
     failed (cancelled on Ctrl-C) when the body raises. QLoRA's errors (no CUDA, no bitsandbytes) come before the row
-    exists. `rows`, the snapshot's frame, is saved in the run folder (training.snapshot)."""
-    from training.runs import closed_on_error, open_run
+    exists. `rows`, the snapshot's frame, is saved in the run folder (training.snapshot). One process: under
+    `accelerate launch` use `train_policy`'s pattern (the main one opens, `share`, `every_process_guard`)."""
+    from training.runs import closed_on_error
 
     quantization = qlora(config)
-    record = {"config": asdict(config), "policy_location": start.location, "resumed_from": resume_from}
-    run_id, run_dir = open_run(ws, kind, record, snapshot, resume_from, rows=rows)
+    run_id, run_dir = open_policy_run(ws, kind, config, snapshot, start, resume_from, rows)
     with closed_on_error(ws.db, run_id):
         yield run_id, run_dir, quantization
 
 
-def train_policy(ws: WorkspaceLike, kind: str, rows_kind: str, config: Any, train: Callable[..., Any],
-                 resume_from: int | None, progress: bool, callbacks: list[Any] | None,
-                 prepare: Callable[[Any, dict[str, Any]], tuple[Any, dict[str, Any]]] | None = None) -> Any:
-    """The life DPO, KTO and SFT share: resolve the starting policy, take the data snapshot (`rows_kind`, or the
-    resumed run's saved rows), let `prepare(rows, snapshot)` check or extend them before anything is written (KTO's
-    label check, DPO's replay; it returns the rows and snapshot to record), open the run (`policy_run`) and call
-    `train(ws, config, rows, start, run_id, run_dir, resume_from, progress, callbacks, quantization)`."""
+def prepare_policy_run(ws: WorkspaceLike, kind: str, rows_kind: str, config: Any, resume_from: int | None,
+                       prepare: Callable[[Any, dict[str, Any]], tuple[Any, dict[str, Any]]] | None = None
+                       ) -> dict[str, Any]:
+    """What the main process does before anything trains: resolve the starting policy, take the data snapshot
+    (`rows_kind`, or the resumed run's saved rows), let `prepare(rows, snapshot)` check or extend them, check QLoRA,
+    open the run row and folder. The result is what `share` sends the other processes."""
     from training.snapshot import snapshot_rows
 
     start = resolve_policy(ws.db, config.policy)
     rows, snapshot = snapshot_rows(ws.db, config, rows_kind, resume_from)
     if prepare is not None:
         rows, snapshot = prepare(rows, snapshot)
-    with policy_run(ws, kind, config, snapshot, start, resume_from, rows) as (run_id, run_dir, quantization):
-        return train(ws, config, rows, start, run_id, run_dir, resume_from, progress, callbacks, quantization)
+    qlora(config)  # its errors come before the row exists
+    run_id, run_dir = open_policy_run(ws, kind, config, snapshot, start, resume_from, rows)
+    return {"start": start, "rows": rows, "snapshot": snapshot, "run_id": run_id, "run_dir": run_dir}
+
+
+def train_policy(ws: WorkspaceLike, kind: str, rows_kind: str, config: Any, train: Callable[..., Any],
+                 resume_from: int | None, progress: bool, callbacks: list[Any] | None,
+                 prepare: Callable[[Any, dict[str, Any]], tuple[Any, dict[str, Any]]] | None = None) -> Any:
+    """The life DPO, KTO and SFT share: the main process prepares the run (`prepare_policy_run`: starting policy,
+    snapshot, `prepare(rows, snapshot)` before anything is written (KTO's label check, DPO's replay; it returns the
+    rows and snapshot to record), the run row) and shares it; every process calls `train(ws, config, rows, start,
+    run_id, run_dir, resume_from, progress, callbacks, quantization, state)` inside `every_process_guard` (a
+    failure on any process closes the row as failed). `train` ends with `finish_trainer`, which returns the result
+    on the main process and a result without a model name on the others."""
+    from training.distributed import every_process_guard, process_state, share
+
+    state = process_state()
+    prepared = prepare_policy_run(ws, kind, rows_kind, config, resume_from, prepare) \
+        if state.is_main_process else None
+    prepared = share(state, prepared)
+    run_id, run_dir = prepared["run_id"], Path(prepared["run_dir"])
+    with every_process_guard(state, ws.db, run_id, run_dir):
+        result = train(ws, config, prepared["rows"], prepared["start"], run_id, run_dir, resume_from, progress,
+                       callbacks, qlora(config), state)
+    return result if result is not None else PolicyTrainingResult(run_id, None, run_dir, run_dir / "model", {})
 
 
 def finish_policy(ws: WorkspaceLike, model: Any, tokenizer: Any, start: StartPolicy, run_id: int, run_dir: Path,
@@ -201,6 +238,50 @@ def finish_policy(ws: WorkspaceLike, model: Any, tokenizer: Any, start: StartPol
     return PolicyTrainingResult(run_id, name, run_dir, model_dir, metrics)
 
 
+def finish_trainer(ws: WorkspaceLike, trainer: Any, tokenizer: Any, start: StartPolicy, run_id: int, run_dir: Path,
+                   name: str, rounds: list[int], metrics: dict[str, Any], registered: dict[str, Any],
+                   state: Any = None) -> PolicyTrainingResult | None:
+    """`finish_policy` for the model a TRL `trainer` trained; under `accelerate launch` every process calls it.
+
+    One process: `finish_policy` on the unwrapped model. Several: every process saves through the trainer (which
+    gathers FSDP / ZeRO-3 shards into one state dict; the main process writes the adapter, or the whole model
+    without LoRA), then the main one merges the saved adapter into the starting policy, saves, registers and closes
+    the run, recording the process count and accelerate's distributed type; the others return None."""
+    if state is None or state.num_processes == 1:
+        return finish_policy(ws, trainer.accelerator.unwrap_model(trainer.model), tokenizer, start, run_id, run_dir,
+                             name, rounds, metrics, registered)
+    from store.runs import finish_run
+
+    lora = hasattr(trainer.accelerator.unwrap_model(trainer.model), "peft_config")
+    quantized = is_quantized(trainer.accelerator.unwrap_model(trainer.model))
+    saved = run_dir / ("adapter" if lora else "model")
+    trainer.save_model(str(saved))  # a collective under FSDP and ZeRO-3: every process takes part
+    trainer.accelerator.wait_for_everyone()
+    if not state.is_main_process:
+        return None
+    model_dir, adapter_dir = saved, None
+    if lora:
+        import torch
+
+        adapter_dir, model_dir = saved, run_dir / "model"
+        merge_adapter(start, adapter_dir, torch.bfloat16 if quantized else None).save_pretrained(str(model_dir))
+    tokenizer.save_pretrained(str(model_dir))
+    metrics["distributed"] = registered["distributed"] = {
+        "processes": state.num_processes, "type": str(trainer.accelerator.distributed_type.value)}
+    metrics["adapter_dir"] = registered["adapter_dir"] = str(adapter_dir) if adapter_dir else None
+    register_policy(ws, name, start, model_dir, run_id, rounds, registered)
+    finish_run(ws.db, run_id, "succeeded", metrics=metrics)
+    return PolicyTrainingResult(run_id, name, run_dir, model_dir, metrics)
+
+
+def merge_adapter(start: StartPolicy, adapter_dir: Path, dtype: Any = None) -> Any:
+    """The starting policy (loaded on the CPU, in `dtype`) with the saved LoRA adapter merged in."""
+    from peft import PeftModel
+
+    base, _ = load_causal_lm(start, dtype=dtype)
+    return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+
+
 def save_policy(model: Any, tokenizer: Any, run_dir: Path,
                 start: StartPolicy | None = None) -> tuple[Path, Path | None]:
     """(merged model folder, adapter folder or None): the merged folder loads like any policy.
@@ -213,12 +294,10 @@ def save_policy(model: Any, tokenizer: Any, run_dir: Path,
         model.save_pretrained(str(adapter_dir))
         if is_quantized(model):
             import torch
-            from peft import PeftModel
 
             if start is None:
                 raise ValueError("save_policy: a 4-bit model needs its starting policy to merge into")
-            base, _ = load_causal_lm(start, dtype=torch.bfloat16)
-            model = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+            model = merge_adapter(start, adapter_dir, torch.bfloat16)
         else:
             model = model.merge_and_unload()
     model_dir = run_dir / "model"

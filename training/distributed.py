@@ -1,12 +1,25 @@
-"""`accelerate launch` for every trainer: which process this is, and the main process's values on every process.
+"""`accelerate launch` for every trainer: which process this is, the main process's values on every process, and a
+run that fails on any process ending as failed on the main one.
 
 Only the main process reads the workspace and writes run rows, models and reports; it prepares the run (snapshot,
 run row, folder) and `share`s it, the others train on what it shares. Without `accelerate launch` there is one
 process, it is the main one, and `share` returns its value unchanged.
+
+A failure on another process (`every_process_guard`): that process writes its error into the run folder
+(`failures/run<ID>-process<N>.txt`) and exits; the launcher (torch elastic, under `accelerate launch`) then stops
+the remaining processes with SIGTERM, which on the main process raises `OtherProcessFailed`, so the run row is
+closed as failed with the other process's error. When the main process notices first (a collective whose peer has
+gone), the row gets the same message. A process killed outright (out of memory) writes no note; the row then says
+the main process was stopped by the launcher, and the launch's output holds the rest.
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 
@@ -14,11 +27,13 @@ def process_state() -> Any:
     """accelerate's PartialState (is_main_process, num_processes, process_index, device). On CPUs it honours
     ACCELERATE_USE_CPU as accelerate's AcceleratorState does (PartialState alone does not, and would take each process
     of a CPU launch for a lone one): `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N ...`
-    (accelerate's `--cpu` with N > 1 starts one process unless mpirun is set up)."""
+    (accelerate's `--cpu` with N > 1 starts one process unless mpirun is set up). A machine without CUDA counts as
+    ACCELERATE_USE_CPU=1, so `accelerate launch --config_file configs/accelerate/ddp.yaml` there is a CPU launch."""
+    import torch
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
 
 
 def share(state: Any, value: Any) -> Any:
@@ -30,3 +45,73 @@ def share(state: Any, value: Any) -> Any:
     box = [value]
     broadcast_object_list(box, from_process=0)
     return box[0]
+
+
+class OtherProcessFailed(BaseException):
+    """The main process is stopped because another process of the launch failed (or the launch was stopped).
+
+    A BaseException, as KeyboardInterrupt: a library's `except Exception` must not swallow it and train on alone."""
+
+
+def failure_note(run_dir: Path, run_id: int, index: int) -> Path:
+    """Where process `index` of run `run_id` leaves its error (run folders are on the launching machine's disk)."""
+    return Path(run_dir) / "failures" / f"run{run_id}-process{index}.txt"
+
+
+def failure_notes(run_dir: Path, run_id: int) -> list[str]:
+    """The errors other processes of run `run_id` left, in process order."""
+    folder = Path(run_dir) / "failures"
+    if not folder.is_dir():
+        return []
+    notes = sorted(folder.glob(f"run{run_id}-process*.txt"), key=lambda p: int(p.stem.rsplit("process", 1)[1]))
+    return [p.read_text(encoding="utf-8", errors="replace").strip() for p in notes]
+
+
+def _describe(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+@contextlib.contextmanager
+def every_process_guard(state: Any, db: Any, run_id: int, run_dir: Path) -> Iterator[None]:
+    """`training.runs.closed_on_error` for a run that every process trains: in one process exactly that; under
+    several, the main process closes the row as failed (cancelled for Ctrl-C) when it raises, when SIGTERM stops it
+    (the launcher's answer to another process failing) or after another process left a failure note; the others
+    never touch the row: they leave a note in the run folder and re-raise."""
+    from training.runs import ERROR_CHARS, closed_on_error, fail_run
+
+    if state.num_processes == 1:
+        with closed_on_error(db, run_id):
+            yield
+        return
+    if not state.is_main_process:
+        try:
+            yield
+        except BaseException as e:
+            note = failure_note(run_dir, run_id, state.process_index)
+            with contextlib.suppress(OSError):
+                note.parent.mkdir(parents=True, exist_ok=True)
+                note.write_text(f"process {state.process_index} of {state.num_processes} failed: "
+                                f"{_describe(e)}"[:ERROR_CHARS], encoding="utf-8")
+            raise
+        return
+
+    def stopped(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, previous)  # a second SIGTERM ends the process the usual way
+        notes = failure_notes(run_dir, run_id)
+        raise OtherProcessFailed("; ".join(notes) if notes else
+                                 "the main process was stopped by SIGTERM: under `accelerate launch` the launcher "
+                                 "sends it when another process fails (its error is in the launch's output) or "
+                                 "when the launch itself is stopped")
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, stopped) if in_main_thread else None
+    try:
+        yield
+    except BaseException as e:
+        notes = [] if isinstance(e, OtherProcessFailed | KeyboardInterrupt) else failure_notes(run_dir, run_id)
+        fail_run(db, run_id, OtherProcessFailed(f"{'; '.join(notes)} (then on the main process: {_describe(e)})")
+                 if notes else e)
+        raise
+    finally:
+        if in_main_thread and signal.getsignal(signal.SIGTERM) is stopped:
+            signal.signal(signal.SIGTERM, previous)

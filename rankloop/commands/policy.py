@@ -59,6 +59,8 @@ def _run(ws: Workspace, section: str, cls: type, kind: str, train: Callable, con
         refuse_unused(config, list(overrides), "algo")
     guarded(ensure_default_policy, ws, config.policy)
     result = guarded(train, ws, config, resume_from=run_id, progress=not no_progress, **extra)
+    if result.model_name is None:  # a process other than the main one under accelerate launch: the main one reports
+        click.get_current_context().exit(0)
     if as_json:
         echo_json({"run_id": result.run_id, "model": result.model_name, "model_dir": result.model_dir,
                    "run_dir": result.run_dir, "metrics": result.metrics})
