@@ -246,8 +246,10 @@ def finish_trainer(ws: WorkspaceLike, trainer: Any, tokenizer: Any, start: Start
     One process: `finish_policy` on the unwrapped model. Several: every process saves through the trainer (which
     gathers FSDP / ZeRO-3 shards into one state dict; the main process writes the adapter, or the whole model
     without LoRA), then the main one merges the saved adapter into the starting policy, saves, registers and closes
-    the run, recording the process count and accelerate's distributed type; the others return None."""
-    if state is None or state.num_processes == 1:
+    the run, recording the process count and accelerate's distributed type; the others return None. FSDP or
+    DeepSpeed in one process take the second way too (their weights are sharded or wrapped even then)."""
+    sharded = bool(getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False))
+    if (state is None or state.num_processes == 1) and not sharded:
         return finish_policy(ws, trainer.accelerator.unwrap_model(trainer.model), tokenizer, start, run_id, run_dir,
                              name, rounds, metrics, registered)
     from store.runs import finish_run
@@ -257,7 +259,7 @@ def finish_trainer(ws: WorkspaceLike, trainer: Any, tokenizer: Any, start: Start
     saved = run_dir / ("adapter" if lora else "model")
     trainer.save_model(str(saved))  # a collective under FSDP and ZeRO-3: every process takes part
     trainer.accelerator.wait_for_everyone()
-    if not state.is_main_process:
+    if state is not None and not state.is_main_process:
         return None
     model_dir, adapter_dir = saved, None
     if lora:
@@ -267,7 +269,7 @@ def finish_trainer(ws: WorkspaceLike, trainer: Any, tokenizer: Any, start: Start
         merge_adapter(start, adapter_dir, torch.bfloat16 if quantized else None).save_pretrained(str(model_dir))
     tokenizer.save_pretrained(str(model_dir))
     metrics["distributed"] = registered["distributed"] = {
-        "processes": state.num_processes, "type": str(trainer.accelerator.distributed_type.value)}
+        "processes": trainer.accelerator.num_processes, "type": str(trainer.accelerator.distributed_type.value)}
     metrics["adapter_dir"] = registered["adapter_dir"] = str(adapter_dir) if adapter_dir else None
     register_policy(ws, name, start, model_dir, run_id, rounds, registered)
     finish_run(ws.db, run_id, "succeeded", metrics=metrics)

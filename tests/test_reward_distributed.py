@@ -42,9 +42,12 @@ def test_a_non_main_process_trains_on_the_shared_snapshot_and_never_writes(ws, m
 
 @pytest.mark.slow
 def test_accelerate_launch_two_cpu_processes(ws):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines",
-           "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "tests" / "reward_launch.py"),
+    # two CPU processes (gloo) under the shipped DDP config: accelerate's `--cpu` would start one process only
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "ACCELERATE_USE_CPU": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "configs" / "accelerate" / "ddp.yaml"), "--num_processes", "2", "--mixed_precision", "no",
+           str(ROOT / "tests" / "reward_launch.py"),
            "train", "reward", "--workspace", str(ws.root), "--base", "tiny", "--set", "method=lora",
            "--max-steps", "3", "--set", "eval_steps=2", "--set", "report_to=[]", "--set", "eval_fraction=0.25",
            "--no-progress"]
