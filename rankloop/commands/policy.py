@@ -57,7 +57,10 @@ def _run(ws: Workspace, section: str, cls: type, kind: str, train: Callable, con
                          overrides)
     if section == "ppo":  # an option of our PPO given to RLOO/GRPO (or the reverse) is refused, naming it
         refuse_unused(config, list(overrides), "algo")
-    guarded(ensure_default_policy, ws, config.policy)
+    from training.distributed import process_state
+
+    if process_state().is_main_process:  # under accelerate launch the others wait for the main one's run
+        guarded(ensure_default_policy, ws, config.policy)
     result = guarded(train, ws, config, resume_from=run_id, progress=not no_progress, **extra)
     if result.model_name is None:  # a process other than the main one under accelerate launch: the main one reports
         click.get_current_context().exit(0)

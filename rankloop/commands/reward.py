@@ -94,7 +94,10 @@ def train_reward_command(ws: Workspace, config_file: Path | None, resume: str | 
             f"{flags}: method 'probe' (the default) fits a linear reward on frozen features and never reads "
             f"{'this' if len(unused) == 1 else 'these'}; fine-tune with --full (or --set method=lora) to use "
             f"{'it' if len(unused) == 1 else 'them'}, or leave {'it' if len(unused) == 1 else 'them'} out")
-    guarded(ensure_default_policy, ws, config.base)
+    from training.distributed import process_state
+
+    if process_state().is_main_process:  # under accelerate launch the others wait for the main one's run
+        guarded(ensure_default_policy, ws, config.base)
     result = guarded(train_reward_model, ws, config, resume_from=run_id, progress=not no_progress)
     if result.model_name is None:  # a non-main process under accelerate launch
         return
