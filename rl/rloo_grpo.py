@@ -64,18 +64,27 @@ def vllm_args(engine: str) -> dict[str, Any]:
     return {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3}
 
 
-def trl_args(config: PPOTrainingConfig, run_dir: Path, dev: Any, progress: bool, engine: str = "hf") -> Any:
+def trl_args(config: PPOTrainingConfig, run_dir: Path, dev: Any, progress: bool, engine: str = "hf",
+             processes: int = 1) -> Any:
     """RLOOConfig / GRPOConfig from the `[ppo]` config; one optimizer step per rollout batch (see the README for
-    each default that differs from TRL's). `engine` 'vllm': TRL samples with vLLM, colocated (`vllm_args`)."""
+    each default that differs from TRL's). `engine` 'vllm': TRL samples with vLLM, colocated (`vllm_args`).
+
+    Under `accelerate launch` (`processes` > 1) the rollout batch stays the config's: each process samples and
+    trains on its share of every micro-batch, so the completions of a micro-batch must split evenly."""
     from trl import GRPOConfig, RLOOConfig
 
     cls = RLOOConfig if config.algo == "rloo" else GRPOConfig
     completions = config.rollout_batch_size * config.num_generations  # per iteration
+    if completions % (config.num_minibatches * processes):
+        raise ValueError(
+            f"rollout_batch_size x num_generations = {completions} completions per iteration do not split into "
+            f"num_minibatches ({config.num_minibatches}) x {processes} processes evenly: under accelerate launch "
+            "each process takes an equal share of every micro-batch; change rollout_batch_size or num_generations")
     return cls(
         **vllm_args(engine),
         output_dir=str(run_dir), seed=config.seed, data_seed=config.seed, max_steps=config.max_steps,
         learning_rate=config.learning_rate, max_grad_norm=config.max_grad_norm,
-        per_device_train_batch_size=completions // config.num_minibatches,
+        per_device_train_batch_size=completions // (config.num_minibatches * processes),
         gradient_accumulation_steps=config.num_minibatches, num_generations=config.num_generations,
         max_completion_length=config.max_new_tokens, temperature=config.temperature, beta=config.init_kl_coef,
         epsilon=config.cliprange, use_cpu=dev.device == "cpu", bf16=dev.bf16,
@@ -123,14 +132,16 @@ def run_rloo_grpo(config: PPOTrainingConfig, model: Any, tokenizer: Any, score_f
     from rl.sampling import eos_ids
     from rl.training import lora_config
     from training.checks import resume_checkpoint
+    from training.distributed import process_state
     from training.hf import history_callback, tensorboard_dir
 
     dataset, too_long = prompts_dataset(tokenizer, prompts, config)
     reward = RewardModelReward(score_fn, config.missing_eos_penalty, eos_ids(model, tokenizer))
     history = history_callback()
     cls = RLOOTrainer if config.algo == "rloo" else GRPOTrainer
+    args = trl_args(config, run_dir, dev, progress, engine, process_state().num_processes)
     with tensorboard_dir(run_dir / "tensorboard"):
-        trainer = cls(model=model, reward_funcs=reward, args=trl_args(config, run_dir, dev, progress, engine),
+        trainer = cls(model=model, reward_funcs=reward, args=args,
                       train_dataset=dataset, processing_class=tokenizer,
                       peft_config=lora_config(config) if config.lora else None, callbacks=[history])
     started = time.monotonic()

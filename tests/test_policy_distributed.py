@@ -152,3 +152,17 @@ def test_a_process_failing_under_accelerate_launch_fails_the_run(workspace, tiny
     assert run.status == "failed", run
     assert "process 1 of 2 failed: RuntimeError: injected failure on process 1 at step 2" in run.error
     assert [m.name for m in list_models(workspace.db, kind="policy")] == ["tiny"]
+
+
+def test_rloo_and_grpo_split_each_rollout_batch_between_the_processes(tmp_path):
+    from rl.rloo_grpo import trl_args
+    from tests.test_rloo_grpo import config
+    from training.device import training_defaults
+
+    dev = training_defaults("cpu", 10_000)
+    settings = config(algo="grpo", rollout_batch_size=4, num_generations=3, num_minibatches=2)
+    assert trl_args(settings, tmp_path, dev, False).per_device_train_batch_size == 6
+    # 12 completions per iteration = 2 micro-batches x 2 processes x 3: the iteration stays the config's
+    assert trl_args(settings, tmp_path, dev, False, processes=2).per_device_train_batch_size == 3
+    with pytest.raises(ValueError, match=r"12 completions .* num_minibatches \(2\) x 4 processes"):
+        trl_args(settings, tmp_path, dev, False, processes=4)
