@@ -106,6 +106,39 @@ def test_the_main_process_failing_after_another_names_both(workspace):
     assert run.status == "failed" and "stopped by SIGTERM" in run.error
 
 
+def _wait_closed(db, run_id, seconds: float = 10.0):
+    import time
+
+    deadline = time.monotonic() + seconds
+    while get_run(db, run_id).status == "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return get_run(db, run_id)
+
+
+def test_the_run_is_closed_while_the_main_thread_is_stuck(workspace):
+    """The main thread blocked in a collective (NCCL waits for a dead peer) runs no Python signal handler: a watcher
+    thread closes the row on another process's note, or on the launcher's SIGTERM (through the wakeup fd)."""
+    run_id, run_dir = _open(workspace)
+    with pytest.raises(distributed.OtherProcessFailed), \
+            distributed.every_process_guard(MAIN, workspace.db, run_id, run_dir):
+        note = distributed.failure_note(run_dir, run_id, 1)
+        note.parent.mkdir(parents=True)
+        note.write_text("process 1 of 2 failed: RuntimeError: CUDA error: an illegal memory access")
+        run = _wait_closed(workspace.db, run_id)  # the main thread never raises meanwhile
+        assert run.status == "failed" and run.error.endswith("an illegal memory access")
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+    run_id, run_dir = _open(workspace)
+    original = signal.signal(signal.SIGTERM, lambda *_: None)  # stands for a main thread that cannot run handlers
+    try:
+        watcher = distributed._Watcher(workspace.db, run_id, run_dir, lambda: "stopped by SIGTERM", True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        run = _wait_closed(workspace.db, run_id)
+        watcher.stop()
+    finally:
+        signal.signal(signal.SIGTERM, original)
+    assert run.status == "failed" and run.error == "OtherProcessFailed: stopped by SIGTERM"
+
+
 def launch(ws, config: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`accelerate launch --config_file configs/accelerate/<config>.yaml --num_processes 2 -m rankloop train dpo`
     on two CPU processes (gloo): ACCELERATE_USE_CPU, no CUDA device (`--cpu` would start one process only)."""

@@ -9,8 +9,10 @@ A failure on another process (`every_process_guard`): that process writes its er
 (`failures/run<ID>-process<N>.txt`) and exits; the launcher (torch elastic, under `accelerate launch`) then stops
 the remaining processes with SIGTERM, which on the main process raises `OtherProcessFailed`, so the run row is
 closed as failed with the other process's error. When the main process notices first (a collective whose peer has
-gone), the row gets the same message. A process killed outright (out of memory) writes no note; the row then says
-the main process was stopped by the launcher, and the launch's output holds the rest.
+gone), the row gets the same message. When it cannot notice (blocked in an NCCL collective, where no Python signal
+handler runs), a watcher thread closes the row: on the SIGTERM (through the wakeup fd) or on a note (polled every
+second). A process killed outright (out of memory) writes no note; the row then says the main process was stopped
+by the launcher, and the launch's output holds the rest.
 """
 
 from __future__ import annotations
@@ -95,23 +97,84 @@ def every_process_guard(state: Any, db: Any, run_id: int, run_dir: Path) -> Iter
             raise
         return
 
+    def stop_message() -> str:
+        notes = failure_notes(run_dir, run_id)
+        return "; ".join(notes) if notes else (
+            "the main process was stopped by SIGTERM: under `accelerate launch` the launcher sends it when another "
+            "process fails (its error is in the launch's output) or when the launch itself is stopped")
+
     def stopped(signum: int, frame: Any) -> None:
         signal.signal(signal.SIGTERM, previous)  # a second SIGTERM ends the process the usual way
-        notes = failure_notes(run_dir, run_id)
-        raise OtherProcessFailed("; ".join(notes) if notes else
-                                 "the main process was stopped by SIGTERM: under `accelerate launch` the launcher "
-                                 "sends it when another process fails (its error is in the launch's output) or "
-                                 "when the launch itself is stopped")
+        raise OtherProcessFailed(stop_message())
 
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, stopped) if in_main_thread else None
+    watcher = _Watcher(db, run_id, run_dir, stop_message, in_main_thread)
     try:
         yield
     except BaseException as e:
+        watcher.stop()
         notes = [] if isinstance(e, OtherProcessFailed | KeyboardInterrupt) else failure_notes(run_dir, run_id)
         fail_run(db, run_id, OtherProcessFailed(f"{'; '.join(notes)} (then on the main process: {_describe(e)})")
-                 if notes else e)
+                 if notes else e)  # the main thread has the last word, after the watcher's
         raise
     finally:
+        watcher.stop()
         if in_main_thread and signal.getsignal(signal.SIGTERM) is stopped:
             signal.signal(signal.SIGTERM, previous)
+
+
+class _Watcher:
+    """A thread of the main process that closes the row as failed while the main thread cannot: blocked in a
+    collective whose peer has died (NCCL waits rather than fails), Python runs no signal handler, and the launcher's
+    SIGKILL follows its SIGTERM after 30 s. It wakes on SIGTERM (Python's C-level handler writes to the wakeup fd
+    from any thread) and looks for other processes' failure notes every `every` seconds; it writes only while the
+    row is still running."""
+
+    def __init__(self, db: Any, run_id: int, run_dir: Path, stop_message: Any, wake_on_signal: bool,
+                 every: float = 1.0) -> None:
+        import os
+
+        self.db, self.run_id, self.run_dir, self.stop_message, self.every = db, run_id, run_dir, stop_message, every
+        self.done = threading.Event()
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.write_fd, False)
+        self.old_wakeup = signal.set_wakeup_fd(self.write_fd, warn_on_full_buffer=False) if wake_on_signal else None
+        self.thread = threading.Thread(target=self._run, name="rankloop-run-watcher", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        import os
+        import select
+
+        while not self.done.is_set():
+            ready, _, _ = select.select([self.read_fd], [], [], self.every)
+            if self.done.is_set():
+                return
+            signalled = bool(ready) and signal.SIGTERM in os.read(self.read_fd, 64)
+            if signalled or failure_notes(self.run_dir, self.run_id):
+                with contextlib.suppress(Exception):  # a watcher must never take the process down
+                    self._close(self.stop_message() if signalled else "; ".join(
+                        failure_notes(self.run_dir, self.run_id)))
+                return  # closed once; the main thread, when it raises, writes the fuller message
+
+    def _close(self, message: str) -> None:
+        from store.runs import get_run
+        from training.runs import fail_run
+
+        if get_run(self.db, self.run_id).status == "running":
+            fail_run(self.db, self.run_id, OtherProcessFailed(message))
+
+    def stop(self) -> None:
+        import os
+
+        if self.done.is_set():
+            return
+        self.done.set()
+        with contextlib.suppress(OSError):
+            os.write(self.write_fd, b"\0")  # wakes the thread
+        self.thread.join(timeout=5)
+        if self.old_wakeup is not None:
+            signal.set_wakeup_fd(self.old_wakeup)
+        os.close(self.read_fd)
+        os.close(self.write_fd)
