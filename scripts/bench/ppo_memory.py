@@ -13,6 +13,7 @@ steps added. Run it under the shared lock: `flock /tmp/rankloop-cpu.lock python 
 
     python scripts/bench/ppo_memory.py                       # default policy, 2 steps
     python scripts/bench/ppo_memory.py --policy /path/to/model --prompts 16 --steps 1 --max-new-tokens 32
+    python scripts/bench/ppo_memory.py --rollout-only      # sampling and scoring alone (no update)
 """
 
 from __future__ import annotations
@@ -104,7 +105,12 @@ def child(args: argparse.Namespace) -> None:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
         base = rss_mib("VmRSS")
     started = time.perf_counter()
-    rows = [loop.train_step() for _ in range(args.steps)]
+    if args.rollout_only:  # the rollout alone: where the scoring's full logits were the largest tensors
+        rolled = [loop.rollout() for _ in range(args.steps)]
+        rows = [{"score": r["raw_scores"].mean().item(), "response_length": r["mask"].sum(1).mean().item(),
+                 "sample_s": r["generate_s"], "score_s": r["score_s"], "update_s": 0.0} for r in rolled]
+    else:
+        rows = [loop.train_step() for _ in range(args.steps)]
     seconds = time.perf_counter() - started
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else rss_mib("VmHWM")
     spent = {part: sum(r[f"{part}_s"] for r in rows) for part in ("sample", "score", "update")}
@@ -112,6 +118,8 @@ def child(args: argparse.Namespace) -> None:
         "variant": args.variant, "device": device, "steps": args.steps, "seconds": round(seconds, 1),
         "base_mib": round(base, 1), "peak_mib": round(peak, 1), "step_peak_mib": round(peak - base, 1),
         "sample_share": round(spent["sample"] / sum(spent.values()), 3),
+        "score_share": round(spent["score"] / sum(spent.values()), 3),
+        "update_share": round(spent["update"] / sum(spent.values()), 3),
         "scores": [round(r["score"], 4) for r in rows],
         "vocab": loop.model.config.vocab_size, "response_length": [r["response_length"] for r in rows]}))
 
@@ -122,6 +130,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=16, help="rollout_batch_size (HH prompts).")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--steps", type=int, default=2, help="PPO iterations measured.")
+    parser.add_argument("--rollout-only", action="store_true", help="Measure the rollout (sample + score) alone.")
     parser.add_argument("--variant", choices=["full", "chunked"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
@@ -137,11 +146,13 @@ def main() -> None:
             sys.exit(f"{variant} failed:\n{done.stderr[-3000:]}")
         results[variant] = json.loads(lines[-1][len("RESULT "):])
     full, chunked = results["full"], results["chunked"]
-    print(f"policy {args.policy}, {args.prompts} prompts x {args.max_new_tokens} new tokens, {args.steps} PPO steps "
+    what = "rollouts (no update)" if args.rollout_only else "PPO steps"
+    print(f"policy {args.policy}, {args.prompts} prompts x {args.max_new_tokens} new tokens, {args.steps} {what} "
           f"on {full['device']}")
     for name, r in (("full (B, T, V) logits", full), ("chunked (TRL kernel)", chunked)):
         print(f"{name:24s} step peak {r['step_peak_mib']:.0f} MiB over {r['base_mib']:.0f} MiB loaded "
-              f"(process peak {r['peak_mib']:.0f} MiB), {r['seconds']:.1f} s, sampling share {r['sample_share']:.2f}")
+              f"(process peak {r['peak_mib']:.0f} MiB), {r['seconds']:.1f} s; time: sampling {r['sample_share']:.0%}, "
+              f"scoring {r['score_share']:.0%}, update {r['update_share']:.0%}")
     print(f"ratio (chunked / full): {chunked['step_peak_mib'] / full['step_peak_mib']:.2f}x step peak memory, "
           f"{chunked['seconds'] / full['seconds']:.2f}x time; same scores: {chunked['scores'] == full['scores']}")
     print(json.dumps({"args": vars(args), "results": results}))
