@@ -68,6 +68,9 @@ class RewardTrainingConfig(TrainerConfig):
     probe_penalties: list[float] = field(default_factory=lambda: [0.1, 0.3, 1.0, 3.0, 10.0], metadata={"help": (
         "method 'probe': L2 penalties tried; the best by cross-validation on the train pairs is kept.")})
     probe_folds: int = option(5, "method 'probe': cross-validation folds.", ge=2)
+    probe_cv: str = option("pairs", choices=("pairs", "prompts"), help=(
+        "method 'probe': what the cross-validation folds are made of: 'pairs' (the default) or whole 'prompts', so "
+        "the penalty is checked on prompts the fit never saw (as on new debates); loss 'pairwise' only."))
     probe_precision: str = option("float32", choices=("float32", "int8"), help=(
         "method 'probe': the frozen backbone's arithmetic, 'float32' or 'int8' (dynamic int8 quantization of its "
         "linear layers, CPU only: ~3x faster, ~0.03 less accurate on HH). The probe records it; scoring computes "
@@ -105,6 +108,8 @@ class RewardTrainingConfig(TrainerConfig):
              "must be one or more numbers > 0")
         need(len(set(self.probe_layers)) == len(self.probe_layers), "probe_layers",
              f"must not repeat a layer, got {self.probe_layers}")
+        need(not (self.probe_cv == "prompts" and self.loss == "ranking"), "probe_cv",
+             "'prompts' folds are for loss 'pairwise' (loss 'ranking' folds whole rankings already)")
         need(not (self.method == "probe" and self.margin), "margin",
              "method 'probe' (the default) has no margin term: set method = 'full' or 'lora' with it")
         need(not (self.loss == "ranking" and self.margin), "margin",
@@ -126,7 +131,7 @@ class RewardTrainingConfig(TrainerConfig):
 PROBE_READS = frozenset({
     "base", "name", "loss", "aggregate", "rounds", "models", "reviewers", "splits", "min_agreement", "edited_first",
     "exclude_flagged", "eval_fraction", "max_pairs", "max_length", "method", "probe_layer", "probe_layers",
-    "probe_penalties", "probe_folds", "probe_precision", "seed", "device"})
+    "probe_penalties", "probe_folds", "probe_cv", "probe_precision", "seed", "device"})
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:

@@ -331,7 +331,8 @@ def _train_probe(ws: WorkspaceLike, config: RewardTrainingConfig, pairs: Any, ru
                                   config.probe_folds, config.seed, config.probe_layer, config.max_length, precision)
     else:
         probe = fit_probe(features["train", "chosen"], features["train", "rejected"], config.probe_penalties,
-                          config.probe_folds, config.seed, config.probe_layer, config.max_length, precision)
+                          config.probe_folds, config.seed, config.probe_layer, config.max_length, precision,
+                          groups=list(train_pairs["prompt_key"]) if config.probe_cv == "prompts" else None)
     probe.layers = list(config.probe_layers)
     seconds = time.monotonic() - started
     model_dir = run_dir / "model"

@@ -223,3 +223,25 @@ def test_a_probe_on_several_layers_records_them_and_scores_the_same_after_loadin
     assert good > bad
     with pytest.raises(RewardConfigError, match=r"probe_layers: must not repeat a layer, got \[1, 1\]"):
         tiny_config(method="probe", probe_layers=[1, 1])
+
+
+def test_probe_cv_by_prompts_deals_whole_prompts_to_the_folds(ws, monkeypatch):
+    import reward.probe
+
+    dealt = []
+    real = reward.probe.cv_folds
+
+    def spy(n, folds, seed, groups=None):
+        out = real(n, folds, seed, groups)
+        dealt.append((groups, out))
+        return out
+
+    monkeypatch.setattr(reward.probe, "cv_folds", spy)
+    result = train_reward_model(ws, tiny_config(method="probe", probe_cv="prompts", probe_folds=3,
+                                                reviewers=["alice"]), progress=False)
+    (groups, folds), = dealt
+    assert groups is not None and len(set(groups)) >= 3 and len(groups) == result.metrics["train_pairs"]
+    assert all(len({int(f) for f, g in zip(folds, groups, strict=True) if g == key}) == 1 for key in set(groups))
+    assert result.metrics["eval_accuracy"] == 1.0
+    with pytest.raises(RewardConfigError, match="probe_cv: 'prompts' folds are for loss 'pairwise'"):
+        tiny_config(method="probe", probe_cv="prompts", loss="ranking")
