@@ -17,8 +17,10 @@ checkpointing (`bf16 = true` in a config when speed matters more than the last p
 Except where the activations of one batch are large: a trainer that says how many positions a micro-batch holds
 (`activation_values`) gets checkpointing on any device when the activations kept for the backward pass would take
 over an eighth of the device's memory (`ACTIVATION_SHARE`). A policy trainer's batch is large: DPO with SmolLM2-135M,
-8 pairs (16 sequences) of up to 512 tokens keeps ~10 GiB of float32 activations, and its process peaked near 16-19
-GiB resident on a 24 GiB machine without checkpointing (see scripts/bench/dpo_throughput.py for the figures with it).
+8 pairs (16 sequences) of up to 512 tokens keeps ~10 GiB of float32 activations by this estimate; without
+checkpointing (and with random batches and TRL's LM-head tiles) `scripts/bench/dpo_throughput.py`'s rankloop side
+was seen at 19.3 GB resident (ps) on the 24 GB machine; with it (and the rest, issue 18) the bench measured a
+6.8 GiB peak.
 """
 
 from __future__ import annotations

@@ -2,16 +2,38 @@
 
 Same policy, same data (the first --pairs pairs of the HH train file as conversational rows), same machine, same
 run: each variant runs in its own subprocess (so peak memory is its own), one after the other, and the ratio is
-printed. Only optimizer steps are timed (evaluation and saving left out); the first step is a warm-up.
+printed. Only optimizer steps are timed (evaluation and saving left out).
 
 The rankloop side is `train_dpo` on a workspace holding those pairs (LoRA, reference = adapters off, per-device
-defaults). The TRL side is `DPOTrainer(model, args=DPOConfig(output_dir, max_steps, batch size))` with the same
-LoRA config (TRL's other defaults: bf16=True, which a CPU emulates very slowly, and gradient checkpointing on;
-on a CPU `use_cpu=True` is added, without which TRL refuses to start), so it is bounded by --trl-steps. Say so
-when quoting the figure.
+defaults: float32 on a CPU, gradient checkpointing when a batch's activations would take over an eighth of the
+machine's memory, pairs batched by length, TRL's fused LM head scoring labelled positions only in small tiles on a
+CPU; see rl/dpo.py, training/device.py, training/hf.py). The TRL side is `DPOTrainer(model, args=DPOConfig(output_dir,
+max_steps, batch size))` with the same LoRA config (TRL's other defaults: bf16=True, which a CPU without AVX-512-BF16
+emulates (a 576x1536 linear layer ran 3.7x slower under bf16 autocast than in float32 on this 2-core Xeon), and
+gradient checkpointing on; on a CPU `use_cpu=True` is added, without which TRL refuses to start), so it is bounded by
+--trl-steps. Say so when quoting the figure.
+
+What differs between the two, and which way it leans:
+- batches: ours are the widest batch first then the others in seeded random order (`length_order`), and the first
+  is timed too (no warm-up left out: it would leave out our slowest step); TRL's are random, its first step is a
+  warm-up. Ours is timed over a whole pass (8 steps = the 63 training pairs), TRL's over --trl-steps - 1 random ones.
+- peak memory: ours always includes the widest batch (16 sequences of up to 493 tokens in the default data); TRL's
+  is the peak of the --trl-steps batches it drew, which may miss the widest. Both lean against rankloop.
+- the reference log-probs: both compute them in each step (ours precomputes only when an epoch is seen twice).
+
+Measured (2026-12-01, 03:20-03:50 UTC, the 2-core Xeon with AVX-512 but no AVX-512-BF16, 24 GB; load average ~3:
+another session's `rankloop loop` ran alongside both variants), default arguments:
+    rankloop train dpo  0.079 pairs/s over 8 timed steps, peak 6814 MiB (float32, checkpointing on, by length)
+    TRL defaults        0.028 pairs/s over 2 timed steps, peak 7038 MiB (bf16 autocast, checkpointing on)
+    ratio: 2.83x pairs/s, 0.97x peak memory
+The memory goal (half of TRL's peak) was not reached. Sampled every 20 s, TRL's resident memory sat at 3.1-3.6 GB
+and peaked at 7.0 GB in short spikes (its CPU LM-head tiles: 4096 x 32768 float32 plus temporaries), ours sat at
+6.3 GB from the first (widest) step on; what holds ours was not measured yet (`scripts/bench/policy_memory.py`
+lists the largest tensors of a step).
 
     python scripts/bench/dpo_throughput.py                         # default policy, CPU or GPU
     python scripts/bench/dpo_throughput.py --policy /path/to/model --pairs 64 --steps 6 --trl-steps 3
+    python scripts/bench/dpo_throughput.py --set gradient_checkpointing=false      # ours without checkpointing
 """
 
 from __future__ import annotations
@@ -41,7 +63,12 @@ def run_rankloop(args: argparse.Namespace) -> dict:
     dev = result.metrics["device"]
     # with group_by_length the first batch is the widest (rl.dpo.length_order): count it rather than call it a
     # warm-up, so the figure is not flattered by leaving out the slowest step
-    return {"durations": timer.durations, "warmup_steps": 0 if config.group_by_length else 1, "settings": {
+    warmup = 0 if config.group_by_length else 1
+    n = result.metrics["train_pairs"]  # a pass's last batch is short: whole passes count their pairs
+    passes, steps_left = divmod(args.steps, -(-n // args.batch_size))
+    trained = passes * n + steps_left * args.batch_size
+    return {"durations": timer.durations, "warmup_steps": warmup, "examples_timed": trained - warmup * args.batch_size,
+            "settings": {
         "lora": config.lora, **{k: dev.get(k) for k in ("bf16", "gradient_checkpointing")},
         "group_by_length": config.group_by_length, "precompute_ref_log_probs": config.effective_precompute,
         **overrides}}

@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> dict:
     cls, train = {"dpo": (DPOTrainingConfig, train_dpo), "sft": (SFTTrainingConfig, train_sft),
                   "kto": (KTOTrainingConfig, train_kto)}[args.kind]
     overrides = dict(parse_assignment(a) for a in args.assignments)
-    config = cls(policy=args.policy, max_steps=args.steps, eval_steps=10**6, save_steps=10**6, eval_fraction=0.01,
+    config = cls(policy=policy, max_steps=args.steps, eval_steps=10**6, save_steps=10**6, eval_fraction=0.01,
                  max_length=args.max_length, report_to=[], early_stopping_patience=0,
                  per_device_train_batch_size=args.batch_size, **overrides)
     ws = hh_workspace(args.pairs, f"bench-mem-{args.kind}-")

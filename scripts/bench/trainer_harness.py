@@ -71,12 +71,14 @@ def peak_memory_mb() -> float:
 
 def child(args: argparse.Namespace, run: Callable[[argparse.Namespace], dict]) -> None:
     """Run one variant in this process and print its RESULT line; the first step is a warm-up, not counted (unless
-    the variant returns `"warmup_steps": 0`, e.g. when its first batch is its widest)."""
+    the variant returns `"warmup_steps": 0`, e.g. when its first batch is its widest; `"examples_timed"`: the
+    examples its timed steps trained on, when a batch was short)."""
     started = time.perf_counter()
     out = run(args)
     timed = out["durations"][out.pop("warmup_steps", 1):]
+    examples = out.pop("examples_timed", None) or len(timed) * args.batch_size  # a variant may count a short batch
     out.update({"variant": args.variant, "steps_timed": len(timed), "seconds_timed": sum(timed),
-                "pairs_per_s": len(timed) * args.batch_size / sum(timed) if timed else None,
+                "pairs_per_s": examples / sum(timed) if timed else None,
                 "peak_memory_mb": round(peak_memory_mb(), 1), "wall_s": round(time.perf_counter() - started, 1)})
     print("RESULT " + json.dumps(out))
 
