@@ -28,8 +28,11 @@ another session's `rankloop loop` ran alongside both variants), default argument
     ratio: 2.83x pairs/s, 0.97x peak memory
 The memory goal (half of TRL's peak) was not reached. Sampled every 20 s, TRL's resident memory sat at 3.1-3.6 GB
 and peaked at 7.0 GB in short spikes (its CPU LM-head tiles: 4096 x 32768 float32 plus temporaries), ours sat at
-6.3 GB from the first (widest) step on; what holds ours was not measured yet (`scripts/bench/policy_memory.py`
-lists the largest tensors of a step).
+6.3 GB from the first (widest) step on. A lead for the next step: one widest step of ours at batch 2 (4 sequences
+of up to 493 tokens, ~2,000 positions; unlocked, next to another benchmark) took resident memory from 0.58 GB at
+train begin to a 3.28 GB peak with checkpointing, 5.98 GB without: ~2.7 GB for ~2,000 positions although the layer
+inputs checkpointing keeps are ~0.14 GB, so something else grows with the batch (attention's T x T scores on the
+CPU's SDPA path are a suspect, not measured); `scripts/bench/policy_memory.py` lists the largest tensors of a step.
 
     python scripts/bench/dpo_throughput.py                         # default policy, CPU or GPU
     python scripts/bench/dpo_throughput.py --policy /path/to/model --pairs 64 --steps 6 --trl-steps 3
