@@ -161,6 +161,14 @@ def backbone_and_head(model: Any) -> tuple[nn.Module, nn.Module]:
     """(the transformer body that returns `last_hidden_state`, the LM head) of a causal LM, through a PEFT wrapper
     (its LoRA layers sit inside the body, so `disable_adapter()` still gives the reference)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    text = base.config.get_text_config()
+    scaled = {k: getattr(text, k, None) for k in ("final_logit_softcapping", "logit_scale", "output_multiplier",
+                                                  "lm_head_multiplier", "logits_scaling")}
+    scaled = {k: v for k, v in scaled.items() if v is not None and v != 1.0}
+    if scaled:  # the chunked kernel applies the temperature only: its log-probs would be of other logits
+        raise ValueError(f"PPO scores tokens as head(hidden) / temperature, but this {text.model_type} policy "
+                         f"transforms its logits ({', '.join(f'{k}={v}' for k, v in scaled.items())}); "
+                         "such policies are not supported by `train ppo` yet (use DPO, KTO or --algo rloo|grpo)")
     head = base.get_output_embeddings()
     if type(head) is not nn.Linear:
         raise ValueError(f"PPO scores tokens from the LM head's weight, but the head is a {type(head).__name__} "

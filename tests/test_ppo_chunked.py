@@ -67,3 +67,16 @@ def test_chunked_scores_and_gradients_equal_the_full_logits(tiny_lm, monkeypatch
     for name, grad in full[3].items():
         torch.testing.assert_close(chunked[3][name], grad, atol=1e-5, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
     assert sum(g.abs().sum() for g in full[3].values()) > 0
+
+
+def test_a_policy_that_transforms_its_logits_is_refused_by_name(tiny_lm):
+    """Soft-capped or scaled logits (Gemma-2, Cohere, Granite) would be scored wrongly by the chunked kernel."""
+    from transformers import AutoModelForCausalLM
+
+    from rl.ppo import backbone_and_head
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm)
+    backbone_and_head(model)  # a plain Llama head is fine
+    model.config.final_logit_softcapping = 30.0
+    with pytest.raises(ValueError, match="final_logit_softcapping=30.0"):
+        backbone_and_head(model)
