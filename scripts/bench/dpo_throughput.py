@@ -47,7 +47,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from trainer_harness import child, compare, hh_pairs, hh_workspace, step_timer  # noqa: E402 (this folder)
+from trainer_harness import child, compare, hh_pairs, hh_workspace, resolve_policy_offline, step_timer  # noqa: E402 (this folder)
 
 
 def run_rankloop(args: argparse.Namespace) -> dict:
@@ -102,14 +102,6 @@ def run_trl(args: argparse.Namespace) -> dict:
     return {"durations": timer.durations, "settings": {"lora": True, "bf16": trl_args.bf16,
                                                        "gradient_checkpointing": getattr(
                                                            trl_args, "activation_checkpointing", None)}}
-
-
-def resolve_policy_offline(policy: str) -> str:
-    if policy == "smollm2-135m-instruct":
-        from rankloop.models import prepare_default_policy
-
-        return str(prepare_default_policy())
-    return policy
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from trainer_harness import ROOT, hh_workspace, peak_memory_mb  # noqa: E402 (this folder)
+from trainer_harness import ROOT, hh_workspace, peak_memory_mb, resolve_policy_offline  # noqa: E402 (this folder)
 
 
 def tensor_watch(vocab: int):
@@ -114,14 +114,6 @@ def run(args: argparse.Namespace) -> dict:
             "largest_tensor": {"mb": round(mode.largest[0] / mib, 1), "shape": mode.largest[1], "op": mode.largest[2]},
             "largest_vocab_wide": {"mb": round(mode.vocab_wide[0] / mib, 1), "shape": mode.vocab_wide[1],
                                    "op": mode.vocab_wide[2]}}
-
-
-def resolve_policy_offline(policy: str) -> str:
-    if policy == "smollm2-135m-instruct":
-        from rankloop.models import prepare_default_policy
-
-        return str(prepare_default_policy())
-    return policy
 
 
 def main() -> None:

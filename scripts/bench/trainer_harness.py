@@ -61,6 +61,15 @@ def hh_workspace(n: int, prefix: str) -> Any:
     return ws
 
 
+def resolve_policy_offline(policy: str) -> str:
+    """A policy folder; the default policy's name is converted (once, cached) from its PyPI package."""
+    if policy == "smollm2-135m-instruct":
+        from rankloop.models import prepare_default_policy
+
+        return str(prepare_default_policy())
+    return policy
+
+
 def peak_memory_mb() -> float:
     import torch
 
