@@ -52,7 +52,8 @@ def test_accelerate_launch_two_cpu_processes(ws):
            "--max-steps", "3", "--set", "eval_steps=2", "--set", "report_to=[]", "--set", "eval_fraction=0.25",
            "--no-progress"]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    other = "\n".join(line for line in done.stderr.splitlines() if "[rank1]" in line)
+    assert done.returncode == 0, f"process 1:\n{other[-3000:]}\nend of the launch's output:\n{done.stderr[-3000:]}"
     assert done.stdout.count("reward model 'reward-run1'") == 1
     (run,) = list_runs(ws.db, kind="reward")
     assert run.status == "succeeded" and run.metrics["global_step"] == 3
