@@ -13,8 +13,7 @@ evaluation and the next round's training load it like any other policy; the adap
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -168,21 +167,6 @@ def open_policy_run(ws: WorkspaceLike, kind: str, config: Any, snapshot: dict[st
 
     record = {"config": asdict(config), "policy_location": start.location, "resumed_from": resume_from}
     return open_run(ws, kind, record, snapshot, resume_from, rows=rows)
-
-
-@contextlib.contextmanager
-def policy_run(ws: WorkspaceLike, kind: str, config: Any, snapshot: dict[str, Any], start: StartPolicy,
-               resume_from: int | None, rows: WorkspaceLike = None) -> Iterator[tuple[int, Path, Any]]:
-    """(run id, run folder, QLoRA quantization config or None) for the body that trains; the run row is closed as
-    failed (cancelled on Ctrl-C) when the body raises. QLoRA's errors (no CUDA, no bitsandbytes) come before the row
-    exists. `rows`, the snapshot's frame, is saved in the run folder (training.snapshot). One process: under
-    `accelerate launch` use `train_policy`'s pattern (the main one opens, `share`, `every_process_guard`)."""
-    from training.runs import closed_on_error
-
-    quantization = qlora(config)
-    run_id, run_dir = open_policy_run(ws, kind, config, snapshot, start, resume_from, rows)
-    with closed_on_error(ws.db, run_id):
-        yield run_id, run_dir, quantization
 
 
 def prepare_policy_run(ws: WorkspaceLike, kind: str, rows_kind: str, config: Any, resume_from: int | None,
