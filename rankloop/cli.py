@@ -7,6 +7,9 @@ import importlib
 import click
 
 from rankloop import __version__
+from training.device import prefer_huge_pages
+
+prefer_huge_pages()  # before any command imports torch: a CPU trainer's peak memory, training/device.py says why
 
 # (module, attribute) of each command, in the order `rankloop --help` lists them.
 COMMANDS = [

@@ -43,6 +43,33 @@ def activation_values(model_config: Any, positions: int) -> int:
     return int(positions) * layers * (8 * hidden + 4 * width)
 
 
+# Why: on a CPU, glibc's malloc served torch's large blocks from its heap (after the first large free its mmap
+# threshold rises to 32 MB), which fragmented: one DPO step of `scripts/bench/dpo_throughput.py`'s rankloop side
+# (SmolLM2-135M, 8 pairs of up to 493 tokens, checkpointing on) peaked at 8.8 GB resident with ~1.2 GB of it live.
+# torch's own switch THP_MEM_ALLOC_ENABLE=1 (page-aligned blocks, transparent huge pages advised for those of 2 MB
+# and more) took the same step to 2.4 GB at the same speed; forcing every large block onto mmap
+# (glibc.malloc.mmap_threshold=131072) reached 1.3 GB but made steps ~1.6x slower (page faults). Measured with
+# /proc/self/status sampled every 50 ms, 2-core Xeon, quiet; docs/experiments.md has the commands.
+HUGE_PAGES_ENV = "THP_MEM_ALLOC_ENABLE"
+
+
+def prefer_huge_pages() -> bool:
+    """Turn on torch's transparent-huge-page CPU allocation for this process (and the processes it starts) unless
+    the environment already says otherwise (`THP_MEM_ALLOC_ENABLE=0` keeps it off) or the kernel has no THP.
+
+    torch reads the variable once, at its first CPU allocation: call this before anything imports transformers or
+    allocates a tensor (the `rankloop` command does it first thing). Returns whether the variable is now "1"."""
+    import os
+    import sys
+
+    thp = "/sys/kernel/mm/transparent_hugepage/enabled"
+    if sys.platform == "linux" and os.path.exists(thp):
+        with open(thp) as f:
+            if "[never]" not in f.read():
+                os.environ.setdefault(HUGE_PAGES_ENV, "1")
+    return os.environ.get(HUGE_PAGES_ENV) == "1"
+
+
 def device_memory(device: str) -> int:
     """Bytes of memory of `device` ("cpu": the machine's RAM; "cuda:N": the GPU's; "mps": what Metal recommends)."""
     import os

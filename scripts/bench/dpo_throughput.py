@@ -42,6 +42,7 @@ CPU's SDPA path are a suspect, not measured); `scripts/bench/policy_memory.py` l
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -74,7 +75,7 @@ def run_rankloop(args: argparse.Namespace) -> dict:
             "settings": {
         "lora": config.lora, **{k: dev.get(k) for k in ("bf16", "gradient_checkpointing")},
         "group_by_length": config.group_by_length, "precompute_ref_log_probs": config.effective_precompute,
-        **overrides}}
+        "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"), **overrides}}
 
 
 def run_trl(args: argparse.Namespace) -> dict:
@@ -100,6 +101,7 @@ def run_trl(args: argparse.Namespace) -> dict:
                          peft_config=lora_config(DPOTrainingConfig()), callbacks=[timer])
     trainer.train()
     return {"durations": timer.durations, "settings": {"lora": True, "bf16": trl_args.bf16,
+                                                       "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"),
                                                        "gradient_checkpointing": getattr(
                                                            trl_args, "activation_checkpointing", None)}}
 
@@ -119,6 +121,10 @@ def main() -> None:
     parser.add_argument("--variant", choices=["rankloop", "trl"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
+        if args.variant == "rankloop":  # as the `rankloop` command does before torch loads (training/device.py)
+            from training.device import prefer_huge_pages
+
+            prefer_huge_pages()
         args.policy = resolve_policy_offline(args.policy)
         child(args, run_rankloop if args.variant == "rankloop" else run_trl)
         return

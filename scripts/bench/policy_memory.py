@@ -109,6 +109,7 @@ def run(args: argparse.Namespace) -> dict:
     return {"kind": args.kind, "settings": {**overrides, "trl_head": args.trl_head,
                                             **{k: device[k] for k in ("bf16", "gradient_checkpointing")}},
             "peak_memory_mb": round(peak_memory_mb(), 1), "vocab": vocab,
+            "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"),
             "step_seconds": [round(d, 2) for d in watch.durations],
             "tokens_in_batch": mode.tokens, "full_logits_mb": round(mode.tokens * vocab * 4 / mib, 1),
             "largest_tensor": {"mb": round(mode.largest[0] / mib, 1), "shape": mode.largest[1], "op": mode.largest[2]},
@@ -131,6 +132,9 @@ def main() -> None:
     parser.add_argument("--kind", choices=["dpo", "sft", "kto"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.kind:
+        from training.device import prefer_huge_pages
+
+        prefer_huge_pages()  # as the `rankloop` command does before torch loads (training/device.py)
         print("RESULT " + json.dumps(run(args), default=str))
         return
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONPATH": str(ROOT)}

@@ -134,6 +134,9 @@ def main() -> None:
     parser.add_argument("--variant", choices=["full", "chunked"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
+        from training.device import prefer_huge_pages
+
+        prefer_huge_pages()  # both variants as `rankloop train ppo` runs them (training/device.py)
         child(args)
         return
     results = {}

@@ -106,6 +106,10 @@ def main() -> None:
     parser.add_argument("--variant", choices=["rankloop", "trl"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
+        if args.variant == "rankloop":  # as the `rankloop` command does before torch loads (training/device.py)
+            from training.device import prefer_huge_pages
+
+            prefer_huge_pages()
         args.base = resolve_base_offline(args.base)  # a folder, the same for both variants
         child(args, run_rankloop if args.variant == "rankloop" else run_trl)
         return
