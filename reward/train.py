@@ -24,7 +24,6 @@ from reward.data import to_dataset, to_ranking_dataset
 from reward.pooling import check_pooling
 from store.workspace import WorkspaceLike
 from training.device import training_defaults
-from training.distributed import process_state, share
 from training.hf import fit, history_callback, step_metrics, trainer_callbacks, trainer_kwargs
 from training.models import count_parameters
 from training.snapshot import describe_snapshot, parts, snapshot_rows
@@ -194,15 +193,14 @@ def _reward_args(config: RewardTrainingConfig, run_dir: Path, dev: Any, has_eval
 def train_reward_model(ws: WorkspaceLike, config: RewardTrainingConfig, *, resume_from: int | None = None,
                        progress: bool = True, callbacks: list[Any] | None = None) -> RewardTrainingResult:
     """Train, save and register a reward model; the run row records config, snapshot, metrics and status."""
-    from training.distributed import every_process_guard
+    from training.distributed import train_on_every_process
 
-    state = process_state()
-    prepared = _prepare_run(ws, config, resume_from) if state.is_main_process else None
-    prepared = share(state, prepared)
-    run_id, run_dir = prepared["run_id"], Path(prepared["run_dir"])
-    with every_process_guard(state, ws.db, run_id, run_dir):  # a failure on any process: the run failed
-        result = _train(ws, config, prepared, state, resume_from, progress, callbacks)
-    return result if result is not None else RewardTrainingResult(run_id, None, run_dir, run_dir / "model", {})
+    prepared, result = train_on_every_process(
+        ws.db, lambda: _prepare_run(ws, config, resume_from),
+        lambda prepared, state: _train(ws, config, prepared, state, resume_from, progress, callbacks))
+    run_dir = Path(prepared["run_dir"])
+    return result if result is not None else RewardTrainingResult(prepared["run_id"], None, run_dir,
+                                                                  run_dir / "model", {})
 
 
 def _train(ws: WorkspaceLike, config: RewardTrainingConfig, prepared: dict[str, Any], state: Any,

@@ -54,16 +54,13 @@ def train_ppo(ws: WorkspaceLike, config: PPOTrainingConfig, *, reward_fn: Reward
     checkpoints, registers the policy and closes the run. A failure on any process ends the run as failed
     (training.distributed.every_process_guard). The others return a result without a model name."""
     from rl.sampling import check_engine, workspace_engine
-    from training.distributed import every_process_guard, process_state, share
+    from training.distributed import train_on_every_process
 
     engine = workspace_engine(ws) if config.algo != "ppo" else "hf"  # RLOO/GRPO: TRL's vLLM mode with 'vllm'
     check_engine(engine)  # vLLM missing: said before the run row
-    state = process_state()
-    prepared = _prepare(ws, config, reward_fn is None, resume_from) if state.is_main_process else None
-    prepared = share(state, prepared)
-    run_id, run_dir = prepared["run_id"], Path(prepared["run_dir"])
-    with every_process_guard(state, ws.db, run_id, run_dir):
-        return _train(ws, config, prepared, reward_fn, resume_from, progress, engine, state)
+    return train_on_every_process(
+        ws.db, lambda: _prepare(ws, config, reward_fn is None, resume_from),
+        lambda prepared, state: _train(ws, config, prepared, reward_fn, resume_from, progress, engine, state))[1]
 
 
 def _prepare(ws: WorkspaceLike, config: PPOTrainingConfig, with_reward_model: bool,

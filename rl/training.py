@@ -195,17 +195,16 @@ def train_policy(ws: WorkspaceLike, kind: str, rows_kind: str, config: Any, trai
     run_id, run_dir, resume_from, progress, callbacks, quantization, state)` inside `every_process_guard` (a
     failure on any process closes the row as failed). `train` ends with `finish_trainer`, which returns the result
     on the main process and a result without a model name on the others."""
-    from training.distributed import every_process_guard, process_state, share
+    from training.distributed import train_on_every_process
 
-    state = process_state()
-    prepared = prepare_policy_run(ws, kind, rows_kind, config, resume_from, prepare) \
-        if state.is_main_process else None
-    prepared = share(state, prepared)
-    run_id, run_dir = prepared["run_id"], Path(prepared["run_dir"])
-    with every_process_guard(state, ws.db, run_id, run_dir):
-        result = train(ws, config, prepared["rows"], prepared["start"], run_id, run_dir, resume_from, progress,
-                       callbacks, qlora(config), state)
-    return result if result is not None else PolicyTrainingResult(run_id, None, run_dir, run_dir / "model", {})
+    prepared, result = train_on_every_process(
+        ws.db, lambda: prepare_policy_run(ws, kind, rows_kind, config, resume_from, prepare),
+        lambda prepared, state: train(ws, config, prepared["rows"], prepared["start"], prepared["run_id"],
+                                      Path(prepared["run_dir"]), resume_from, progress, callbacks, qlora(config),
+                                      state))
+    run_dir = Path(prepared["run_dir"])
+    return result if result is not None else PolicyTrainingResult(prepared["run_id"], None, run_dir,
+                                                                  run_dir / "model", {})
 
 
 def finish_policy(ws: WorkspaceLike, model: Any, tokenizer: Any, start: StartPolicy, run_id: int, run_dir: Path,

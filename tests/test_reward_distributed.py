@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 import reward.train as reward_train
+import training.distributed as distributed
 from store.models import list_models
 from store.runs import list_runs
 from tests.conftest import table_hash
@@ -31,9 +32,9 @@ def test_a_non_main_process_trains_on_the_shared_snapshot_and_never_writes(ws, m
     prepared = reward_train._prepare_run(ws, config, None)  # what the main process broadcasts
     before = table_hash(ws.db)
     shared = []
-    monkeypatch.setattr(reward_train, "process_state", lambda: SimpleNamespace(is_main_process=False,
-                                                                              num_processes=2))
-    monkeypatch.setattr(reward_train, "share", lambda state, value: shared.append(value) or prepared)
+    monkeypatch.setattr(distributed, "process_state", lambda: SimpleNamespace(is_main_process=False,
+                                                                             num_processes=2, process_index=1))
+    monkeypatch.setattr(distributed, "share", lambda state, value: shared.append(value) or prepared)
     result = reward_train.train_reward_model(ws, config, progress=False)
     assert shared == [None], "a non-main process has nothing of its own to share"
     assert result.model_name is None and result.run_id == prepared["run_id"]

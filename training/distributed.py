@@ -20,9 +20,11 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def process_state() -> Any:
@@ -47,6 +49,18 @@ def share(state: Any, value: Any) -> Any:
     box = [value]
     broadcast_object_list(box, from_process=0)
     return box[0]
+
+
+def train_on_every_process(db: Any, prepare: Callable[[], dict[str, Any]],
+                           train: Callable[[dict[str, Any], Any], T]) -> tuple[dict[str, Any], T]:
+    """The life every trainer shares under `accelerate launch`: the main process alone calls `prepare()` (reads the
+    workspace, opens the run: a dict with at least "run_id" and "run_dir"), every process gets what it returned and
+    calls `train(prepared, state)` inside `every_process_guard` (a failure on any process: the run failed). Returns
+    (prepared, what `train` returned). In one process: prepare, then train under `closed_on_error`."""
+    state = process_state()
+    prepared = share(state, prepare() if state.is_main_process else None)
+    with every_process_guard(state, db, prepared["run_id"], Path(prepared["run_dir"])):
+        return prepared, train(prepared, state)
 
 
 class OtherProcessFailed(BaseException):
