@@ -10,6 +10,7 @@ Shapes: B = sequences in a batch, T = response tokens (right padded); `mask` (B,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,18 +50,16 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
     return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
-def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Unbiased variance of the masked entries (Bessel's correction, as TRL)."""
-    mean = masked_mean(x, mask)
-    n = mask.sum()
-    var = masked_mean((x - mean) ** 2, mask)
-    return var * n / (n - 1).clamp(min=1)
-
-
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """(x - mean) / std over the masked entries; with `shift_mean=False` the mean is added back (reward whitening
-    keeps the reward's sign)."""
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
+                  total: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """(x - mean) / std over the masked entries (the unbiased variance, as TRL); with `shift_mean=False` the
+    mean is added back (reward whitening keeps the reward's sign). `total` sums a tensor over the processes that
+    share a batch (an all-reduce): the mean and variance are then the whole batch's, not this process's share's."""
+    total = total or (lambda t: t)
+    sums = total(torch.stack([(x * mask).sum(), mask.sum().to(x.dtype)]))
+    n = sums[1]
+    mean = sums[0] / n.clamp(min=1)
+    var = total(((x - mean) ** 2 * mask).sum()) / (n - 1).clamp(min=1)
     out = (x - mean) * torch.rsqrt(var + 1e-8)
     return (out if shift_mean else out + mean) * mask
 

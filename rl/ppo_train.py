@@ -10,7 +10,8 @@ Under `accelerate launch` (`state`, training.distributed.process_state, with sev
 samples, scores and updates on its own share of every rollout batch (`rollout_batch_size / processes` prompts);
 torch's DistributedDataParallel averages the gradients of the policy and value head, and the step's statistics
 (score, KL, ...) are averaged across processes before they are logged or move the KL controller, so every process
-keeps the same beta, history and checkpoints. Advantages are whitened over each process's share.
+keeps the same beta, history and checkpoints. Advantages (and rewards, with `whiten_rewards`) are whitened with
+the whole rollout batch's mean and variance (all-reduced), as in one process.
 """
 
 from __future__ import annotations
@@ -126,6 +127,16 @@ class PPOLoop:
         dist.all_reduce(values)
         return dict(zip(row, (values / self.processes).tolist(), strict=True))
 
+    def _total(self, t: torch.Tensor) -> torch.Tensor:
+        """`t` summed over the processes (itself in one): whitening sees the whole rollout batch."""
+        if self.processes == 1:
+            return t
+        import torch.distributed as dist
+
+        t = t.clone()
+        dist.all_reduce(t)
+        return t
+
     @torch.no_grad()
     def rollout(self) -> dict[str, Any]:
         from rl.sampling import _left_pad
@@ -172,9 +183,9 @@ class PPOLoop:
         mask = r["mask"]
         rewards, kl = token_rewards(r["scores"], r["logprobs"], r["ref_logprobs"], mask, self.kl_ctl.value)
         if c.whiten_rewards:
-            rewards = masked_whiten(rewards, mask, shift_mean=False)
+            rewards = masked_whiten(rewards, mask, shift_mean=False, total=self._total)
         advantages, returns = compute_gae(rewards, r["values"], mask, c.gamma, c.lam)
-        advantages = masked_whiten(advantages, mask)
+        advantages = masked_whiten(advantages, mask, total=self._total)
         g = torch.Generator().manual_seed(c.seed + self.step)
         stats: list[Any] = []
         n = len(r["scores"])  # this process's share of the rollout batch

@@ -93,6 +93,40 @@ def _loop(tiny_lm, **overrides):
     return PPOLoop(cfg, model, AutoTokenizer.from_pretrained(tiny_lm), count_token, prompts)
 
 
+def test_whitening_over_two_processes_uses_the_whole_batchs_statistics():
+    """Two processes (threads here, summing through a barrier as an all-reduce would) each whiten their half of a
+    batch: every row comes out as whitening the whole batch in one process gives, not as whitening its own half."""
+    import threading
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 6) * torch.tensor([[1.0], [1.0], [5.0], [5.0]]) + torch.tensor([[0.0], [0.0], [3.0], [3.0]])
+    mask = torch.ones(4, 6)
+    mask[1, 4:] = 0
+    whole = masked_whiten(x, mask)
+    barrier, box, out = threading.Barrier(2), [torch.zeros(2), torch.zeros(2)], {}
+
+    def total_for(rank):
+        def total(t):
+            box[rank] = t
+            barrier.wait()
+            summed = box[0] + box[1]
+            barrier.wait()  # both have read before either writes again
+            return summed
+        return total
+
+    def process(rank):
+        part = slice(2 * rank, 2 * rank + 2)
+        out[rank] = masked_whiten(x[part], mask[part], total=total_for(rank))
+
+    threads = [threading.Thread(target=process, args=(rank,)) for rank in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert torch.allclose(torch.cat([out[0], out[1]]), whole, atol=1e-6)
+    assert not torch.allclose(masked_whiten(x[:2], mask[:2]), whole[:2], atol=1e-2), "halves differ from the whole"
+
+
 def test_ppo_raises_a_toy_reward_and_the_kl_controller_reacts(tiny_lm):
     loop = _loop(tiny_lm)
     history = loop.train()
