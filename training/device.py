@@ -20,7 +20,7 @@ over an eighth of the device's memory (`ACTIVATION_SHARE`). A policy trainer's b
 8 pairs (16 sequences) of up to 512 tokens keeps ~10 GiB of float32 activations by this estimate; without
 checkpointing (and with random batches and TRL's LM-head tiles) `scripts/bench/dpo_throughput.py`'s rankloop side
 was seen at 19.3 GB resident (ps) on the 24 GB machine; with it (and the rest, issue 18) the bench measured a
-6.8 GiB peak.
+6.8 GiB peak, and 2.4 GiB once `prefer_huge_pages` (below) stopped glibc's heap fragmenting.
 """
 
 from __future__ import annotations

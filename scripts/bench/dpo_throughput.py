@@ -21,18 +21,19 @@ What differs between the two, and which way it leans:
   is the peak of the --trl-steps batches it drew, which may miss the widest. Both lean against rankloop.
 - the reference log-probs: both compute them in each step (ours precomputes only when an epoch is seen twice).
 
-Measured (2026-12-01, 03:20-03:50 UTC, the 2-core Xeon with AVX-512 but no AVX-512-BF16, 24 GB; load average ~3:
-another session's `rankloop loop` ran alongside both variants), default arguments:
-    rankloop train dpo  0.079 pairs/s over 8 timed steps, peak 6814 MiB (float32, checkpointing on, by length)
-    TRL defaults        0.028 pairs/s over 2 timed steps, peak 7038 MiB (bf16 autocast, checkpointing on)
-    ratio: 2.83x pairs/s, 0.97x peak memory
-The memory goal (half of TRL's peak) was not reached. Sampled every 20 s, TRL's resident memory sat at 3.1-3.6 GB
-and peaked at 7.0 GB in short spikes (its CPU LM-head tiles: 4096 x 32768 float32 plus temporaries), ours sat at
-6.3 GB from the first (widest) step on. A lead for the next step: one widest step of ours at batch 2 (4 sequences
-of up to 493 tokens, ~2,000 positions; unlocked, next to another benchmark) took resident memory from 0.58 GB at
-train begin to a 3.28 GB peak with checkpointing, 5.98 GB without: ~2.7 GB for ~2,000 positions although the layer
-inputs checkpointing keeps are ~0.14 GB, so something else grows with the batch (attention's T x T scores on the
-CPU's SDPA path are a suspect, not measured); `scripts/bench/policy_memory.py` lists the largest tensors of a step.
+The rankloop side runs as the `rankloop` command does: torch's huge-page CPU allocator on (THP_MEM_ALLOC_ENABLE=1,
+training/device.py `prefer_huge_pages`); the TRL side keeps the environment it is given (`THP_MEM_ALLOC_ENABLE=1
+python scripts/bench/dpo_throughput.py` gives it the same allocator). Both sides print the variable's value.
+
+Measured (2026-12-01, the 2-core Xeon with AVX-512 but no AVX-512-BF16, 24 GB, quiet), default arguments:
+  05:36-05:47 UTC, `python scripts/bench/dpo_throughput.py`:
+    rankloop train dpo  0.305 pairs/s over 8 timed steps, peak 2483 MiB (float32, checkpointing on, by length)
+    TRL defaults        0.071 pairs/s over 2 timed steps, peak 7273 MiB (bf16 autocast, checkpointing on)
+    ratio: 4.29x pairs/s, 0.34x peak memory
+  05:48-05:59 UTC, `THP_MEM_ALLOC_ENABLE=1 python scripts/bench/dpo_throughput.py` (a short test run beside it):
+    rankloop 0.323 pairs/s, peak 2446 MiB; TRL defaults 0.069 pairs/s, peak 6244 MiB: 4.71x, 0.39x
+Earlier the same day, before the allocator change and with another session's loop beside it, the rankloop side
+peaked at 6814 MiB (0.97x): glibc's heap, not live tensors (docs/experiments.md, "Where the memory went").
 
     python scripts/bench/dpo_throughput.py                         # default policy, CPU or GPU
     python scripts/bench/dpo_throughput.py --policy /path/to/model --pairs 64 --steps 6 --trl-steps 3
