@@ -96,7 +96,10 @@ def test_a_batch_the_processes_cannot_share_evenly_is_refused(tiny_lm):
 
 
 @pytest.mark.slow
-def test_accelerate_launch_two_cpu_processes(workspace, tiny_lm, tmp_path):
+@pytest.mark.parametrize("algo", ["ppo", "grpo"])
+def test_accelerate_launch_two_cpu_processes(workspace, tiny_lm, tmp_path, algo):
+    """Ours (DDP over policy + value head) and TRL's GRPOTrainer (its own accelerate path; RLOO shares it) each on
+    two real CPU processes: one run, one policy, weights moved."""
     from safetensors.torch import load_file
 
     seed_pairs(workspace.db, n=8)
@@ -111,13 +114,15 @@ def test_accelerate_launch_two_cpu_processes(workspace, tiny_lm, tmp_path):
            "-m", "rankloop", "train", "ppo",
            "--workspace", str(workspace.root), "--policy", "tiny", "--max-steps", "2", "--lr", "1e-2",
            "--name", "ppo-2p", "--no-progress", "--set", "rollout_batch_size=4", "--set", "num_minibatches=1",
-           "--set", "ppo_epochs=1", "--set", "max_new_tokens=6", "--set", "splits=[]", "--set", "report_to=[]"]
+           "--set", "max_new_tokens=6", "--set", "splits=[]", "--set", "report_to=[]", "--algo", algo,
+           *(["--set", "ppo_epochs=1"] if algo == "ppo" else ["--set", "num_generations=2"])]
     started = time.monotonic()
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    print(f"two-process PPO launch: {time.monotonic() - started:.1f}s")
+    print(f"two-process {algo} launch: {time.monotonic() - started:.1f}s")
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("policy 'ppo-2p'") == 1, done.stdout
-    assert "sampling" in done.stdout and "scoring" in done.stdout, done.stdout
+    if algo == "ppo":
+        assert "sampling" in done.stdout and "scoring" in done.stdout, done.stdout
     (run,) = list_runs(workspace.db, kind="ppo")
     assert run.status == "succeeded" and run.metrics["global_step"] == 2
     assert run.metrics["distributed"]["processes"] == 2, "two processes trained"
