@@ -10,7 +10,8 @@ Shapes: B = sequences in a batch, T = response tokens (right padded); `mask` (B,
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -193,6 +194,37 @@ def token_logprobs(hidden: torch.Tensor, head: nn.Linear, tokens: torch.Tensor, 
     if entropy is not None:
         entropy = entropy.new_zeros(keep.shape).masked_scatter(keep, entropy)
     return logp, entropy
+
+
+def checkpointed_layers(model: Any) -> list[nn.Module]:
+    """Turn on activation checkpointing in the policy's decoder layers (HF's, use_reentrant=False: LoRA's gradients
+    need no input that requires grad) and return those layers; [] when the model has none of HF's
+    GradientCheckpointingLayer (then it trains without checkpointing)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        return []
+    enable = getattr(base, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:  # transformers before the rename
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return [m for m in base.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
+
+
+@contextlib.contextmanager
+def layers_checkpointing(layers: list[nn.Module]) -> Iterator[None]:
+    """The update's forward with those layers checkpointed while the policy stays in eval mode: HF checkpoints a
+    layer only when that layer's own `training` flag is set, so only the layers' flags are set (not recursively):
+    attention dropout and the rest stay in eval mode, the log-probs are the rollout's, the first ratio stays 1."""
+    for m in layers:
+        m.training = True
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.training = False
 
 
 class PolicyWithValue(nn.Module):

@@ -75,6 +75,7 @@ class PPOTrainingConfig:
     seed: int = field(default=0, metadata={"help": "Seed for sampling, shuffling and initialisation."})
     device: str | None = shared("device")
     bf16: bool | None = field(default=None, metadata={"help": "bf16 autocast (default: on with CUDA, off on CPU)."})
+    gradient_checkpointing: bool | None = shared("gradient_checkpointing")
 
     def __post_init__(self) -> None:
         check_bounds(self, PolicyConfigError)

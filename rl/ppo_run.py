@@ -94,14 +94,18 @@ def _train(ws: WorkspaceLike, config: PPOTrainingConfig, prepared: dict[str, Any
     """Every process: load the policy (and the reward model), train, and on the main process register."""
     from rl.training import qlora
     from store.runs import update_run
-    from training.device import training_defaults
+    from training.device import activation_values, training_defaults
 
     start, snapshot, run_id, run_dir = (prepared[k] for k in ("start", "snapshot", "run_id", "run_dir"))
     run_dir = Path(run_dir)
     model, tokenizer = load_causal_lm(start, quantization=qlora(config), device=config.device)
-    # our PPO loop has no gradient checkpointing; TRL's trainers get the per-device default
+    # checkpointing as the other trainers choose it: from the activations of one update's micro-batch (ours: a
+    # minibatch of this process's share, prompt and response at their longest)
+    positions = config.minibatch_size // max(state.num_processes, 1) * (config.max_prompt_length
+                                                                          + config.max_new_tokens)
     dev = training_defaults(config.device, sum(p.numel() for p in model.parameters()), config.bf16,
-                            False if config.algo == "ppo" else None)
+                            config.gradient_checkpointing,
+                            activation_values(model.config, positions) if config.algo == "ppo" else 0)
     device = dev.device  # several processes: each its own accelerator ('cuda:N'), or all 'cpu'
     if state.num_processes > 1 and state.device.type != "cpu":
         device = str(state.device)
@@ -110,7 +114,8 @@ def _train(ws: WorkspaceLike, config: PPOTrainingConfig, prepared: dict[str, Any
 
         reward_fn = RewardScorer.from_row(prepared["reward_row"], device=device).score
     if config.algo == "ppo":
-        loop = PPOLoop(config, model, tokenizer, reward_fn, prepared["prompts"], device, dev.bf16, state)
+        loop = PPOLoop(config, model, tokenizer, reward_fn, prepared["prompts"], device, dev.bf16, state,
+                       dev.gradient_checkpointing)
         return _run(ws, config, loop, start, run_id, run_dir, resume_from, progress, snapshot, dev, state)
     if state.is_main_process:
         update_run(ws.db, run_id, metrics={"device": dev.as_dict()})

@@ -32,7 +32,9 @@ from rl.ppo import (
     PolicyWithValue,
     ValueHead,
     backbone_and_head,
+    checkpointed_layers,
     compute_gae,
+    layers_checkpointing,
     masked_mean,
     masked_whiten,
     ppo_losses,
@@ -50,7 +52,7 @@ STATE_FILE = "ppo_state.pt"
 class PPOLoop:
     def __init__(self, config: PPOTrainingConfig, model: Any, tokenizer: Any, reward_fn: RewardFn,
                  prompts: list[list[dict[str, str]]], device: str = "cpu", bf16: bool = False,
-                 state: Any = None) -> None:
+                 state: Any = None, checkpointing: bool = False) -> None:
         from rl.sampling import eos_ids, prompt_ids
 
         if not prompts:
@@ -76,6 +78,8 @@ class PPOLoop:
         self.model = model.to(device).eval()  # eval: no dropout (the ratio must be 1 before the first update)
         backbone_and_head(self.model)  # a LoRA-wrapped LM head: said now, not at the first rollout
         lean_lm_head(device)  # on a CPU: TRL's kernel takes 1024 positions per tile (its default 4096)
+        # the update's forward recomputes each decoder layer in backward instead of keeping its activations
+        self.checkpointed = checkpointed_layers(self.model) if checkpointing else []
         self.value_head = ValueHead(model.config.hidden_size).to(device)
         self.scorer = PolicyWithValue(self.model, self.value_head)  # the module the loss's forward runs through
         if self.processes > 1:  # gradients averaged across processes at each backward
@@ -192,7 +196,7 @@ class PPOLoop:
         for _ in range(c.ppo_epochs):
             for mb in torch.randperm(n, generator=g).split(n // c.num_minibatches):
                 mb = mb.to(self.device)
-                with self._autocast():
+                with self._autocast(), layers_checkpointing(self.checkpointed):
                     logprobs, _, values = self.scorer(r["seqs"][mb], r["attn"][mb], r["width"], r["response"][mb],
                                                       mask[mb], c.temperature)
                 pg_loss, vf_loss, st = ppo_losses(logprobs, r["logprobs"][mb], advantages[mb], values.float(),

@@ -77,7 +77,7 @@ def count_token(prompts, responses):
     return [r.count(TOKEN) / 4 for r in responses]
 
 
-def _loop(tiny_lm, **overrides):
+def _loop(tiny_lm, checkpointing=False, **overrides):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rl.ppo_config import PPOTrainingConfig
@@ -90,7 +90,8 @@ def _loop(tiny_lm, **overrides):
     cfg = PPOTrainingConfig(**values)
     prompts = [[{"role": "user", "content": f"Question {i}: say something"}] for i in range(8)]
     model = AutoModelForCausalLM.from_pretrained(tiny_lm)
-    return PPOLoop(cfg, model, AutoTokenizer.from_pretrained(tiny_lm), count_token, prompts)
+    return PPOLoop(cfg, model, AutoTokenizer.from_pretrained(tiny_lm), count_token, prompts,
+                   checkpointing=checkpointing)
 
 
 def test_whitening_over_two_processes_uses_the_whole_batchs_statistics():
@@ -151,3 +152,30 @@ def test_the_first_update_starts_from_ratio_one_with_lora(tiny_lm):
     assert row["clip_fraction"] == 0.0
     trainable = [n for n, p in loop.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
+
+
+def test_a_checkpointed_update_trains_as_the_plain_one(tiny_lm):
+    """With checkpointing each decoder layer of the update's forward is recomputed in backward (the policy stays in
+    eval mode, the rollout is not checkpointed), and one iteration moves the weights exactly as without it."""
+    settings = dict(lora=True, max_steps=1, ppo_epochs=2, num_minibatches=2, learning_rate=1e-2)
+    plain = _loop(tiny_lm, **settings)
+    plain_row = plain.train_step()
+    ckpt = _loop(tiny_lm, checkpointing=True, **settings)
+    assert ckpt.checkpointed and len(ckpt.checkpointed) == ckpt.model.config.num_hidden_layers
+    calls = []
+    for layer in ckpt.checkpointed:
+        layer._gradient_checkpointing_func = (lambda f: lambda *a, **k: calls.append(1) or f(*a, **k))(
+            layer._gradient_checkpointing_func)
+    row = ckpt.train_step()
+    # every layer once per minibatch update (2 epochs x 2 minibatches); none in the no-grad rollout and scoring
+    assert len(calls) == len(ckpt.checkpointed) * 4
+    assert not ckpt.model.training and not any(layer.training for layer in ckpt.checkpointed)
+    assert row["kl"] == pytest.approx(0.0, abs=1e-4) and row["policy_loss"] == pytest.approx(plain_row["policy_loss"],
+                                                                                               abs=1e-5)
+    moved = 0
+    for (name, a), (_, b) in zip(plain.model.named_parameters(), ckpt.model.named_parameters(), strict=True):
+        if a.requires_grad:
+            assert torch.allclose(a, b, atol=1e-5), name
+            moved += bool((a != 0).any()) if "lora_B" in name else 0
+    assert moved, "LoRA's B matrices (zero at start) moved"
+    assert torch.allclose(plain.value_head.summary.weight, ckpt.value_head.summary.weight, atol=1e-5)

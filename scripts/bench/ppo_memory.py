@@ -14,6 +14,7 @@ steps added. Run it under the shared lock: `flock /tmp/rankloop-cpu.lock python 
     python scripts/bench/ppo_memory.py                       # default policy, 2 steps
     python scripts/bench/ppo_memory.py --policy /path/to/model --prompts 16 --steps 1 --max-new-tokens 32
     python scripts/bench/ppo_memory.py --rollout-only      # sampling and scoring alone (no update)
+    python scripts/bench/ppo_memory.py --checkpointing     # both with the update's layers checkpointed
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ def child(args: argparse.Namespace) -> None:
     device = "cuda" if cuda else "cpu"
     loop = loop_class(args.variant)(config, AutoModelForCausalLM.from_pretrained(args.policy),
                                     AutoTokenizer.from_pretrained(args.policy),
-                                    lambda p, responses: [len(t) / 100 for t in responses], prompts, device)
+                                    lambda p, responses: [len(t) / 100 for t in responses], prompts, device,
+                                    checkpointing=args.checkpointing)
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -115,7 +117,8 @@ def child(args: argparse.Namespace) -> None:
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else rss_mib("VmHWM")
     spent = {part: sum(r[f"{part}_s"] for r in rows) for part in ("sample", "score", "update")}
     print("RESULT " + json.dumps({
-        "variant": args.variant, "device": device, "steps": args.steps, "seconds": round(seconds, 1),
+        "variant": args.variant, "checkpointing": bool(loop.checkpointed), "device": device, "steps": args.steps,
+        "seconds": round(seconds, 1),
         "base_mib": round(base, 1), "peak_mib": round(peak, 1), "step_peak_mib": round(peak - base, 1),
         "sample_share": round(spent["sample"] / sum(spent.values()), 3),
         "score_share": round(spent["score"] / sum(spent.values()), 3),
@@ -131,6 +134,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--steps", type=int, default=2, help="PPO iterations measured.")
     parser.add_argument("--rollout-only", action="store_true", help="Measure the rollout (sample + score) alone.")
+    parser.add_argument("--checkpointing", action="store_true", help=(
+        "Both variants with the update's decoder layers checkpointed (rl.ppo.checkpointed_layers)."))
     parser.add_argument("--variant", choices=["full", "chunked"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
