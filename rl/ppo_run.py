@@ -116,6 +116,11 @@ def _train(ws: WorkspaceLike, config: PPOTrainingConfig, prepared: dict[str, Any
     if config.algo == "ppo":
         loop = PPOLoop(config, model, tokenizer, reward_fn, prepared["prompts"], device, dev.bf16, state,
                        dev.gradient_checkpointing)
+        if dev.gradient_checkpointing and not loop.checkpointed:  # the run row says what really happened
+            import dataclasses
+
+            dev = dataclasses.replace(dev, gradient_checkpointing=False, reasons={
+                **dev.reasons, "gradient_checkpointing": "asked for, but the policy has no HF checkpointing layers"})
         return _run(ws, config, loop, start, run_id, run_dir, resume_from, progress, snapshot, dev, state)
     if state.is_main_process:
         update_run(ws.db, run_id, metrics={"device": dev.as_dict()})
