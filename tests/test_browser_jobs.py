@@ -51,10 +51,27 @@ def test_launch_follow_and_cancel_in_the_browser(workspace, tiny_lm, server):  #
         _launch(page, 100_000)
         page.get_by_text("Job 2 started").wait_for(timeout=20_000)
         progress = page.get_by_text(re.compile(r"\d+/100000( \[[^\]]*\])? · ")).first  # the progress bar's text
-        progress.wait_for(timeout=120_000)
+        try:
+            progress.wait_for(timeout=120_000)
+        except Exception as e:  # once seen in CI (2026-12-01, passed 3/3 on rerun): say what the job and page showed
+            raise AssertionError(f"no progress bar for job 2: {e}\n{_jobs_and_logs(workspace)}\n"
+                                 f"page text (end): {page.inner_text('body')[-1500:]}") from e
         progress.scroll_into_view_if_needed()
         page.screenshot(path=str(ARTIFACTS / "runs_job_running.png"))
         page.get_by_role("button", name="Cancel").click()
         page.get_by_text("[job 2] cancelled").first.wait_for(timeout=90_000)
         browser.close()
     assert [j.status for j in list_jobs(workspace.db)] == ["cancelled", "succeeded"]
+
+
+def _jobs_and_logs(workspace) -> str:
+    """Each job's row and the end of its log, for a failure message."""
+    from pathlib import Path
+
+    out = []
+    for job in list_jobs(workspace.db):
+        log = Path(job.log_path)
+        tail = log.read_text(encoding="utf-8", errors="replace")[-1500:] if log.is_file() else "(no log file)"
+        out.append(f"job {job.id} {job.status} exit {job.exit_code} error {job.error!r} started {job.started_at}; "
+                   f"log {log} ends:\n{tail}")
+    return "\n".join(out)
