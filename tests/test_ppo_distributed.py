@@ -119,7 +119,9 @@ def test_accelerate_launch_two_cpu_processes(workspace, tiny_lm, tmp_path, algo)
     started = time.monotonic()
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     print(f"two-process {algo} launch: {time.monotonic() - started:.1f}s")
-    assert done.returncode == 0, done.stderr[-3000:]
+    # process 1 aborted (SIGABRT, exit -6) at its end once in CI (2026-12-01) with its cause cut off: show its lines
+    other = "\n".join(line for line in done.stderr.splitlines() if not line.startswith("[rank0]"))
+    assert done.returncode == 0, f"not process 0's lines:\n{other[-4000:]}\nend of the output:\n{done.stderr[-2000:]}"
     assert done.stdout.count("policy 'ppo-2p'") == 1, done.stdout
     if algo == "ppo":
         assert "sampling" in done.stdout and "scoring" in done.stdout, done.stdout
