@@ -125,10 +125,7 @@ class PPOLoop:
         adapts beta on the same figures. The shares are equal, so the mean of the means is the batch mean."""
         if self.processes == 1:
             return row
-        import torch.distributed as dist
-
-        values = torch.tensor(list(row.values()), dtype=torch.float64, device=self.device)
-        dist.all_reduce(values)
+        values = self._total(torch.tensor(list(row.values()), dtype=torch.float64, device=self.device))
         return dict(zip(row, (values / self.processes).tolist(), strict=True))
 
     def _total(self, t: torch.Tensor) -> torch.Tensor:
