@@ -10,7 +10,8 @@ press sends the whole list so far: `{"lease": id, "stream": random id of this pa
 "seq": n}` (`seq` grows with every send, re-sends too). A merged run, a re-sent list or an older list arriving
 late therefore carries everything: the server (`new_keys`) applies only the keys after the last index it applied
 for that lease and stream, in order, and says back how far it got (`data`), so the component re-sends when
-something did not arrive. Keys typed into a text box are left to the text box.
+something did not arrive, or when no redraw came back at all within 2 s (at most 5 times in a row). Keys typed
+into a text box are left to the text box.
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ export default function (component) {
       if (!q.send) return;
       q.seq += 1;
       q.send("keys", { lease: q.lease, stream: q.stream, keys: q.keys.slice(), seq: q.seq });
+      // If no redraw says how far the server got within 2 s (the run it asked for never came back), send again:
+      // a redraw replaces this timer with one that knows.
+      clearTimeout(q.timer);
+      q.timer = setTimeout(() => { if (q.resends < 5) { q.resends += 1; q.flush(); } }, 2000);
     };
   }
   q.send = setStateValue;

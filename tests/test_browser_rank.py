@@ -11,11 +11,22 @@ import json
 import urllib.request
 
 import pytest
+from playwright.sync_api import expect
 
 from scripts.app_client import start_server, stop_server
 from store.db import read
 from store.users import add_user, deactivate_user
-from tests.test_browser import ARTIFACTS, CHROME_ARGS, CHROMIUM, SETTLED, log_in_page
+from tests.test_browser import (
+    ARTIFACTS,
+    CHROME_ARGS,
+    CHROMIUM,
+    SETTLED,
+    choice_line,
+    explained,
+    keys_lease,
+    keys_ready,
+    log_in_page,
+)
 from tests.test_queue import seed_comparisons
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian chromium at /usr/bin/chromium")
@@ -70,53 +81,65 @@ def test_every_key_reload_and_restart_keep_the_draft(workspace, server):
             page.keyboard.press(k)
             see(then)
 
-        # Four answers: rank, change one's mind, clear, all bad, rank again.
-        see(f"item {four}")
-        assert page.url.rstrip("/") == server.url.rstrip("/")  # nothing in the URL
-        key("1", "A · not ranked yet: B, C, D")
-        key("2", "A > B · not ranked yet: C, D")
-        key("3", "A > B > C > D")  # D, the last one left, takes rank 4
-        key("2", "A > C > D > B")  # B again: to the end
-        key("2", "A > C > D > B")  # and again: still all ranked, nothing stuck
-        page.screenshot(path=str(ARTIFACTS / "rank_four_1366x900.png"))
-        key("Backspace", "not ranked yet: A, B, C, D")
-        key("X", "all bad / cannot rank")
-        key("4", "D · not ranked yet: A, B, C")  # a number after X: the last press wins
-        key("3", "D > C · not ranked yet: A, B")
-        key("T", "Tie armed")
-        key("1", "D > A = C > B")
-        page.reload()  # the draft is kept with the lease
-        see("D > A = C > B")
-        server.restart()
-        page.reload()
-        see("D > A = C > B")  # still logged in, same item, same draft
-        key("Enter", f"item {two[0]}")
-
-        # Two answers: 1 twice is A better; then B, tie, both bad, clear; Enter stores the last choice.
-        key("1", "Your choice:")
-        key("1", "A better")
-        for k, label in (("2", "B better"), ("T", "Tie"), ("X", "Both bad")):
+        def choose(k: str, label: str) -> None:
             page.keyboard.press(k)
-            page.get_by_text(label, exact=True).nth(1).wait_for(timeout=30_000)  # the button and the choice line
+            expect(choice_line(page)).to_have_text(label, timeout=30_000)
             page.wait_for_function(SETTLED, timeout=30_000)
-        key("Backspace", "not chosen yet")
-        key("1", "Your choice:")
-        page.get_by_text("A better", exact=True).nth(1).wait_for(timeout=30_000)
-        page.screenshot(path=str(ARTIFACTS / "rank_two_1366x900.png"))
-        key("Enter", f"item {two[1]}")
-        key("S", "Skipped")  # skip, then undo the skip and answer it
-        key("U", f"item {two[1]}")
-        page.keyboard.press("2")
-        page.get_by_text("B better", exact=True).nth(1).wait_for(timeout=30_000)
-        page.wait_for_function(SETTLED, timeout=30_000)
-        key("Enter", "Your queue is empty")
 
-        cookies = {c["name"]: c for c in context.cookies()}
-        session = cookies["rankloop_session"]
-        assert session["httpOnly"] and session["sameSite"] == "Strict" and session["path"] == "/"
-        assert "rankloop_session" not in page.evaluate("document.cookie")  # scripts cannot read it
-        (stored,) = _rows(workspace.db, "SELECT token_hash FROM sessions WHERE ended_at IS NULL")
-        assert stored[0] == hashlib.sha256(session["value"].encode()).hexdigest() != session["value"]
+        def on_next_item(before, item=True):
+            """Keys pressed from here are for the item shown (see keys_ready); returns its lease."""
+            keys_ready(page, before, item)
+            return keys_lease(page)
+
+        with explained(page, workspace.root / "serve.log"):
+            # Four answers: rank, change one's mind, clear, all bad, rank again.
+            see(f"item {four}")
+            lease = on_next_item(None)
+            assert page.url.rstrip("/") == server.url.rstrip("/")  # nothing in the URL
+            key("1", "A · not ranked yet: B, C, D")
+            key("2", "A > B · not ranked yet: C, D")
+            key("3", "A > B > C > D")  # D, the last one left, takes rank 4
+            key("2", "A > C > D > B")  # B again: to the end
+            key("2", "A > C > D > B")  # and again: still all ranked, nothing stuck
+            page.screenshot(path=str(ARTIFACTS / "rank_four_1366x900.png"))
+            key("Backspace", "not ranked yet: A, B, C, D")
+            key("X", "all bad / cannot rank")
+            key("4", "D · not ranked yet: A, B, C")  # a number after X: the last press wins
+            key("3", "D > C · not ranked yet: A, B")
+            key("T", "Tie armed")
+            key("1", "D > A = C > B")
+            page.reload()  # the draft is kept with the lease
+            see("D > A = C > B")
+            server.restart()
+            page.reload()
+            see("D > A = C > B")  # still logged in, same item, same draft
+            assert on_next_item(None) == lease  # the same lease, heard by the new page
+            key("Enter", f"item {two[0]}")
+            lease = on_next_item(lease)
+
+            # Two answers: 1 twice is A better; then B, tie, both bad, clear; Enter stores the last choice.
+            choose("1", "A better")
+            choose("1", "A better")
+            for k, label in (("2", "B better"), ("T", "Tie"), ("X", "Both bad")):
+                choose(k, label)
+            choose("Backspace", "not chosen yet")
+            choose("1", "A better")
+            page.screenshot(path=str(ARTIFACTS / "rank_two_1366x900.png"))
+            key("Enter", f"item {two[1]}")
+            lease = on_next_item(lease)
+            key("S", "Skipped")  # skip, then undo the skip and answer it
+            lease = on_next_item(lease, item=False)  # the queue is empty: undo is the one key heard
+            key("U", f"item {two[1]}")
+            lease = on_next_item(lease)
+            choose("2", "B better")
+            key("Enter", "Your queue is empty")
+
+            cookies = {c["name"]: c for c in context.cookies()}
+            session = cookies["rankloop_session"]
+            assert session["httpOnly"] and session["sameSite"] == "Strict" and session["path"] == "/"
+            assert "rankloop_session" not in page.evaluate("document.cookie")  # scripts cannot read it
+            (stored,) = _rows(workspace.db, "SELECT token_hash FROM sessions WHERE ended_at IS NULL")
+            assert stored[0] == hashlib.sha256(session["value"].encode()).hexdigest() != session["value"]
 
         page.get_by_role("button", name="Log out").click()
         see("Logged out.")
