@@ -17,6 +17,7 @@ by the launcher, and the launch's output holds the rest.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import signal
 import threading
@@ -37,7 +38,25 @@ def process_state() -> Any:
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
+    global _LEAVE_REGISTERED
+    if state.num_processes > 1 and not _LEAVE_REGISTERED:
+        atexit.register(_leave_process_group)
+        _LEAVE_REGISTERED = True
+    return state
+
+
+_LEAVE_REGISTERED = False
+
+
+def _leave_process_group() -> None:
+    """At exit, tear the launch's process group down while Python still runs, not in the C++ destructors after it:
+    a second CPU process sometimes aborted (SIGABRT, exit -6) at its very end in CI, its training done."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
 
 
 def share(state: Any, value: Any) -> Any:
