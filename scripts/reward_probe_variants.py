@@ -78,6 +78,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--layers", type=int, nargs="+", default=[4, 8, 11, 15, 19, 22, -1])
     parser.add_argument("--response-only", action="store_true", help="Also read each response without its prompt.")
+    parser.add_argument("--minilm", action="store_true",
+                        help="Also read each response with all-MiniLM-L6-v2 (mean of its last layer, with and without "
+                             "the prompt) and try it beside SmolLM2's layers: a second backbone's view.")
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--cache", type=Path, default=None)
     parser.add_argument("--variants", nargs="*", default=None, help="Only these variants (default: all).")
@@ -129,6 +132,19 @@ def main() -> None:
             print(f"features {tag}: {timing[tag]}", flush=True)
             feats.update({f"{tag}:{layer}:{pool}": x for (layer, pool), x in sets.items()})
         np.savez(cache, **feats)
+    if args.minilm and "mini:ctx" not in feats:
+        from reward.backbone import builtin_folder
+
+        mini_folder = str(builtin_folder("all-minilm-l6-v2"))
+        mini_tok = AutoTokenizer.from_pretrained(mini_folder)
+        mini = load_frozen_backbone(mini_folder, "cpu")
+        wall = time.perf_counter()
+        for tag, prompts in (("ctx", [p for p, _ in keys]), ("ro", [""] * len(keys))):
+            sets = response_feature_sets(mini, mini_tok, prompts, [r for _, r in keys], 256, [(-1, "mean")])
+            feats[f"mini:{tag}"] = sets[(-1, "mean")]
+        timing["minilm"] = {"wall_min": round((time.perf_counter() - wall) / 60, 2), "sequences": len(keys)}
+        print(f"features minilm: {timing['minilm']}", flush=True)
+        np.savez(cache, **feats)
     n_tokens = np.array([min(len(tokenizer(" " + r.strip(), add_special_tokens=False)["input_ids"]),
                              args.max_length // 2) or 1 for _, r in keys], dtype=np.float64)
     feats["loglen"] = np.log(n_tokens)[:, None]
@@ -153,6 +169,12 @@ def main() -> None:
         variants[f"{name}, prompt-CV"] = variants["default: L15 mean" if name == "L15 mean" else name]
     if -1 in args.layers:
         variants["L15+last-layer mean"] = lambda: cols(f"ctx:{mid}:mean", "ctx:-1:mean")
+    if args.minilm:
+        variants["MiniLM mean, response only"] = lambda: cols("mini:ro")
+        variants["MiniLM mean, with prompt"] = lambda: cols("mini:ctx")
+        variants["L11+15+19 mean + MiniLM"] = lambda: cols("ctx:11:mean", f"ctx:{mid}:mean", "ctx:19:mean", "mini:ro")
+        variants["L11+15+19 mean + MiniLM, prompt-CV"] = variants["L11+15+19 mean + MiniLM"]
+        variants["L15 mean + MiniLM"] = lambda: cols(f"ctx:{mid}:mean", "mini:ro")
     if args.response_only:
         variants["L15 mean, response only"] = lambda: cols(f"ro:{mid}:mean")
         variants["L15 mean, with and without prompt"] = lambda: cols(f"ctx:{mid}:mean", f"ro:{mid}:mean")
