@@ -116,6 +116,13 @@ def choice_line(page):
     return page.locator("p", has=page.locator("strong", has_text="Your choice:")).locator("code")
 
 
+def choose(page, key: str, label: str, timeout_ms: int = 30_000) -> None:
+    """Press `key` on a two-answer item and wait until the choice line says `label` and the run has finished."""
+    page.keyboard.press(key)
+    expect(choice_line(page)).to_have_text(label, timeout=timeout_ms)
+    page.wait_for_function(SETTLED, timeout=timeout_ms)
+
+
 def page_state(page, log: Path | None = None) -> str:
     """What the page showed and heard, and the server's log end: for a failure message."""
     try:
@@ -208,9 +215,7 @@ def test_keyboard_ranking_and_untrusted_output(workspace, server):
             # Item 3 (two answers): one key, B better; then U takes it back (with the choice) and 1 replaces it.
             see(f"item {two[0]}")
             lease = keys_ready_after(lease)
-            page.keyboard.press("2")
-            expect(choice_line(page)).to_have_text("B better", timeout=20_000)
-            page.wait_for_function(SETTLED, timeout=20_000)
+            choose(page, "2", "B better")
             page.keyboard.press("Enter")
             see(f"item {untrusted}")
             lease = keys_ready_after(lease)
@@ -218,9 +223,7 @@ def test_keyboard_ranking_and_untrusted_output(workspace, server):
             see(f"item {two[0]}")
             expect(choice_line(page)).to_have_text("B better", timeout=20_000)  # the choice came back with the item
             lease = keys_ready_after(lease)
-            page.keyboard.press("1")
-            expect(choice_line(page)).to_have_text("A better", timeout=20_000)
-            page.wait_for_function(SETTLED, timeout=20_000)
+            choose(page, "1", "A better")
             page.keyboard.press("Enter")
 
             see(f"item {untrusted}")

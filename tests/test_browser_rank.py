@@ -11,7 +11,6 @@ import json
 import urllib.request
 
 import pytest
-from playwright.sync_api import expect
 
 from scripts.app_client import start_server, stop_server
 from store.db import read
@@ -21,7 +20,7 @@ from tests.test_browser import (
     CHROME_ARGS,
     CHROMIUM,
     SETTLED,
-    choice_line,
+    choose,
     explained,
     keys_lease,
     keys_ready,
@@ -81,11 +80,6 @@ def test_every_key_reload_and_restart_keep_the_draft(workspace, server):
             page.keyboard.press(k)
             see(then)
 
-        def choose(k: str, label: str) -> None:
-            page.keyboard.press(k)
-            expect(choice_line(page)).to_have_text(label, timeout=30_000)
-            page.wait_for_function(SETTLED, timeout=30_000)
-
         def on_next_item(before, item=True):
             """Keys pressed from here are for the item shown (see keys_ready); returns its lease."""
             keys_ready(page, before, item)
@@ -118,12 +112,12 @@ def test_every_key_reload_and_restart_keep_the_draft(workspace, server):
             lease = on_next_item(lease)
 
             # Two answers: 1 twice is A better; then B, tie, both bad, clear; Enter stores the last choice.
-            choose("1", "A better")
-            choose("1", "A better")
+            choose(page, "1", "A better")
+            choose(page, "1", "A better")
             for k, label in (("2", "B better"), ("T", "Tie"), ("X", "Both bad")):
-                choose(k, label)
-            choose("Backspace", "not chosen yet")
-            choose("1", "A better")
+                choose(page, k, label)
+            choose(page, "Backspace", "not chosen yet")
+            choose(page, "1", "A better")
             page.screenshot(path=str(ARTIFACTS / "rank_two_1366x900.png"))
             key("Enter", f"item {two[1]}")
             lease = on_next_item(lease)
@@ -131,7 +125,7 @@ def test_every_key_reload_and_restart_keep_the_draft(workspace, server):
             lease = on_next_item(lease, item=False)  # the queue is empty: undo is the one key heard
             key("U", f"item {two[1]}")
             lease = on_next_item(lease)
-            choose("2", "B better")
+            choose(page, "2", "B better")
             key("Enter", "Your queue is empty")
 
             cookies = {c["name"]: c for c in context.cookies()}
