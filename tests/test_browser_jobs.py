@@ -61,7 +61,8 @@ def test_launch_follow_and_cancel_in_the_browser(workspace, tiny_lm, server):  #
         page.get_by_role("button", name="Cancel").click()
         page.get_by_text("[job 2] cancelled").first.wait_for(timeout=90_000)
         browser.close()
-    assert [j.status for j in list_jobs(workspace.db)] == ["cancelled", "succeeded"]
+    # once seen in CI: job 1 `lost` though its log said succeeded (its runner's last write did not land?): say why
+    assert [j.status for j in list_jobs(workspace.db)] == ["cancelled", "succeeded"], _jobs_and_logs(workspace)
 
 
 def _jobs_and_logs(workspace) -> str:
