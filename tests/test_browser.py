@@ -97,17 +97,14 @@ KEYS_ON_NEW_ITEM = ("([before, item]) => { const q = window.__rankloopKeys; retu
                     "&& q.lease !== before && (item ? q.lease !== null : q.lease === null); }")
 
 
-def keys_ready(page, before=None, item: bool = True) -> None:
-    """Wait until the page's key listener is on the item shown, not on `before` (a lease id, from `keys_lease`);
+def keys_ready(page, before=None, item: bool = True):
+    """Wait until the page's key listener is on the item shown, not on `before` (a lease id it returned);
     `item=False`: on the empty queue (where only U means something).
     The item's header is drawn a moment before the keys' component hears of the new lease (its script is a blob
     module), and a key pressed in between belongs to the old item: by design it is not applied to the new one and
-    the page says so. A person never presses that fast; a test does (CI once lost 1-1-2 that way)."""
+    the page says so. A person never presses that fast; a test does (CI once lost 1-1-2 that way). Returns the
+    lease it is on now."""
     page.wait_for_function(KEYS_ON_NEW_ITEM, arg=[before, item], timeout=30_000)
-
-
-def keys_lease(page):
-    """The lease the page's key listener is on (None before it has one)."""
     return page.evaluate(KEYS_LEASE)
 
 
@@ -186,14 +183,9 @@ def test_keyboard_ranking_and_untrusted_output(workspace, server):
                 page.get_by_text(text, exact=False).first.wait_for(timeout=20_000)
                 page.wait_for_function(SETTLED, timeout=20_000)
 
-            def keys_ready_after(before):
-                """The key listener is on the next item: the lease it is on now."""
-                keys_ready(page, before)
-                return keys_lease(page)
-
             # Item 1 (three answers): B best, then A, C last by elimination.
             see(f"item {three[0]}")
-            lease = keys_ready_after(None)
+            lease = keys_ready(page, None)
             page.keyboard.press("2")
             see("B · not ranked yet: A, C")
             page.keyboard.press("1")
@@ -202,7 +194,7 @@ def test_keyboard_ranking_and_untrusted_output(workspace, server):
             page.keyboard.press("Enter")
             # Item 2 (three answers): C best, then A and B tied (T ties the next key with the previous one).
             see(f"item {three[1]}")
-            lease = keys_ready_after(lease)
+            lease = keys_ready(page, lease)
             page.keyboard.press("3")
             see("C · not ranked yet: A, B")
             page.keyboard.press("1")
@@ -214,15 +206,15 @@ def test_keyboard_ranking_and_untrusted_output(workspace, server):
             page.keyboard.press("Enter")
             # Item 3 (two answers): one key, B better; then U takes it back (with the choice) and 1 replaces it.
             see(f"item {two[0]}")
-            lease = keys_ready_after(lease)
+            lease = keys_ready(page, lease)
             choose(page, "2", "B better")
             page.keyboard.press("Enter")
             see(f"item {untrusted}")
-            lease = keys_ready_after(lease)
+            lease = keys_ready(page, lease)
             page.keyboard.press("U")
             see(f"item {two[0]}")
             expect(choice_line(page)).to_have_text("B better", timeout=20_000)  # the choice came back with the item
-            lease = keys_ready_after(lease)
+            lease = keys_ready(page, lease)
             choose(page, "1", "A better")
             page.keyboard.press("Enter")
 

@@ -22,7 +22,6 @@ from tests.test_browser import (
     SETTLED,
     choose,
     explained,
-    keys_lease,
     keys_ready,
     log_in_page,
 )
@@ -80,15 +79,10 @@ def test_every_key_reload_and_restart_keep_the_draft(workspace, server):
             page.keyboard.press(k)
             see(then)
 
-        def on_next_item(before, item=True):
-            """Keys pressed from here are for the item shown (see keys_ready); returns its lease."""
-            keys_ready(page, before, item)
-            return keys_lease(page)
-
         with explained(page, workspace.root / "serve.log"):
             # Four answers: rank, change one's mind, clear, all bad, rank again.
             see(f"item {four}")
-            lease = on_next_item(None)
+            lease = keys_ready(page, None)
             assert page.url.rstrip("/") == server.url.rstrip("/")  # nothing in the URL
             key("1", "A · not ranked yet: B, C, D")
             key("2", "A > B · not ranked yet: C, D")
@@ -107,9 +101,9 @@ def test_every_key_reload_and_restart_keep_the_draft(workspace, server):
             server.restart()
             page.reload()
             see("D > A = C > B")  # still logged in, same item, same draft
-            assert on_next_item(None) == lease  # the same lease, heard by the new page
+            assert keys_ready(page, None) == lease  # the same lease, heard by the new page
             key("Enter", f"item {two[0]}")
-            lease = on_next_item(lease)
+            lease = keys_ready(page, lease)
 
             # Two answers: 1 twice is A better; then B, tie, both bad, clear; Enter stores the last choice.
             choose(page, "1", "A better")
@@ -120,11 +114,11 @@ def test_every_key_reload_and_restart_keep_the_draft(workspace, server):
             choose(page, "1", "A better")
             page.screenshot(path=str(ARTIFACTS / "rank_two_1366x900.png"))
             key("Enter", f"item {two[1]}")
-            lease = on_next_item(lease)
+            lease = keys_ready(page, lease)
             key("S", "Skipped")  # skip, then undo the skip and answer it
-            lease = on_next_item(lease, item=False)  # the queue is empty: undo is the one key heard
+            lease = keys_ready(page, lease, item=False)  # the queue is empty: undo is the one key heard
             key("U", f"item {two[1]}")
-            lease = on_next_item(lease)
+            lease = keys_ready(page, lease)
             choose(page, "2", "B better")
             key("Enter", "Your queue is empty")
 

@@ -39,14 +39,10 @@ def process_state() -> Any:
     from accelerate.utils import parse_flag_from_env
 
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
-    global _LEAVE_REGISTERED
-    if state.num_processes > 1 and not _LEAVE_REGISTERED:
+    if state.num_processes > 1:
+        atexit.unregister(_leave_process_group)  # registered once however often this is called
         atexit.register(_leave_process_group)
-        _LEAVE_REGISTERED = True
     return state
-
-
-_LEAVE_REGISTERED = False
 
 
 def _leave_process_group() -> None:
