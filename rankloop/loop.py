@@ -9,7 +9,8 @@ Each round i (0-based) runs five steps, each a `loop_step` run row under one `lo
             RM_i -> policy P_{i+1}
   evaluate  rl.evaluate.evaluate_policy: P_{i+1} vs P_i and vs P_0 (reward-model win rate, KL); with an oracle,
             its win rates on held-out prompts; drift of P_{i+1}'s samples away from RM_i's training responses;
-            forgetting (rl.forgetting): held-out reference answers' log-likelihood under P_{i+1} vs P_0
+            forgetting (rl.forgetting): held-out reference answers' log-likelihood under P_{i+1} vs P_0;
+            collapse: distinct-2 of P_{i+1}'s held-out samples vs P_0's
 
 A step whose row succeeded is skipped on a rerun. A step cut short (the process killed) is redone: its row and the
 child runs it left 'running' are closed as cancelled; models and rounds it may already have written are found
@@ -326,6 +327,9 @@ class _Loop:
         metrics["eval_samples"] = sum(len(s) for s in samples[new])
         metrics["eval_words"] = loop_eval.mean_words(samples[new])
         metrics["eval_words_base"] = loop_eval.mean_words(samples[base])
+        metrics["collapse"] = loop_eval.collapse(samples[new], samples[base], c.collapse_threshold)
+        if metrics["collapse"]["warn"]:
+            self.log(f"[loop {self.run_id}] round {i + 1}: {metrics['collapse']['message']}")
         oracle = self.get_oracle()
         if oracle is not None:
             scores = {name: loop_eval.scores_of(oracle, prompts, s) for name, s in samples.items()}

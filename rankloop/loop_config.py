@@ -57,6 +57,9 @@ class LoopConfig:
     forgetting_threshold: float = option(0.1, (
         "The round report warns when the held-out reference answers' mean log-likelihood under the new policy is "
         "more than this many nats per token below the base policy's (0.1: about 10% higher perplexity)."), ge=0)
+    collapse_threshold: float = option(0.5, (
+        "The round report warns when the distinct-2 of the new policy's held-out samples (distinct word bigrams "
+        "over all) falls below this fraction of round 0's: one answer for every prompt (0: never)."), ge=0, le=1)
     device: str | None = shared("device")
     reward: dict[str, Any] = field(default_factory=dict, metadata={"help": "[reward] fields for the loop's runs."})
     dpo: dict[str, Any] = field(default_factory=dict, metadata={"help": "[dpo] fields for the loop's runs."})

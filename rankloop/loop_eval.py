@@ -12,6 +12,11 @@ empirical distribution functions, 0 = same, 1 = disjoint), and the share of new 
 Forgetting (rl/forgetting.py): the mean per-token log-likelihood of a held-out set's reference answers under the new
 policy against the base policy (`[loop] forgetting_set`, default the shipped general questions), with a warning past
 `[loop] forgetting_threshold`.
+
+Collapse: distinct-2 (Li et al., 2016), the share of distinct word bigrams among all word bigrams of a policy's
+held-out samples, new against round 0's, with a warning when it falls below `[loop] collapse_threshold` times round
+0's. A policy that answers every prompt with one template (PPO that found what the reward model prizes) has a
+distinct-2 near 0 whatever its win rate.
 """
 
 from __future__ import annotations
@@ -108,6 +113,28 @@ def drift(ws: WorkspaceLike, scorer: Any, rounds: list[int], new_scores: list[li
 def mean_words(samples: list[list[str]]) -> float:
     flat = [len(s.split()) for ss in samples for s in ss]
     return statistics.fmean(flat) if flat else 0.0
+
+
+def distinct_bigrams(samples: list[list[str]]) -> float | None:
+    """Distinct word bigrams over all word bigrams of the samples (distinct-2); None when they have no bigram."""
+    seen: set[tuple[str, str]] = set()
+    total = 0
+    for words in (s.split() for ss in samples for s in ss):
+        pairs = list(zip(words, words[1:], strict=False))  # n - 1 bigrams of n words
+        total += len(pairs)
+        seen.update(pairs)
+    return len(seen) / total if total else None
+
+
+def collapse(new: list[list[str]], base: list[list[str]], threshold: float) -> dict[str, Any]:
+    """distinct-2 of the new policy's samples against round 0's, warned below `threshold` times round 0's."""
+    d_new, d_base = distinct_bigrams(new), distinct_bigrams(base)
+    warn = bool(threshold > 0 and d_new is not None and d_base and d_new < threshold * d_base)
+    result: dict[str, Any] = {"distinct2": d_new, "distinct2_base": d_base, "threshold": threshold, "warn": warn}
+    if warn:
+        result["message"] = (f"the policy's held-out samples have distinct-2 {d_new:.3f} against round 0's "
+                             f"{d_base:.3f} (under {threshold:g} of it): it may answer every prompt alike")
+    return result
 
 
 HELDOUT = Path(__file__).resolve().parent / "data" / "heldout_general.jsonl"

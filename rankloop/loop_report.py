@@ -2,10 +2,11 @@
 
 Across rounds: oracle win rate (when simulated) and reward-model win rate of each new policy against the previous
 one and against round 0, the reward model's held-out accuracy, reviewer agreement, KL, forgetting (held-out reference
-answers' log-likelihood vs round 0, rl.forgetting, with a warning past the threshold), response length, and drift
-(how the new samples' reward-model scores and lengths moved away from the responses the reward model was trained
-on). Per round: the models and runs it made and the drift distributions. The admin page "Models and runs" shows
-any run folder holding report.md + PNGs, so the loop run row's output_path is this folder.
+answers' log-likelihood vs round 0, rl.forgetting, with a warning past the threshold), response length, diversity
+(distinct-2 vs round 0's, with a warning when it collapses), and drift (how the new samples' reward-model scores and
+lengths moved away from the responses the reward model was trained on). Per round: the models and runs it made and
+the drift distributions. The admin page "Models and runs" shows any run folder holding report.md + PNGs, so the loop
+run row's output_path is this folder.
 """
 
 from __future__ import annotations
@@ -106,6 +107,25 @@ def _forgetting_lines(e: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _collapse_cell(e: dict[str, Any]) -> str:
+    c = e.get("collapse")
+    return "-" if not c or c.get("distinct2") is None else f"{c['distinct2']:.3f}" + (" **!**" if c["warn"] else "")
+
+
+def _collapse_lines(e: dict[str, Any]) -> list[str]:
+    """The round's collapse check (rankloop.loop_eval.collapse): a line, and a warning line below the threshold."""
+    c = e.get("collapse")
+    if not c:
+        return []
+    lines = [f"- diversity: distinct-2 (distinct word bigrams over all) of the held-out samples {_f(c['distinct2'])} "
+             f"vs {_f(c['distinct2_base'])} in round 0 (warning below {c['threshold']:g} of round 0's)"]
+    if c.get("warn"):
+        lines.append(f"- **WARNING: the policy may answer every prompt alike** ({c['message']}); a win rate over such "
+                     "a policy's samples says what the judge prizes, not that answers improved: consider a larger "
+                     "KL coefficient, a lower learning rate or fewer steps")
+    return lines
+
+
 def _round_report(folder: Path, loop_run_id: int, r: int, section: list[str], dists: dict | None) -> None:
     """runs/loop-<L>/round-<r>/report.md (+ its drift chart): the evaluate step's own report."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -143,8 +163,8 @@ def write_loop_report(ws: WorkspaceLike, loop_run_id: int, extra: dict | None = 
     lines += ["| round | policy | " + ("oracle win vs round 0 | oracle win vs previous | oracle mean | " if oracle
                                        else "") + "RM win vs round 0 | RM win vs previous | RM held-out accuracy | "
               "KL vs previous | forgetting: answer log-lik. change | reviewer agreement | words (held-out) | "
-              "score drift KS | length drift KS |",
-              "|---" * (12 + (3 if oracle else 0)) + "|"]
+              "distinct-2 (held-out) | score drift KS | length drift KS |",
+              "|---" * (13 + (3 if oracle else 0)) + "|"]
     for r, e in zip(rounds, ev, strict=True):
         d = e.get("drift", {})
         cells = [str(r), f"`{e['policy']}`"]
@@ -155,14 +175,16 @@ def write_loop_report(ws: WorkspaceLike, loop_run_id: int, extra: dict | None = 
         cells += [_f(e.get("rm_win_rate_vs_base")), _f(e.get("rm_win_rate_vs_previous")),
                   _f(e.get("reward_model_accuracy")), _f(e.get("kl_vs_previous")), _forgetting_cell(e),
                   _f(e.get("agreement")),
-                  _f(e.get("eval_words"), 1), _f(d.get("score", {}).get("ks")), _f(d.get("length", {}).get("ks"))]
+                  _f(e.get("eval_words"), 1), _collapse_cell(e), _f(d.get("score", {}).get("ks")),
+                  _f(d.get("length", {}).get("ks"))]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Win rates: sample by sample on the same held-out prompts, ties count one half (95% Wilson "
               "interval in brackets). RM = the round's reward model. Drift: Kolmogorov-Smirnov statistic between the "
               "new policy's held-out samples and the responses the round's reward model was trained on (0: same "
               "distribution, 1: disjoint). Forgetting: change in the mean log-likelihood per token of held-out "
               "reference answers (general questions the loop never trains on) under the new policy vs round 0's, "
-              "in nats; **!** marks a drop past the warning threshold.", ""]
+              "in nats; **!** marks a drop past the warning threshold. Distinct-2: distinct word bigrams over all "
+              "bigrams of the held-out samples; **!** marks a fall below `collapse_threshold` times round 0's.", ""]
     series = {"RM vs round 0": [e.get("rm_win_rate_vs_base") for e in ev],
               "RM vs previous": [e.get("rm_win_rate_vs_previous") for e in ev]}
     if oracle:
@@ -221,7 +243,7 @@ def write_loop_report(ws: WorkspaceLike, loop_run_id: int, extra: dict | None = 
                   f"- drift from RM training responses: score shift {_f(d.get('score', {}).get('shift_sd'), 2)} sd "
                   f"(KS {_f(d.get('score', {}).get('ks'))}, {_f(d.get('score', {}).get('outside'), 2)} outside "
                   f"the training range); length shift {_f(d.get('length', {}).get('shift_sd'), 2)} sd "
-                  f"(KS {_f(d.get('length', {}).get('ks'))})", *_forgetting_lines(e), ""]
+                  f"(KS {_f(d.get('length', {}).get('ks'))})", *_forgetting_lines(e), *_collapse_lines(e), ""]
         lines += section
         _round_report(folder / f"round-{r}", loop_run_id, r, section, dists.get(r))
     lines += [f"![{name[:-4].replace('_', ' ')}]({name})" for name in charts]

@@ -77,7 +77,11 @@ def test_one_full_ppo_round_has_its_run_rows_lineage_and_report(workspace, tiny_
         assert (result.folder / png).stat().st_size > 1000 and f"]({png})" in report
     evaluate = steps[-1]  # the round's own report, which the admin runs page lists too
     assert evaluate.output_path == str(result.folder / "round-1")
-    assert "# Loop" in (result.folder / "round-1" / "report.md").read_text()
+    round_report = (result.folder / "round-1" / "report.md").read_text()
+    assert "# Loop" in round_report
+    c = m["collapse"]  # the collapse check read both policies' held-out samples and its line is in the report
+    assert 0 < c["distinct2"] <= 1 and 0 < c["distinct2_base"] <= 1 and c["threshold"] == 0.5
+    assert f"distinct-2 (distinct word bigrams over all) of the held-out samples {c['distinct2']:.3f}" in round_report
     assert (result.folder / "round-1" / "drift.png").is_file()
 
 
