@@ -4,7 +4,7 @@ The app never runs training in its own process (the reviewers' pages must stay q
 and starts a detached runner (`python -m rankloop.job_runner WORKSPACE JOB`, its own session and process group,
 niced), which runs the command with its output in `jobs/<id>.log`, records how it ended, and starts the next
 queued job. Cancel sends SIGTERM to the runner; the runner turns it into SIGINT for the command (the trainers close
-their run rows as cancelled on KeyboardInterrupt) and kills it after a grace period. PIDs are checked against
+their run rows as cancelled after a SIGINT) and kills it after a grace period. PIDs are checked against
 /proc/PID/cmdline before any signal, so a reused PID is never signalled.
 """
 

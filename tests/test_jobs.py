@@ -14,7 +14,7 @@ from rankloop.jobs import cancel, launch, pid_is, read_log, refresh
 from reward.train import RUN_KIND
 from store.audit import list_events
 from store.jobs import get_job, list_jobs
-from store.runs import list_runs
+from store.runs import get_run, list_runs
 from tests.reward_data import register_tiny, seed_pairs
 
 # A tiny reward run: the tiny LM with LoRA, no TensorBoard.
@@ -112,7 +112,9 @@ def test_a_training_job_runs_to_the_end_with_progress(jobs_ws):
 
 def test_cancel_interrupts_the_run_and_the_queue_moves_on(jobs_ws):
     long = reward_job(jobs_ws, 100_000)
-    wait_for(jobs_ws, long.id, lambda j: (read_log(j.log_path).done or 0) >= 2, 120)  # training has started
+    # training has started: the trainer's own bar (an earlier bar, "Loading weights 20/20", comes before the run)
+    wait_for(jobs_ws, long.id, lambda j: (view := read_log(j.log_path)).total == 100_000 and view.done >= 2, 120)
+    (long_run,) = list_runs(jobs_ws.db, kind=RUN_KIND)
     queued = launch(jobs_ws.root, jobs_ws.db, "train reward", {"resume": True}, "", "adam")
     assert queued.status == "queued"  # one job at a time
     job = cancel(jobs_ws.db, long.id, "adam")
@@ -125,8 +127,8 @@ def test_cancel_interrupts_the_run_and_the_queue_moves_on(jobs_ws):
     while pid_is(job.runner_pid, "rankloop") and time.monotonic() < gone_by:
         time.sleep(0.2)
     assert not pid_is(job.runner_pid, "rankloop")
-    run = [r for r in list_runs(jobs_ws.db, kind=RUN_KIND)][-1]
-    assert run.status == "cancelled"  # the trainer saw the interruption and closed its run row
+    run = get_run(jobs_ws.db, long_run.id)
+    assert run.status == "cancelled", run.error  # the trainer saw the interruption and closed its run row
     # the runner started the queued job, which resumes the cancelled run (and is stopped here: enough shown)
     started = wait_for(jobs_ws, queued.id, lambda j: j.status != "queued", 60)
     assert started.status in ("starting", "running", "succeeded", "failed")

@@ -1,10 +1,12 @@
 """A run's life on its row: opened (status running) with its folder, closed as succeeded / failed / cancelled, and
-resumed from its recorded config. Ctrl-C (KeyboardInterrupt) closes a run as cancelled, every other error as failed,
-with the error's first 2,000 characters."""
+resumed from its recorded config. Ctrl-C (SIGINT, the job runner's cancel) closes a run as cancelled, every other
+error as failed, with the error's first 2,000 characters."""
 
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,37 @@ from typing import Any
 from store.workspace import WorkspaceLike
 
 ERROR_CHARS = 2000  # what a run row keeps of an error
+_interrupt = {"seen": False, "watching": False}
+
+
+def watch_interrupts() -> None:
+    """Remember a SIGINT that reaches this process from now on. A library may turn the KeyboardInterrupt into an
+    error of its own (DuckDB raises RuntimeError("Query interrupted") when the signal lands in a query, and
+    InvalidInputException when it lands in Python code a query runs; the trainers write rows while a run opens and
+    closes); the run is still cancelled, not failed. Called when a run opens (`open_run`, `closed_on_error`). The
+    main thread only (signal handlers live there); a process that ignores SIGINT is left alone."""
+    _interrupt["seen"] = False
+    if _interrupt["watching"] or threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous in (signal.SIG_IGN, None):
+        return
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        _interrupt["seen"] = True
+        if callable(previous):
+            previous(signum, frame)
+        else:  # SIG_DFL: what the default would do to a Python process's main thread
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    _interrupt["watching"] = True
+
+
+def interrupted(e: BaseException) -> bool:
+    """Whether `e` ends a run because someone interrupted it: a KeyboardInterrupt, or any error raised after a SIGINT
+    reached this process (`watch_interrupts`)."""
+    return isinstance(e, KeyboardInterrupt) or _interrupt["seen"]
 
 
 def open_run(ws: WorkspaceLike, kind: str, record: dict[str, Any], snapshot: dict[str, Any] | None = None,
@@ -23,6 +56,7 @@ def open_run(ws: WorkspaceLike, kind: str, record: dict[str, Any], snapshot: dic
     `snapshot` gains the file's name and sha256, on the row and in place."""
     from store.runs import finish_run, get_run, start_run, update_run
 
+    watch_interrupts()
     run_id = start_run(ws.db, kind, record, snapshot)
     if resume_from is not None:
         run_dir = Path(get_run(ws.db, resume_from).output_path)
@@ -39,10 +73,10 @@ def open_run(ws: WorkspaceLike, kind: str, record: dict[str, Any], snapshot: dic
 
 
 def fail_run(db: Any, run_id: int, e: BaseException) -> None:
-    """Close the row after `e`: cancelled for Ctrl-C, failed otherwise."""
+    """Close the row after `e`: cancelled after Ctrl-C (`interrupted`), failed otherwise."""
     from store.runs import finish_run
 
-    finish_run(db, run_id, "cancelled" if isinstance(e, KeyboardInterrupt) else "failed",
+    finish_run(db, run_id, "cancelled" if interrupted(e) else "failed",
                error=f"{type(e).__name__}: {e}"[:ERROR_CHARS])
 
 
@@ -50,6 +84,7 @@ def fail_run(db: Any, run_id: int, e: BaseException) -> None:
 def closed_on_error(db: Any, run_id: int, record: bool = True) -> Iterator[None]:
     """The body's exception closes run `run_id` (`fail_run`) and goes on up; `record=False` (a process other than
     the main one under `accelerate launch`) leaves the row alone."""
+    watch_interrupts()
     try:
         yield
     except BaseException as e:
