@@ -137,8 +137,11 @@ def test_ppo_raises_a_toy_reward_and_the_kl_controller_reacts(tiny_lm):
     assert history[0]["clip_fraction"] <= 0.5 and history[0]["kl"] == pytest.approx(0.0, abs=0.05)
     assert all(k in history[-1] for k in ("entropy", "value_loss", "clip_fraction", "sample_s", "score_s", "update_s"))
     row = history[-1]
-    assert row["sample_share"] == pytest.approx(row["sample_s"] / (row["sample_s"] + row["score_s"] + row["update_s"]),
-                                                abs=0.02) and 0 < row["sample_share"] < 1
+    # the share is of the unrounded times; each time is kept to the millisecond, which moves a ratio of
+    # tiny-model times (a few ms) by more than any fixed tolerance, so check it against the rounding's bounds
+    s, rest = row["sample_s"], row["score_s"] + row["update_s"]
+    low, high = max(s - 5e-4, 0) / (s + rest + 1.5e-3), (s + 5e-4) / max(s + rest - 1.5e-3, 1e-9)
+    assert low - 1e-3 <= row["sample_share"] <= high + 1e-3 and 0 < row["sample_share"] < 1, row
     # KL rose past the 2-nat target, so the adaptive controller raised beta
     assert max(r["kl"] for r in history) > 2.0
     assert history[-1]["kl_coef"] > history[0]["kl_coef"]
