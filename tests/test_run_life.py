@@ -15,6 +15,9 @@ import duckdb
 from rankloop.workspace import open_workspace
 from training.runs import closed_on_error, open_run
 
+# A process that a shell starts in the background ignores SIGINT, and its children inherit that (a CI runner may be
+# one). The job runner's commands never do: the runner handles SIGINT itself, and exec resets handled signals.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 ws = open_workspace(sys.argv[1])
 run_id, _ = open_run(ws, "reward", {"config": {}})
 
@@ -25,7 +28,7 @@ def udf(x: int) -> int:  # a SIGINT while DuckDB runs Python code: DuckDB raises
         raise ValueError("bad row")
     return x
 
-con = duckdb.connect()
+con = duckdb.connect(config={"threads": 1})  # the UDF runs in this, the main thread, where signal handlers run
 con.create_function("udf", udf)
 with closed_on_error(ws.db, run_id):
     con.execute("SELECT udf(1)").fetchall()
