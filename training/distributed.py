@@ -108,7 +108,7 @@ def every_process_guard(state: Any, db: Any, run_id: int, run_dir: Path) -> Iter
     several, the main process closes the row as failed (cancelled for Ctrl-C) when it raises, when SIGTERM stops it
     (the launcher's answer to another process failing) or after another process left a failure note; the others
     never touch the row: they leave a note in the run folder and re-raise."""
-    from training.runs import ERROR_CHARS, closed_on_error, fail_run
+    from training.runs import ERROR_CHARS, closed_on_error, fail_run, interrupted, watch_interrupts
 
     if state.num_processes == 1:
         with closed_on_error(db, run_id):
@@ -139,11 +139,12 @@ def every_process_guard(state: Any, db: Any, run_id: int, run_dir: Path) -> Iter
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, stopped) if in_main_thread else None
     watcher = _Watcher(db, run_id, run_dir, stop_message, in_main_thread)
+    watch_interrupts()
     try:
         yield
     except BaseException as e:
         watcher.stop()
-        notes = [] if isinstance(e, OtherProcessFailed | KeyboardInterrupt) else failure_notes(run_dir, run_id)
+        notes = [] if isinstance(e, OtherProcessFailed) or interrupted(e) else failure_notes(run_dir, run_id)
         fail_run(db, run_id, OtherProcessFailed(f"{'; '.join(notes)} (then on the main process: {_describe(e)})")
                  if notes else e)  # the main thread has the last word, after the watcher's
         raise
