@@ -18,6 +18,7 @@ replaces the default only if it also wins on the other data set.
 
     python scripts/reward_probe_variants.py --data ukp --response-only
     python scripts/reward_probe_variants.py --data hh --layers 8 15 22
+    python scripts/reward_probe_variants.py --data hh --layers 11 15 19 --mlp
 
 Features are cached in --cache (default /tmp/rankloop-probe-variants-<data>.npz), so a second call only refits.
 """
@@ -71,6 +72,62 @@ def load_frames(data: str, workspace: Path, seeds: list[int]) -> tuple[dict[int,
     return frames, read_pairs_file(eval_file)
 
 
+class _Head:
+    """A fitted nonlinear head: rewards for standardized features, and the grid point CV chose."""
+
+    def __init__(self, net, mean, sd, choice):
+        self.net, self.mean, self.sd, self.choice = net, mean, sd, choice
+
+    def __call__(self, x):
+        import torch
+
+        with torch.no_grad():
+            return self.net(torch.tensor((x - self.mean) / self.sd, dtype=torch.float32)).squeeze(-1).numpy()
+
+
+def _train_head(chosen, rejected, hidden: int, decay: float, epochs: int, seed: int) -> _Head:
+    import numpy as np
+    import torch
+
+    torch.manual_seed(seed)
+    both = np.concatenate([chosen, rejected])
+    mean, sd = both.mean(0), both.std(0) + 1e-6
+    good = torch.tensor((chosen - mean) / sd, dtype=torch.float32)
+    bad = torch.tensor((rejected - mean) / sd, dtype=torch.float32)
+    net = torch.nn.Sequential(torch.nn.Dropout(0.2), torch.nn.Linear(good.shape[1], hidden), torch.nn.GELU(),
+                              torch.nn.Linear(hidden, 1))
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=decay)
+    order = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        for batch in torch.randperm(len(good), generator=order).split(64):
+            loss = -torch.nn.functional.logsigmoid(net(good[batch]) - net(bad[batch])).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return _Head(net.eval(), mean, sd, (hidden, decay, epochs))
+
+
+def fit_mlp_head(chosen, rejected, groups: list[str], seed: int) -> _Head:
+    """One hidden layer (GELU, dropout 0.2) trained with the Bradley-Terry loss; width, weight decay and epochs
+    chosen by 5-fold CV over whole prompts (`reward.probe.cv_folds`), then refit on all the train part."""
+    import numpy as np
+
+    from reward.probe import cv_folds
+
+    fold = cv_folds(len(chosen), 5, seed, groups)
+    grid = [(h, d, e) for h in (32, 128) for d in (0.01, 0.1, 1.0) for e in (3, 10)]
+    cv = {}
+    for point in grid:
+        right = []
+        for k in range(5):
+            test = fold == k
+            if test.any() and (~test).any():
+                head = _train_head(chosen[~test], rejected[~test], *point, seed)
+                right.append(float((head(chosen[test]) > head(rejected[test])).mean()))
+        cv[point] = float(np.mean(right))
+    return _train_head(chosen, rejected, *max(grid, key=lambda p: cv[p]), seed)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", choices=sorted(FILES), default="ukp")
@@ -81,6 +138,10 @@ def main() -> None:
     parser.add_argument("--minilm", action="store_true",
                         help="Also read each response with all-MiniLM-L6-v2 (mean of its last layer, with and without "
                              "the prompt) and try it beside SmolLM2's layers: a second backbone's view.")
+    parser.add_argument("--mlp", action="store_true",
+                        help="Also fit a small nonlinear head (one hidden layer, Bradley-Terry loss; width, weight "
+                             "decay and epochs chosen by CV over folds of prompts) on L11+15+19: is the linear head "
+                             "the limit?")
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--cache", type=Path, default=None)
     parser.add_argument("--variants", nargs="*", default=None, help="Only these variants (default: all).")
@@ -175,6 +236,8 @@ def main() -> None:
         variants["L11+15+19 mean + MiniLM"] = lambda: cols("ctx:11:mean", f"ctx:{mid}:mean", "ctx:19:mean", "mini:ro")
         variants["L11+15+19 mean + MiniLM, prompt-CV"] = variants["L11+15+19 mean + MiniLM"]
         variants["L15 mean + MiniLM"] = lambda: cols(f"ctx:{mid}:mean", "mini:ro")
+    if args.mlp:
+        variants["L11+15+19 mean, MLP head, prompt-CV"] = variants["L11+15+19 mean"]
     if args.response_only:
         variants["L15 mean, response only"] = lambda: cols(f"ro:{mid}:mean")
         variants["L15 mean, with and without prompt"] = lambda: cols(f"ctx:{mid}:mean", f"ro:{mid}:mean")
@@ -204,6 +267,12 @@ def main() -> None:
         for seed in args.seeds:
             (tr_c, tr_r), (he_c, he_r) = sides[seed]
             by_prompt = "prompt-CV" in name  # folds of whole prompts (debates), wide penalty grid
+            if "MLP" in name:
+                head = fit_mlp_head(x[index(tr_c)], x[index(tr_r)], [p for p, _ in tr_c], seed)
+                held.append(float((head(x[index(he_c)]) > head(x[index(he_r)])).mean()))
+                tested.append(float((head(x[index(test_sides[0])]) > head(x[index(test_sides[1])])).mean()))
+                chosen_penalties.append(head.choice)
+                continue
             probe = fit_probe(x[index(tr_c)], x[index(tr_r)], wide if "wide" in name or by_prompt else penalties, 5,
                               seed, 0, args.max_length, groups=[p for p, _ in tr_c] if by_prompt else None)
             held.append(accuracy(probe, x, he_c, he_r))
