@@ -26,6 +26,7 @@ Features are cached in --cache (default /tmp/rankloop-probe-variants-<data>.npz)
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -176,8 +177,15 @@ def main() -> None:
     cache = args.cache or Path(f"/tmp/rankloop-probe-variants-{args.data}.npz")
     reads = [(layer, pool) for layer in args.layers for pool in POOL_SETS]
     feats: dict[str, np.ndarray] = {}
+    # rows follow `keys`, which depend on the seeds, the data and the tokenizer's prompt format: a cache written
+    # for other keys or another max_length would silently misalign, so it is read only when its digest matches
+    digest = hashlib.sha256(json.dumps([keys, args.max_length]).encode()).hexdigest()
     if cache.exists():
         feats = dict(np.load(cache))
+        if str(feats.pop("digest", "")) != digest:
+            print(f"{cache}: written for other sequences or max_length; computing the features again", flush=True)
+            feats = {}
+    feats["digest"] = np.array(digest)
     need = [r for r in reads if f"ctx:{r[0]}:{r[1]}" not in feats]
     need_ro = [r for r in reads if f"ro:{r[0]}:{r[1]}" not in feats] if args.response_only else []
     timing = {}
