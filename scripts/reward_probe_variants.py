@@ -74,12 +74,12 @@ def load_frames(data: str, workspace: Path, seeds: list[int]) -> tuple[dict[int,
 
 
 class _Head:
-    """A fitted nonlinear head: rewards for standardized features, and the grid point CV chose."""
+    """A fitted nonlinear head: `rewards` as a `reward.probe.Probe` gives them, and the grid point CV chose."""
 
     def __init__(self, net, mean, sd, choice):
         self.net, self.mean, self.sd, self.choice = net, mean, sd, choice
 
-    def __call__(self, x):
+    def rewards(self, x):
         import torch
 
         with torch.no_grad():
@@ -124,7 +124,7 @@ def fit_mlp_head(chosen, rejected, groups: list[str], seed: int) -> _Head:
             test = fold == k
             if test.any() and (~test).any():
                 head = _train_head(chosen[~test], rejected[~test], *point, seed)
-                right.append(float((head(chosen[test]) > head(rejected[test])).mean()))
+                right.append(float((head.rewards(chosen[test]) > head.rewards(rejected[test])).mean()))
         cv[point] = float(np.mean(right))
     return _train_head(chosen, rejected, *max(grid, key=lambda p: cv[p]), seed)
 
@@ -277,8 +277,8 @@ def main() -> None:
             by_prompt = "prompt-CV" in name  # folds of whole prompts (debates), wide penalty grid
             if "MLP" in name:
                 head = fit_mlp_head(x[index(tr_c)], x[index(tr_r)], [p for p, _ in tr_c], seed)
-                held.append(float((head(x[index(he_c)]) > head(x[index(he_r)])).mean()))
-                tested.append(float((head(x[index(test_sides[0])]) > head(x[index(test_sides[1])])).mean()))
+                held.append(accuracy(head, x, he_c, he_r))
+                tested.append(accuracy(head, x, *test_sides))
                 chosen_penalties.append(head.choice)
                 continue
             probe = fit_probe(x[index(tr_c)], x[index(tr_r)], wide if "wide" in name or by_prompt else penalties, 5,
